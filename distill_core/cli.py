@@ -1,0 +1,155 @@
+"""The ``distill`` command: ``plugins``, ``validate``, ``schema`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from distill_core.errors import PluginError
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from distill_core.plugins import get_plugin_manager
+    from distill_core.registry import list_components
+
+    components = list_components()
+    failures = get_plugin_manager().failures
+    if args.json:
+        print(json.dumps([c.describe() for c in components], indent=2))
+    else:
+        header = ("component", "kind", "plugin", "distribution", "version", "summary")
+        rows = [(c.name, c.kind, c.plugin, c.distribution, c.version, c.summary) for c in components]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+        for row in [header, *rows]:
+            cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
+            print("  ".join([*cells, str(row[-1])]).rstrip())
+    for failure in failures:
+        print(f"error: {failure.message()}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _format_errors(title: str, error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {title}.{path}: {item['msg']}")
+    return lines
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from distill_core.config import DistillationConfig, TrainingConfig
+
+    try:
+        with open(args.config, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
+        return 1
+    if not isinstance(data, dict):
+        print(f"error: {args.config} must hold a JSON object, got {type(data).__name__}", file=sys.stderr)
+        return 1
+    sections: dict[str, tuple[type, Any]]
+    if set(data) <= {"training", "distillation"} and data:
+        sections = {
+            name: (cls, data[name])
+            for name, cls in (("training", TrainingConfig), ("distillation", DistillationConfig))
+            if name in data
+        }
+    else:  # a flat object is a distillation config
+        sections = {"distillation": (DistillationConfig, data)}
+    errors: list[str] = []
+    for name, (cls, section) in sections.items():
+        try:
+            cls.model_validate(section)
+        except ValidationError as exc:
+            errors.extend(_format_errors(name, exc))
+    if errors:
+        print(f"{args.config}: {len(errors)} error(s)", file=sys.stderr)
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    print(f"{args.config}: valid ({', '.join(sections)})")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from distill_core.config import DistillationConfig, TrainingConfig
+    from distill_core.registry import get_registry
+    from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
+
+    registry = get_registry()
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "distill config",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "training": TrainingConfig.model_json_schema(),
+            "distillation": DistillationConfig.model_json_schema(),
+        },
+        "x-registry": {
+            "kd_loss": registry.names("kd_loss"),
+            "match_loss": registry.names("match_loss"),
+            "projection": registry.names("projection"),
+            "temperature_scheduler": sorted(TEMPERATURE_SCHEDULERS),
+            "weight_scheduler": sorted(WEIGHT_SCHEDULERS),
+        },
+    }
+    _inject_enums(schema["properties"]["distillation"], registry)
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _inject_enums(schema: dict[str, Any], registry: Any) -> None:
+    """Put the live registry's names into the schema, so editors can complete them."""
+    props = schema.get("properties", {})
+    props.get("kd_loss_type", {})["enum"] = registry.names("kd_loss")
+    defs = schema.get("$defs", {})
+    for match in ("IntermediateMatch", "CustomMatch"):
+        if match in defs:
+            defs[match]["properties"]["loss"]["enum"] = registry.names("match_loss")
+    if "ProjectionSpec" in defs:
+        defs["ProjectionSpec"]["properties"]["name"]["enum"] = registry.names("projection")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from distill_core.demo import run_demo_cli
+    except ImportError as exc:
+        print(f"error: the demo needs optional packages: {exc}", file=sys.stderr)
+        return 1
+    return run_demo_cli(args.demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plugins = sub.add_parser("plugins", help="list every installed component and its plugin")
+    plugins.add_argument("--json", action="store_true", help="print a JSON list")
+    plugins.set_defaults(func=_plugins)
+    validate = sub.add_parser("validate", help="validate a JSON config file")
+    validate.add_argument("config", help='JSON object with "training" and/or "distillation", or a flat distillation config')
+    validate.set_defaults(func=_validate)
+    schema = sub.add_parser("schema", help="print the JSON schema of the configs with the live registry's names")
+    schema.set_defaults(func=_schema)
+    demo = sub.add_parser("demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)", add_help=False)
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""pydantic configs: TrainingConfig, DistillationConfig and the match / projection specs.
+
+Every name (loss, projection, schedule) is checked against the live registry when a config is
+built; errors carry the field path (``intermediate_matches.2.loss``). Configs are frozen: training
+never mutates them (schedules live in the run state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from distill_core.errors import UnknownComponentError
+from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
+
+LayerIndex = Union[int, list[int]]
+
+
+def _lookup(kind: str, name: str) -> Any:
+    """Return the registered component, turning an unknown name into a ValueError for pydantic."""
+    from distill_core.registry import get_registry
+
+    try:
+        return get_registry().get(kind, name)
+    except UnknownComponentError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _validated_params(kind: str, name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    component = _lookup(kind, name)
+    validated = component.validate_params(params or {})
+    return {} if validated is None else validated.model_dump(mode="json")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class _SerializableConfig(_Model):
+    """Adds the seed API's dict / JSON helpers."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _SerializableConfig:
+        """Build a config from a plain dict (e.g. parsed JSON)."""
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> _SerializableConfig:
+        """Read a config from a JSON file."""
+        with open(path, encoding="utf-8") as handle:
+            return cls.model_validate(json.load(handle))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict; ``from_dict`` of it gives an equal config."""
+        return self.model_dump(mode="json")
+
+    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as JSON, atomically (a crash never leaves a half-written file)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ProjectionSpec(_Model):
+    """A projection from student width to teacher width.
+
+    Accepted as the seed's list ``[name, dim_in, dim_out]`` / ``[name, dim_in, dim_out, {group
+    options}]`` or as a dict with the same names; it is written back in the form it was given.
+    """
+
+    name: str
+    dim_in: int = Field(gt=0)
+    dim_out: int = Field(gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    group_options: dict[str, Any] = Field(default_factory=dict)
+    _list_length: int = PrivateAttr(0)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accept_list_form(cls, data: Any, handler: Any) -> ProjectionSpec:
+        if isinstance(data, (list, tuple)):
+            if not 3 <= len(data) <= 4:
+                raise ValueError(
+                    f"a projection list must be [name, dim_in, dim_out] or [name, dim_in, dim_out, "
+                    f"{{optimizer group options}}], got {list(data)!r}"
+                )
+            as_dict = {"name": data[0], "dim_in": data[1], "dim_out": data[2]}
+            if len(data) == 4:
+                as_dict["group_options"] = data[3]
+            spec = handler(as_dict)
+            spec._list_length = len(data)
+            return spec
+        return handler(data)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        _lookup("projection", name)
+        return name
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ProjectionSpec:
+        object.__setattr__(self, "params", _validated_params("projection", self.name, self.params))
+        if "params" in self.group_options:
+            raise ValueError("group_options must not contain 'params': distill adds the projection's parameters")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _write_in_given_form(self, handler: Any) -> Any:
+        data = handler(self)
+        if self._list_length:
+            as_list = [data["name"], data["dim_in"], data["dim_out"]]
+            if self._list_length == 4:
+                as_list.append(data["group_options"])
+            return as_list
+        return data
+
+
+class _MatchBase(_Model):
+    loss: str
+    weight: float = Field(1.0, ge=0)
+    proj: ProjectionSpec | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    teacher: int | None = Field(None, ge=0, description="index of the teacher (multi-teacher runs)")
+
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, name: str) -> str:
+        _lookup("match_loss", name)
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _loss_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        loss = info.data.get("loss")
+        if loss is None:  # the loss name already failed; that error is reported
+            return params
+        return _validated_params("match_loss", loss, params)
+
+
+class IntermediateMatch(_MatchBase):
+    """``{layer_T, layer_S, feature, loss, weight, proj, params}``: one teacher/student feature match."""
+
+    layer_T: LayerIndex
+    layer_S: LayerIndex
+    feature: Literal["hidden", "attention"]
+
+    @field_validator("layer_T", "layer_S")
+    @classmethod
+    def _non_negative(cls, layer: LayerIndex, info: ValidationInfo) -> LayerIndex:
+        layers = layer if isinstance(layer, list) else [layer]
+        if not layers:
+            raise ValueError(f"{info.field_name} must be a layer index or a non-empty list of them")
+        bad = [index for index in layers if index < 0]
+        if bad:
+            raise ValueError(f"{info.field_name} must hold layer indices >= 0, got {bad}")
+        return layer
+
+    @model_validator(mode="before")
+    @classmethod
+    def _must_be_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, (dict, BaseModel)):
+            raise ValueError(f"an intermediate match must be a dict, got {type(data).__name__}")
+        return data
+
+
+class CustomMatch(_MatchBase):
+    """Match the outputs of two submodules named by dotted path (``bert.encoder.layer.5.output``)."""
+
+    module_T: str = Field(min_length=1)
+    module_S: str = Field(min_length=1)
+
+
+def _schedule_spec(value: Any, table: dict[str, Any], field: str) -> tuple[str, dict[str, Any]]:
+    """Split a schedule given as ``"name"``, ``[name, *args]`` or ``{"name": .., **params}``."""
+    if isinstance(value, str):
+        name, args, params = value, [], {}
+    elif isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+        name, args, params = value[0], list(value[1:]), {}
+    elif isinstance(value, dict) and isinstance(value.get("name"), str):
+        name, args = value["name"], []
+        params = {k: v for k, v in value.items() if k != "name"}
+    else:
+        raise ValueError(f"{field} must be a name, [name, *args] or {{'name': .., ...}}, got {value!r}")
+    if name not in table:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {field} {name!r}{hint} Known: {', '.join(sorted(table))}")
+    return name, {"args": args, **params}
+
+
+class TrainingConfig(_SerializableConfig):
+    """How to train: accumulation, checkpoint cadence, logging, device.
+
+    Checkpoints: in epoch mode (``ckpt_steps`` unset) a checkpoint is written ``ckpt_frequency``
+    times per epoch, every ``ckpt_epoch_frequency`` epochs; in step mode every ``ckpt_steps`` steps.
+    """
+
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    ckpt_frequency: int = Field(1, ge=1)
+    ckpt_epoch_frequency: int = Field(1, ge=1)
+    ckpt_steps: int | None = Field(None, ge=1)
+    log_dir: str | None = None
+    output_dir: str = "./saved_models"
+    device: str | None = Field(None, description="torch device; None picks cuda when available")
+    fp16: bool = Field(False, description="mixed precision (torch.autocast float16) on CUDA")
+    fp16_opt_level: str = Field("O1", description="accepted for the seed API; only O1 (autocast) exists")
+    data_parallel: bool = Field(False, description="wrap models in torch.nn.DataParallel")
+    local_rank: int = Field(-1, ge=-1, description="rank of this process under torchrun; -1: not distributed")
+    log_steps: int = Field(10, ge=1, description="write scalars every this many optimisation steps")
+    progress_bar: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, device: str | None) -> str | None:
+        if device is not None:
+            import torch
+
+            try:
+                torch.device(device)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(f"invalid torch device {device!r} ({exc}); use e.g. 'cpu' or 'cuda:0'") from None
+        return device
+
+    @field_validator("fp16_opt_level")
+    @classmethod
+    def _opt_level(cls, level: str) -> str:
+        if level != "O1":
+            raise ValueError(f"only fp16_opt_level 'O1' (torch.autocast) is supported, got {level!r}")
+        return level
+
+
+class DistillationConfig(_SerializableConfig):
+    """What to distil: KD loss, temperature, weights, schedules and intermediate matches."""
+
+    temperature: float = Field(4.0, gt=0)
+    temperature_scheduler: str | list[Any] | dict[str, Any] = "none"
+    hard_label_weight: float = Field(0.0, ge=0)
+    hard_label_weight_scheduler: str = "none"
+    kd_loss_type: str = "ce"
+    kd_loss_weight: float = Field(1.0, ge=0)
+    kd_loss_weight_scheduler: str = "none"
+    kd_loss_params: dict[str, Any] = Field(default_factory=dict)
+    probability_shift: bool = False
+    intermediate_matches: list[IntermediateMatch] = Field(default_factory=list)
+
+    @field_validator("intermediate_matches", mode="before")
+    @classmethod
+    def _none_is_empty(cls, matches: Any) -> Any:
+        return [] if matches is None else matches
+
+    @field_validator("temperature_scheduler")
+    @classmethod
+    def _temperature_schedule(cls, value: Any) -> Any:
+        name, params = _schedule_spec(value, TEMPERATURE_SCHEDULERS, "temperature_scheduler")
+        _params_from_spec(name, params)
+        return value
+
+    @field_validator("hard_label_weight_scheduler", "kd_loss_weight_scheduler")
+    @classmethod
+    def _weight_schedule(cls, value: str, info: ValidationInfo) -> str:
+        _schedule_spec(value, WEIGHT_SCHEDULERS, info.field_name)
+        return value
+
+    @field_validator("kd_loss_type")
+    @classmethod
+    def _registered_kd_loss(cls, name: str) -> str:
+        _lookup("kd_loss", name)
+        return name
+
+    @field_validator("kd_loss_params")
+    @classmethod
+    def _kd_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("kd_loss_type")
+        return params if name is None else _validated_params("kd_loss", name, params)
+
+    def temperature_schedule(self) -> tuple[str, dict[str, Any]]:
+        """Return the temperature scheduler's name and validated params."""
+        name, params = _schedule_spec(self.temperature_scheduler, TEMPERATURE_SCHEDULERS, "temperature_scheduler")
+        return name, _params_from_spec(name, params)
+
+
+def _params_from_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    params_model = TEMPERATURE_SCHEDULERS[name][0]
+    args = spec.pop("args", [])
+    fields = list(params_model.model_fields)
+    if len(args) > len(fields):
+        raise ValueError(
+            f"temperature_scheduler {name!r} takes at most {len(fields)} arguments "
+            f"({', '.join(fields) or 'none'}), got {len(args)}"
+        )
+    merged = {**dict(zip(fields, args)), **spec}
+    return params_model.model_validate(merged).model_dump()
+
+
+# The seed documents use both spellings.
+TrainConfig = TrainingConfig
+DistillConfig = DistillationConfig

@@ -1,0 +1,113 @@
+"""Hook specifications of distill, and the markers plugins use.
+
+A plugin is any module (or object) with functions marked ``@hookimpl``. distill finds installed
+plugins through the ``distill`` entry-point group; a plugin package registers itself with::
+
+    [project.entry-points.distill]
+    hidden_huber = "my_package.huber"
+
+Every hook that computes something receives the component ``name`` first and must return ``None``
+for a name it does not provide (pytest's contract), so a plain ``pm.hook.<hook>(...)`` call works.
+distill itself never calls those hooks by scanning: the registry binds each name to its provider's
+implementation once, at setup.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+#: The pluggy project name; also the entry-point group name.
+PROJECT_NAME = "distill"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+if TYPE_CHECKING:  # imported for annotations only; keeps this module light
+    import torch
+    from pydantic import BaseModel
+
+    from distill_core.components import ComponentInfo
+
+
+@hookspec
+def declare_components() -> list[ComponentInfo]:
+    """Return the components this plugin provides.
+
+    Each :class:`~distill_core.ComponentInfo` names a component of kind ``"kd_loss"``,
+    ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``) and a one-line
+    summary. All plugins' results are collected; a name declared twice is an error.
+    """
+
+
+@hookspec(firstresult=True)
+def compute_kd_loss(
+    name: str,
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: float | torch.Tensor,
+    mask: torch.Tensor | None,
+    params: BaseModel | None,
+) -> torch.Tensor | None:
+    """Return the scalar knowledge-distillation loss ``name`` between student and teacher logits, or None.
+
+    Stops at first non-None result.
+
+    :param name: the component name from the config (``kd_loss_type``).
+    :param logits_S: student logits, (B, C) or (B, L, C).
+    :param logits_T: teacher logits, same shape as ``logits_S``.
+    :param temperature: a positive float, or a per-example tensor of shape (B,).
+    :param mask: for 3-D logits, the adaptor's ``logits_mask`` (B, L), 1 = keep; else None.
+    :param params: the validated params model instance, or None if the component takes none.
+    """
+
+
+@hookspec(firstresult=True)
+def compute_match_loss(
+    name: str,
+    feature_S: torch.Tensor | list[torch.Tensor],
+    feature_T: torch.Tensor | list[torch.Tensor],
+    mask: torch.Tensor | None,
+    params: BaseModel | None,
+) -> torch.Tensor | None:
+    """Return the scalar intermediate-match loss ``name`` between student and teacher features, or None.
+
+    Stops at first non-None result.
+
+    :param name: the component name from the match's ``loss``.
+    :param feature_S: the student feature (already projected), or a list of them when the match
+        names several layers.
+    :param feature_T: the teacher feature, or a list of them.
+    :param mask: the adaptor's ``inputs_mask`` (B, L), 1 = keep, or None.
+    :param params: the validated params model instance, or None.
+    """
+
+
+@hookspec(firstresult=True)
+def build_projection(
+    name: str, dim_in: int, dim_out: int, params: BaseModel | None
+) -> torch.nn.Module | None:
+    """Return a new ``nn.Module`` mapping the last dimension from ``dim_in`` to ``dim_out``, or None.
+
+    Stops at first non-None result.
+
+    :param name: the projection name (``proj[0]`` of a match).
+    :param dim_in: the student feature width.
+    :param dim_out: the teacher feature width.
+    :param params: the validated params model instance, or None.
+    """
+
+
+@hookspec
+def on_checkpoint(checkpoint: dict[str, Any], step: int, path: str) -> None:
+    """Add this plugin's own state to ``checkpoint`` before it is written to ``path``.
+
+    Called on every plugin at every checkpoint (no first result). Store under a key of your own,
+    e.g. ``checkpoint["plugins"]["my_plugin"] = {...}``; values must be tensors or plain Python data
+    so the file loads with ``torch.load(weights_only=True)``.
+
+    :param checkpoint: the dict that is about to be saved; mutate it in place.
+    :param step: the global optimisation step.
+    :param path: where the checkpoint will be written.
+    """

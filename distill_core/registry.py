@@ -1,0 +1,256 @@
+"""The component registry: names -> the implementation of the plugin that provides them.
+
+Built from the plugin manager the first time a name is looked up (and rebuilt when plugins are
+registered or unregistered at runtime). Each name is bound once to its provider's hook function, so
+the training step calls that function directly and never scans all plugins.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from distill_core.components import COMPONENT_KINDS, ComponentInfo
+from distill_core.errors import DuplicateComponentError, PluginError, UnknownComponentError
+from distill_core.plugins import BLOCK_ENV, DistillPluginManager, get_plugin_manager
+
+#: which hook computes each kind of component
+HOOK_OF_KIND = {
+    "kd_loss": "compute_kd_loss",
+    "match_loss": "compute_match_loss",
+    "projection": "build_projection",
+}
+KIND_LABEL = {"kd_loss": "KD loss", "match_loss": "match loss", "projection": "projection"}
+KIND_PLURAL = {"kd_loss": "KD losses", "match_loss": "match losses", "projection": "projections"}
+LISTING_HINT = "Run `distill plugins` to list every installed component."
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component, bound to the hook function of the plugin that declared it."""
+
+    kind: str
+    name: str
+    params_model: type[BaseModel] | None
+    summary: str
+    plugin: str
+    distribution: str
+    version: str
+    function: Callable[..., Any] = field(repr=False)
+    argnames: tuple[str, ...] = field(repr=False)
+
+    def call(self, **kwargs: Any) -> Any:
+        """Call the provider's hook function with the arguments its signature asks for."""
+        result = self.function(*[kwargs[arg] for arg in self.argnames])
+        if result is None:
+            raise PluginError(
+                f"plugin {self.plugin!r} ({self.distribution}) declares {KIND_LABEL[self.kind]} "
+                f"{self.name!r} but its {HOOK_OF_KIND[self.kind]} hook returned None for it"
+            )
+        return result
+
+    def validate_params(self, params: BaseModel | dict[str, Any] | None) -> BaseModel | None:
+        """Return ``params`` validated by this component's params model."""
+        if self.params_model is None:
+            if params:
+                raise ValueError(
+                    f"{KIND_LABEL[self.kind]} {self.name!r} takes no params but got "
+                    f"{sorted(params if isinstance(params, dict) else params.model_dump())}"
+                )
+            return None
+        if isinstance(params, self.params_model):
+            return params
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        return self.params_model.model_validate(params or {})
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-ready description `distill plugins --json` prints."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "summary": self.summary,
+            "params": None if self.params_model is None else self.params_model.model_json_schema(),
+        }
+
+
+class Registry:
+    """Components by kind and name, built from a plugin manager."""
+
+    def __init__(self, manager: DistillPluginManager) -> None:
+        self.manager = manager
+        self.generation = manager.generation
+        self._by_kind: dict[str, dict[str, Component]] = {kind: {} for kind in COMPONENT_KINDS}
+        self._build()
+
+    def _hook_functions(self, hook_name: str) -> dict[int, Any]:
+        hook = getattr(self.manager.hook, hook_name)
+        return {id(impl.plugin): impl for impl in hook.get_hookimpls()}
+
+    def _build(self) -> None:
+        impls = {kind: self._hook_functions(hook) for kind, hook in HOOK_OF_KIND.items()}
+        for declaration in self.manager.hook.declare_components.get_hookimpls():
+            origin = self.manager.origin_of(declaration.plugin)
+            where = f"plugin {origin.plugin_name!r} of distribution {origin.distribution!r}"
+            try:
+                declared = declaration.function()
+            except Exception as exc:
+                raise PluginError(f"declare_components() of {where} raised {exc!r}") from exc
+            if not isinstance(declared, (list, tuple)) or not all(
+                isinstance(info, ComponentInfo) for info in declared
+            ):
+                raise PluginError(
+                    f"declare_components() of {where} must return a list of ComponentInfo, "
+                    f"got {declared!r}"
+                )
+            for info in declared:
+                impl = impls[info.kind].get(id(declaration.plugin))
+                if impl is None:
+                    raise PluginError(
+                        f"{where} declares {KIND_LABEL[info.kind]} {info.name!r} but implements no "
+                        f"{HOOK_OF_KIND[info.kind]} hook; add a @hookimpl def "
+                        f"{HOOK_OF_KIND[info.kind]}(...) to it"
+                    )
+                existing = self._by_kind[info.kind].get(info.name)
+                if existing is not None:
+                    raise DuplicateComponentError(
+                        f"{KIND_LABEL[info.kind]} {info.name!r} is declared twice: by plugin "
+                        f"{existing.plugin!r} of distribution {existing.distribution!r} and by "
+                        f"{where}. Uninstall one of the two distributions, or block one plugin "
+                        f"with {BLOCK_ENV}=<plugin name> (or configure_plugins(blocked=[...]))."
+                    )
+                self._by_kind[info.kind][info.name] = Component(
+                    kind=info.kind,
+                    name=info.name,
+                    params_model=info.params,
+                    summary=info.summary,
+                    plugin=origin.plugin_name,
+                    distribution=origin.distribution,
+                    version=origin.version,
+                    function=impl.function,
+                    argnames=tuple(impl.argnames) + tuple(impl.kwargnames),
+                )
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def components(self) -> list[Component]:
+        return [self._by_kind[kind][name] for kind in COMPONENT_KINDS for name in self.names(kind)]
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._by_kind[kind]
+
+    def get(self, kind: str, name: str) -> Component:
+        """Return component ``name`` of ``kind``, or raise an error that helps fix the name."""
+        try:
+            return self._by_kind[kind][name]
+        except KeyError:
+            raise UnknownComponentError(self.unknown_message(kind, name)) from None
+
+    def unknown_message(self, kind: str, name: object) -> str:
+        label = KIND_LABEL[kind]
+        registered = self.names(kind)
+        parts = [f"unknown {label} {name!r}"]
+        close = difflib.get_close_matches(str(name), registered, n=3, cutoff=0.6)
+        if close:
+            parts[0] += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+        other = [k for k in COMPONENT_KINDS if k != kind and name in self._by_kind[k]]
+        if other:
+            parts.append(f"{name!r} is a {KIND_LABEL[other[0]]}, not a {label}.")
+        parts.append(f"Registered {KIND_PLURAL[kind]}: {', '.join(registered) or '(none)'}.")
+        for failure in self.manager.failures:
+            parts.append(f"Note: {failure.message()}.")
+        parts.append(LISTING_HINT)
+        return " ".join(parts)
+
+
+_cache: dict[str, Registry] = {}
+
+
+def get_registry() -> Registry:
+    """Return the registry of the current plugin manager, rebuilding it if plugins changed."""
+    manager = get_plugin_manager()
+    registry = _cache.get("registry")
+    if registry is None or registry.manager is not manager or registry.generation != manager.generation:
+        registry = Registry(manager)
+        _cache["registry"] = registry
+    return registry
+
+
+def list_components() -> list[Component]:
+    """Return every registered component (all kinds), sorted by kind and name."""
+    return get_registry().components()
+
+
+def _find_loss(name: str, kind: str | None) -> Component:
+    registry = get_registry()
+    if kind is not None:
+        return registry.get(kind, name)
+    found = [registry.get(k, name) for k in ("kd_loss", "match_loss") if registry.has(k, name)]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise UnknownComponentError(
+            f"loss {name!r} is both a KD loss and a match loss; pass kind='kd_loss' or "
+            f"kind='match_loss'"
+        )
+    raise UnknownComponentError(registry.unknown_message("match_loss", name))
+
+
+def get_loss(name: str, *, kind: str | None = None, **params: Any) -> Callable[..., Any]:
+    """Return a callable ``loss(student, teacher, mask=None, *, temperature=None)`` for ``name``.
+
+    ``params`` are validated by the component's params model. ``temperature`` is for KD losses only
+    (default 1.0).
+    """
+    component = _find_loss(name, kind)
+    try:
+        validated = component.validate_params(params)
+    except ValidationError as exc:
+        raise ValueError(f"invalid params for {KIND_LABEL[component.kind]} {name!r}: {exc}") from exc
+
+    if component.kind == "kd_loss":
+
+        def kd_loss(student: Any, teacher: Any, mask: Any = None, *, temperature: Any = None) -> Any:
+            return component.call(
+                name=name, logits_S=student, logits_T=teacher,
+                temperature=1.0 if temperature is None else temperature, mask=mask, params=validated,
+            )
+
+        kd_loss.__name__ = name
+        return kd_loss
+
+    def match_loss(student: Any, teacher: Any, mask: Any = None, *, temperature: Any = None) -> Any:
+        if temperature is not None:
+            raise TypeError(f"match loss {name!r} takes no temperature (only KD losses do)")
+        return component.call(
+            name=name, feature_S=student, feature_T=teacher, mask=mask, params=validated
+        )
+
+    match_loss.__name__ = name
+    return match_loss
+
+
+def get_projection(name: str, dim_in: int, dim_out: int, **params: Any) -> Any:
+    """Return a new projection module ``name`` mapping width ``dim_in`` to ``dim_out``."""
+    import torch.nn as nn
+
+    component = get_registry().get("projection", name)
+    try:
+        validated = component.validate_params(params)
+    except ValidationError as exc:
+        raise ValueError(f"invalid params for projection {name!r}: {exc}") from exc
+    module = component.call(name=name, dim_in=dim_in, dim_out=dim_out, params=validated)
+    if not isinstance(module, nn.Module):
+        raise PluginError(
+            f"projection {name!r} of plugin {component.plugin!r} ({component.distribution}) returned "
+            f"{type(module).__name__}, expected a torch.nn.Module"
+        )
+    return module

@@ -1,0 +1,181 @@
+"""Configs: validation against the live registry, field paths, limits, JSON round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from distill_core import (
+    DistillationConfig,
+    DistillConfig,
+    IntermediateMatch,
+    TrainConfig,
+    TrainingConfig,
+)
+from tests.conftest import run_cli
+
+GOOD_MATCH = {"layer_T": 8, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
+              "proj": ["linear", 384, 768]}
+
+
+def test_registered_loss_validates() -> None:
+    config = DistillationConfig(temperature=8, intermediate_matches=[GOOD_MATCH])
+    match = config.intermediate_matches[0]
+    assert match.loss == "hidden_mse"
+    assert (match.proj.name, match.proj.dim_in, match.proj.dim_out) == ("linear", 384, 768)
+
+
+def test_misspelt_loss_names_path_and_suggestion() -> None:
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(intermediate_matches=[{**GOOD_MATCH, "loss": "hiden_mse"}])
+    message = str(info.value)
+    assert "did you mean 'hidden_mse'" in message
+    assert "intermediate_matches.0.loss" in message
+    assert "distill plugins" in message  # points to the listing command
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(intermediate_matches=[{**GOOD_MATCH, "wieght": 2}])
+    assert "intermediate_matches.0.wieght" in str(info.value)
+    with pytest.raises(ValidationError, match="temprature"):
+        DistillationConfig(temprature=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path"),
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"kd_loss_weight": -1}, "kd_loss_weight"),
+        ({"kd_loss_type": "kll"}, "kd_loss_type"),
+        ({"temperature_scheduler": "flws"}, "temperature_scheduler"),
+        ({"hard_label_weight_scheduler": "linear_grow"}, "hard_label_weight_scheduler"),
+        ({"intermediate_matches": [{**GOOD_MATCH, "layer_S": -1}]}, "intermediate_matches.0.layer_S"),
+        ({"intermediate_matches": [{**GOOD_MATCH, "feature": "hiden"}]}, "intermediate_matches.0.feature"),
+        ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["lnear", 4, 8]}]}, "intermediate_matches.0.proj.name"),
+        ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["linear", 0, 8]}]}, "intermediate_matches.0.proj.dim_in"),
+        ({"intermediate_matches": [{**GOOD_MATCH, "weight": -0.5}]}, "intermediate_matches.0.weight"),
+    ],
+)
+def test_limits_and_names_are_validated(kwargs: dict, path: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(**kwargs)
+    assert path in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency",
+                                   "ckpt_steps", "log_steps"])
+def test_training_counts_must_be_positive(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        TrainingConfig(**{field: 0})
+
+
+def test_bad_device_is_named() -> None:
+    with pytest.raises(ValidationError, match="device"):
+        TrainingConfig(device="gpu7")
+
+
+def test_loss_params_are_validated_by_the_loss_model() -> None:
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(intermediate_matches=[{**GOOD_MATCH, "params": {"no_such_option": 1}}])
+    assert "intermediate_matches.0.params" in str(info.value)
+
+
+def test_temperature_scheduler_forms() -> None:
+    assert DistillationConfig(temperature_scheduler=["flsw", 1, 2]).temperature_schedule() == (
+        "flsw", {"beta": 1.0, "gamma": 2.0})
+    assert DistillationConfig(temperature_scheduler={"name": "cwsm", "beta": 0.5}).temperature_schedule() == (
+        "cwsm", {"beta": 0.5})
+    assert DistillationConfig().temperature_schedule() == ("none", {})
+    with pytest.raises(ValidationError, match="at most 2 arguments"):
+        DistillationConfig(temperature_scheduler=["flsw", 1, 2, 3])
+
+
+def test_json_file_round_trip(tmp_path) -> None:
+    content = {
+        "temperature": 8,
+        "intermediate_matches": [
+            {**GOOD_MATCH, "proj": ["linear", 384, 768, {"lr": 0.001}]},
+            {"layer_T": [0, 4], "layer_S": [0, 1], "feature": "hidden", "loss": "mmd", "weight": 0.5},
+            {"layer_T": 4, "layer_S": 1, "feature": "attention", "loss": "attention_mse",
+             "proj": {"name": "identity", "dim_in": 12, "dim_out": 12}},
+        ],
+    }
+    path = tmp_path / "distill.json"
+    path.write_text(json.dumps(content))
+    config = DistillationConfig.from_json_file(path)
+    written = config.to_dict()
+    defaults = DistillationConfig().to_dict()
+    for key, value in content.items():
+        if key != "intermediate_matches":
+            assert written[key] == value
+    for key in defaults:
+        assert key in written
+    # every key the user wrote comes back unchanged, the list form of proj included
+    for given, back in zip(content["intermediate_matches"], written["intermediate_matches"]):
+        for key, value in given.items():
+            if key == "proj" and isinstance(value, dict):
+                assert {k: back[key][k] for k in value} == value
+            else:
+                assert back[key] == value
+    assert written["intermediate_matches"][0]["proj"] == ["linear", 384, 768, {"lr": 0.001}]
+
+    out = tmp_path / "again.json"
+    config.to_json_file(out)
+    again = DistillationConfig.from_json_file(out)
+    assert again == config
+    assert again.to_dict() == written
+    assert json.loads(out.read_text()) == written
+
+
+def test_training_config_round_trip(tmp_path) -> None:
+    config = TrainingConfig(output_dir=str(tmp_path / "out"), ckpt_steps=5, log_steps=3, device="cpu")
+    path = tmp_path / "train.json"
+    config.to_json_file(path)
+    assert TrainingConfig.from_json_file(path) == config
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+
+
+def test_aliases_and_frozen() -> None:
+    assert DistillConfig is DistillationConfig and TrainConfig is TrainingConfig
+    config = DistillationConfig(intermediate_matches=None)
+    assert config.intermediate_matches == []
+    with pytest.raises(ValidationError):
+        config.temperature = 2  # training never mutates a config
+    assert isinstance(DistillationConfig(intermediate_matches=[GOOD_MATCH]).intermediate_matches[0],
+                      IntermediateMatch)
+
+
+def test_cli_validate(tmp_path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"training": {"log_steps": 5}, "distillation": {"intermediate_matches": [GOOD_MATCH]}}))
+    result = run_cli("validate", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": {"log_steps": 0},
+                               "distillation": {"intermediate_matches": [{**GOOD_MATCH, "loss": "hiden_mse", "wieght": 1}]}}))
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 1
+    assert "3 error(s)" in result.stderr
+    assert "training.log_steps" in result.stderr
+    assert "distillation.intermediate_matches.0.loss" in result.stderr
+    assert "did you mean 'hidden_mse'" in result.stderr
+    assert "distillation.intermediate_matches.0.wieght" in result.stderr
+
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"temperature": 2, "kd_loss_type": "kl"}))
+    assert run_cli("validate", str(flat)).returncode == 0
+
+
+def test_cli_schema_lists_live_names() -> None:
+    result = run_cli("schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert "hidden_mse" in schema["x-registry"]["match_loss"]
+    distillation = schema["properties"]["distillation"]
+    assert "kl" in distillation["properties"]["kd_loss_type"]["enum"]
+    assert "linear" in distillation["$defs"]["ProjectionSpec"]["properties"]["name"]["enum"]
