@@ -1,0 +1,173 @@
+"""Helpers shared by the built-in losses: dtype upcast, shape and mask checks, masked reductions.
+
+Everything here works on tensor metadata or with elementwise ops only, so a loss built from these
+helpers never forces a host-device sync (no ``.item()``, no data-dependent Python branching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from distill_core.errors import ShapeMismatchError
+
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def upcast(tensor: Tensor) -> Tensor:
+    """Return ``tensor`` as float32 if it is half, bfloat16 or not floating point; else unchanged.
+
+    Losses reduce over many elements; doing that in float16 loses precision and overflows easily.
+    """
+    if tensor.dtype in _LOW_PRECISION or not tensor.is_floating_point():
+        return tensor.float()
+    return tensor
+
+
+def student_teacher(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Return both tensors upcast for computing, the teacher detached (gradients reach the student only)."""
+    return upcast(student), upcast(teacher.detach())
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """Format a shape as ``(2, 3, 4)`` for error messages."""
+    return str(tuple(int(size) for size in shape))
+
+
+def check_same_shape(student: Tensor, teacher: Tensor, what: str) -> None:
+    """Raise :class:`ShapeMismatchError` naming both shapes unless student and teacher shapes agree.
+
+    :param what: what the tensors are, for the message (``"logits"``, ``"hidden states"``, ...).
+    """
+    if student.shape != teacher.shape:
+        raise ShapeMismatchError(
+            f"Expected student and teacher {what} to have the same shape but got student "
+            f"{shape_str(student.shape)} and teacher {shape_str(teacher.shape)}"
+        )
+
+
+def check_ndim(tensor: Tensor, allowed: Sequence[int], what: str, layout: str) -> None:
+    """Raise :class:`ShapeMismatchError` unless ``tensor.ndim`` is one of ``allowed``.
+
+    :param layout: the expected layout for the message, e.g. ``"(B, L, D)"``.
+    """
+    if tensor.ndim not in allowed:
+        raise ShapeMismatchError(
+            f"Expected {what} of shape {layout} but got a tensor of shape {shape_str(tensor.shape)}"
+        )
+
+
+def keep_mask(mask: Tensor | None, expected: Sequence[int], what: str) -> Tensor | None:
+    """Return ``mask`` as a bool tensor (True = keep), or None when there is no mask.
+
+    A mask may be bool, integer or float 0/1; any nonzero entry counts as "keep".
+
+    :param expected: the shape the mask must have, e.g. ``(B, L)`` taken from the features.
+    :param what: the masked tensor and its shape, for the message.
+    :raises ShapeMismatchError: the mask's shape is not ``expected``.
+    """
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(expected):
+        raise ShapeMismatchError(
+            f"Expected `mask` of shape {shape_str(expected)} to fit {what} but got a mask of shape "
+            f"{shape_str(mask.shape)}"
+        )
+    mask = mask.detach()
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """Return ``numerator / denominator``, dividing by 1 where the denominator is 0.
+
+    Used with masked sums: an all-zero mask gives a zero numerator, so the result is 0, not NaN,
+    and the graph to the inputs is kept (their gradient is zero).
+    """
+    return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
+    """Return the mean of ``values`` over the entries where ``keep`` (broadcast to them) is True.
+
+    ``torch.where`` rather than multiplication, so a NaN or infinity in a dropped entry (padding)
+    cannot leak into the result. With no mask, the plain mean.
+    """
+    if keep is None:
+        return values.mean()
+    keep = keep.expand_as(values)
+    total = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return safe_div(total.sum(), keep.sum().to(values.dtype))
+
+
+def pair_mask(keep: Tensor, ndim: int) -> Tensor:
+    """Return the (query, key) keep-mask ``m_i · m_j`` of a (B, L) mask, shaped for ``ndim``-D attention.
+
+    (B, L, L) for ``ndim == 3``; (B, 1, L, L) for ``ndim == 4`` (broadcast over heads).
+    """
+    pairs = keep.unsqueeze(-1) & keep.unsqueeze(-2)
+    return pairs.unsqueeze(1) if ndim == 4 else pairs
+
+
+def xlogy_safe(p: Tensor, log_q: Tensor) -> Tensor:
+    """Return ``p · log_q`` with the convention ``0 · log 0 = 0`` (no NaN from ``0 · -inf``)."""
+    return torch.where(p > 0, p * log_q, torch.zeros((), dtype=p.dtype, device=p.device))
+
+
+def resolve_params(model: type[ParamsT], params: Any) -> ParamsT:
+    """Return ``params`` as an instance of ``model``: defaults for None, validated for a mapping."""
+    if params is None:
+        return model()
+    if isinstance(params, model):
+        return params
+    if isinstance(params, Mapping):
+        return model.model_validate(dict(params))
+    if isinstance(params, BaseModel):
+        return model.model_validate(params.model_dump())
+    raise TypeError(
+        f"Expected argument `params` to be a {model.__name__}, a mapping or None but got "
+        f"{type(params).__name__}"
+    )
+
+
+def two_layers(features: Any, side: str, loss: str) -> tuple[Tensor, Tensor]:
+    """Return the two layers ``[X0, X1]`` a two-layer loss (gram, mmd) takes from one side.
+
+    :raises ValueError: ``features`` is not a list or tuple of exactly two tensors.
+    """
+    if (
+        not isinstance(features, (list, tuple))
+        or len(features) != 2
+        or not all(isinstance(item, Tensor) for item in features)
+    ):
+        got = (
+            f"a list of {len(features)}" if isinstance(features, (list, tuple))
+            else type(features).__name__
+        )
+        raise ValueError(
+            f"Loss `{loss}` compares two layers per model: expected the {side} feature to be a list "
+            f"of two tensors [X0, X1] but got {got}; set layer_S/layer_T to a list of two layer "
+            f"indices, e.g. \"layer_S\": [0, 1], \"layer_T\": [0, 2]"
+        )
+    return features[0], features[1]
+
+
+def single_layer(feature: Any, side: str, loss: str) -> Tensor:
+    """Return ``feature`` if it is one tensor; a one-layer loss given a list of layers is an error.
+
+    :raises ValueError: ``feature`` is a list or tuple (the match names several layers).
+    """
+    if isinstance(feature, Tensor):
+        return feature
+    got = (
+        f"a list of {len(feature)}" if isinstance(feature, (list, tuple)) else type(feature).__name__
+    )
+    raise ValueError(
+        f"Loss `{loss}` compares one layer per model: expected the {side} feature to be a tensor "
+        f"but got {got}; set layer_S/layer_T to a single layer index"
+    )

@@ -1,0 +1,224 @@
+"""Contract every built-in match loss keeps: hook dispatch, masks, dtypes, gradients, shape errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from distill_core.components import ComponentInfo
+from distill_core.errors import ShapeMismatchError
+from distill_plugins_losses import attention, hidden, relation
+
+B, H, L, D_S, D_T = 2, 2, 4, 6, 8
+MASK = [[1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def randn(*shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def hidden_pair(seed, width_S=D_T, width_T=D_T):
+    return randn(B, L, width_S, seed=seed), randn(B, L, width_T, seed=seed + 100)
+
+
+def attention_pair(seed):
+    return randn(B, H, L, L, seed=seed).softmax(-1), randn(B, H, L, L, seed=seed + 100).softmax(-1)
+
+
+def two_layer_pair(seed, width_S=D_T, width_T=D_T):
+    return (
+        [randn(B, L, width_S, seed=seed), randn(B, L, width_S, seed=seed + 1)],
+        [randn(B, L, width_T, seed=seed + 100), randn(B, L, width_T, seed=seed + 101)],
+    )
+
+
+#: name -> (module, make (student, teacher)), covering every declared match loss.
+MATCH_LOSSES = {
+    "hidden_mse": (hidden, hidden_pair),
+    "cos": (hidden, hidden_pair),
+    "pkd": (hidden, hidden_pair),
+    "attention_mse": (attention, attention_pair),
+    "attention_mse_sum": (attention, attention_pair),
+    "attention_ce": (attention, attention_pair),
+    "attention_ce_mean": (attention, attention_pair),
+    "attention_kl": (attention, attention_pair),
+    "gram": (relation, two_layer_pair),
+    "fsp": (relation, two_layer_pair),
+    "mmd": (relation, lambda seed: two_layer_pair(seed, D_S, D_T)),
+    "nst": (relation, lambda seed: two_layer_pair(seed, D_S, D_T)),
+    "relation_kl": (relation, lambda seed: hidden_pair(seed, D_S, D_T)),
+}
+MODULES = {"hidden": hidden, "attention": attention, "relation": relation}
+
+
+def leaves(features):
+    return list(features) if isinstance(features, list) else [features]
+
+
+def compute(name, feature_S, feature_T, mask=None):
+    module = MATCH_LOSSES[name][0]
+    return module.compute_match_loss(
+        name=name, feature_S=feature_S, feature_T=feature_T, mask=mask, params=None
+    )
+
+
+def with_grad(features):
+    if isinstance(features, list):
+        return [f.clone().requires_grad_(True) for f in features]
+    return features.clone().requires_grad_(True)
+
+
+def test_every_declared_match_loss_is_covered_here():
+    declared = {info.name for module in MODULES.values() for info in module.declare_components()}
+    assert declared == set(MATCH_LOSSES)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_declared_components_are_computed_by_their_module(module_name):
+    module = MODULES[module_name]
+    for info in module.declare_components():
+        assert isinstance(info, ComponentInfo) and info.kind == "match_loss"
+        assert info.summary and "\n" not in info.summary
+        if info.params is not None:
+            assert info.params.model_config.get("extra") == "forbid"
+        feature_S, feature_T = MATCH_LOSSES[info.name][1](0)
+        value = module.compute_match_loss(
+            name=info.name, feature_S=feature_S, feature_T=feature_T, mask=torch.tensor(MASK),
+            params=None if info.params is None else info.params(),
+        )
+        assert isinstance(value, torch.Tensor) and value.ndim == 0 and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_hook_returns_none_for_a_foreign_name(module_name):
+    feature_S, feature_T = hidden_pair(0)
+    for foreign in ("kl", "not_a_loss", "linear"):
+        assert MODULES[module_name].compute_match_loss(
+            name=foreign, feature_S=feature_S, feature_T=feature_T, mask=None, params=None
+        ) is None
+
+
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_all_zero_mask_gives_exact_zero_and_zero_grads(name):
+    feature_S, feature_T = MATCH_LOSSES[name][1](1)
+    feature_S = with_grad(feature_S)
+    value = compute(name, feature_S, feature_T, torch.zeros(B, L, dtype=torch.bool))
+    assert value.item() == 0.0
+    assert value.requires_grad
+    value.backward()
+    for leaf in leaves(feature_S):
+        assert leaf.grad is not None and torch.all(leaf.grad == 0)
+
+
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_mask_dtypes_agree(name):
+    feature_S, feature_T = MATCH_LOSSES[name][1](2)
+    values = [
+        compute(name, feature_S, feature_T, torch.tensor(MASK, dtype=dtype))
+        for dtype in (torch.bool, torch.int64, torch.float32)
+    ]
+    torch.testing.assert_close(values[1], values[0])
+    torch.testing.assert_close(values[2], values[0])
+
+
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_gradient_reaches_student_only(name):
+    feature_S, feature_T = MATCH_LOSSES[name][1](3)
+    feature_S, feature_T = with_grad(feature_S), with_grad(feature_T)
+    compute(name, feature_S, feature_T, torch.tensor(MASK)).backward()
+    for leaf in leaves(feature_T):
+        assert leaf.grad is None
+    assert sum(leaf.grad.abs().sum() for leaf in leaves(feature_S)) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_low_precision_inputs_compute_in_float32(name, dtype):
+    feature_S, feature_T = MATCH_LOSSES[name][1](4)
+
+    def cast(features, to):
+        return [f.to(to) for f in features] if isinstance(features, list) else features.to(to)
+
+    low_S, low_T = cast(feature_S, dtype), cast(feature_T, dtype)
+    value = compute(name, low_S, low_T, torch.tensor(MASK))
+    assert value.dtype == torch.float32
+    reference = compute(name, cast(low_S, torch.float32), cast(low_T, torch.float32), torch.tensor(MASK))
+    torch.testing.assert_close(value, reference)
+
+
+def shape_mismatch_inputs(name):
+    """Student/teacher inputs whose shapes differ in a way the loss does not allow."""
+    if name in ("gram", "fsp"):
+        return two_layer_pair(0, D_S, D_T)  # Gram matrices would be (D_S, D_S) vs (D_T, D_T)
+    if name in ("mmd", "nst"):
+        layers_S, _ = two_layer_pair(0, D_S, D_T)
+        return layers_S, [randn(B, L + 1, D_T, seed=1), randn(B, L + 1, D_T, seed=2)]
+    if name == "relation_kl":
+        return randn(B, L, D_S, seed=0), randn(B, L + 1, D_T, seed=1)
+    if name.startswith("attention"):
+        return randn(B, H, L, L, seed=0), randn(B, H + 1, L, L, seed=1)
+    return randn(B, L, D_S, seed=0), randn(B, L, D_T, seed=1)
+
+
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_shape_mismatch_names_both_shapes(name):
+    feature_S, feature_T = shape_mismatch_inputs(name)
+    with pytest.raises(ShapeMismatchError) as excinfo:
+        compute(name, feature_S, feature_T)
+    message = str(excinfo.value)
+    shape_S = tuple(leaves(feature_S)[0].shape)
+    shape_T = tuple(leaves(feature_T)[0].shape)
+    assert str(shape_S) in message and str(shape_T) in message
+
+
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_mask_that_does_not_fit_names_its_shape(name):
+    feature_S, feature_T = MATCH_LOSSES[name][1](5)
+    bad_mask = torch.ones(B, L + 2)
+    with pytest.raises(ShapeMismatchError, match=re.escape(str(tuple(bad_mask.shape)))):
+        compute(name, feature_S, feature_T, bad_mask)
+
+
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_padding_does_not_change_the_value(name):
+    """Garbage at a padded position (a padded query row for attention) must not move the loss."""
+    feature_S, feature_T = MATCH_LOSSES[name][1](6)
+    mask = torch.tensor(MASK, dtype=torch.bool)  # example 0, position 3 is padding
+    reference = compute(name, feature_S, feature_T, mask)
+
+    def scramble(features):
+        out = []
+        for f in leaves(features):
+            f = f.clone()
+            if f.ndim == 4:
+                f[0, :, 3] = 0.9
+            else:
+                f[0, 3] = 123.0
+            out.append(f)
+        return out if isinstance(features, list) else out[0]
+
+    changed = compute(name, scramble(feature_S), scramble(feature_T), mask)
+    torch.testing.assert_close(changed, reference)
+    assert reference.item() != 0.0
+
+
+def test_loss_modules_register_as_pluggy_plugins():
+    """Hookimpl names and arguments must fit the specs (pluggy validates them on register)."""
+    import pluggy
+
+    from distill_core import hookspecs
+    from distill_plugins_losses import kd
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    for module in (kd, hidden, attention, relation):
+        manager.register(module)
+    feature_S, feature_T = hidden_pair(0)
+    value = manager.hook.compute_match_loss(
+        name="cos", feature_S=feature_S, feature_T=feature_T, mask=None, params=None
+    )
+    torch.testing.assert_close(value, hidden.cos_loss(feature_S, feature_T))
+    names = [info.name for infos in manager.hook.declare_components() for info in infos]
+    assert sorted(names) == sorted(set(names)) and "kl" in names and "relation_kl" in names
