@@ -57,10 +57,20 @@ class AttentionKLParams(BaseModel):
 
 
 def _prepare(
-    attention_S: Tensor, attention_T: Tensor, mask: Tensor | None
+    attention_S: Tensor, attention_T: Tensor, mask: Tensor | None, *, heads_may_differ: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Check shapes; return upcast student, detached teacher and the (B, L) keep-mask."""
-    check_same_shape(attention_S, attention_T, "attention maps")
+    """Check shapes; return upcast student, detached teacher and the (B, L) keep-mask.
+
+    :param heads_may_differ: the loss reduces over heads first, so only (B, L, L) must agree.
+    """
+    if heads_may_differ and attention_S.ndim == attention_T.ndim == 4:
+        if attention_S.shape[0] != attention_T.shape[0] or attention_S.shape[2:] != attention_T.shape[2:]:
+            raise ShapeMismatchError(
+                f"Expected student and teacher attention maps to agree in (B, ·, L, L) but got student "
+                f"{shape_str(attention_S.shape)} and teacher {shape_str(attention_T.shape)}"
+            )
+    else:
+        check_same_shape(attention_S, attention_T, "attention maps")
     check_ndim(attention_S, (3, 4), "attention maps", "(B, H, L, L) or (B, L, L)")
     if mask is not None and attention_S.shape[-1] != attention_S.shape[-2]:
         raise ShapeMismatchError(
@@ -138,10 +148,10 @@ def attention_mse_sum_loss(
     mask the divisor is ``Σ_b n_b²`` (H = 1).
 
     :param attention_S: student attention (B, H, L, L) or (B, L, L).
-    :param attention_T: teacher attention, same shape (detached here).
+    :param attention_T: teacher attention, (B, H_T, L, L): the head counts may differ (detached here).
     :param mask: (B, L), 1 = keep, or None.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask)
+    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask, heads_may_differ=True)
     if attention_S.ndim == 4:
         attention_S, attention_T = attention_S.sum(1), attention_T.sum(1)
     return _mse(attention_S, attention_T, keep)
@@ -182,11 +192,11 @@ def attention_ce_mean_loss(
     """Return :func:`attention_ce_loss` of the head-averaged maps (heads averaged first if 4-D).
 
     :param attention_S: student attention (B, H, L, L) or (B, L, L).
-    :param attention_T: teacher attention, same shape (detached here).
+    :param attention_T: teacher attention, (B, H_T, L, L): the head counts may differ (detached here).
     :param mask: (B, L), 1 = keep, or None.
     :param inputs: ``"scores"`` or ``"probs"``.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask)
+    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask, heads_may_differ=True)
     if attention_S.ndim == 4:
         attention_S, attention_T = attention_S.mean(1), attention_T.mean(1)
     return _ce(attention_S, attention_T, keep, inputs)

@@ -1,0 +1,128 @@
+"""Checkpoint files: atomic writes, full training state, RNG capture, safe loading.
+
+Layout under ``output_dir``:
+
+- ``gs{step}.pkl``: the student's ``state_dict`` alone, for deployment (TextBrewer's file name).
+- ``checkpoints/step-{step:08d}.pt``: the full state (student, projections, optimizer, scheduler,
+  run state, RNG states, configs, versions, plugin state) that ``resume_from`` reads.
+
+Every file is written to a temporary file in the same folder, flushed, fsynced and renamed, so a
+crash mid-write never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_core.errors import CheckpointError
+
+FORMAT = "distill-checkpoint"
+FORMAT_VERSION = 1
+STATE_DIR = "checkpoints"
+_STATE_RE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` ``obj`` to ``path`` through a temporary file, fsync and rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Return the Python, torch (CPU and CUDA) and numpy RNG states, loadable with weights_only."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    try:
+        import numpy as np
+    except ImportError:
+        return state
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore what :func:`capture_rng` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+def state_path(output_dir: str | os.PathLike[str], step: int) -> Path:
+    return Path(output_dir) / STATE_DIR / f"step-{step:08d}.pt"
+
+
+def student_path(output_dir: str | os.PathLike[str], step: int) -> Path:
+    return Path(output_dir) / f"gs{step}.pkl"
+
+
+def list_states(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Return ``(step, path)`` of every full-state checkpoint under ``output_dir``, oldest first."""
+    folder = Path(output_dir) / STATE_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        matched = _STATE_RE.match(entry.name)
+        if matched:
+            found.append((int(matched.group(1)), entry))
+    return sorted(found)
+
+
+def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a full-state checkpoint safely (``weights_only=True``: no code runs from the file)."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a distill full-state checkpoint (a student-only gs*.pkl file cannot be "
+            f"resumed from; use a file under {STATE_DIR}/)"
+        )
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {state['format_version']}, newer than this distill "
+            f"reads ({FORMAT_VERSION}); upgrade distill"
+        )
+    return state

@@ -1,0 +1,282 @@
+"""BasicTraining, BasicDistillation and Distillation: how each computes its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill_core.adaptors import (
+    Adaptor,
+    BoundAdaptor,
+    as_list,
+    check_adaptor_output,
+    check_pair,
+    select_layers,
+)
+from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
+from distill_core.distillers.base import BaseDistiller
+from distill_core.errors import AdaptorError, DistillError, ShapeMismatchError
+from distill_core.loop import RunState, call_model
+from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule
+from distill_core.registry import get_registry
+from distill_core.schedules import build_temperature_scheduler, weight_at
+
+
+def _hard_label_loss(results: Mapping[str, Any], role: str) -> torch.Tensor:
+    losses = as_list(results.get("losses"))
+    if not losses:
+        raise AdaptorError(
+            f"{role} returned no 'losses', but hard-label training needs them; return "
+            f"{{'losses': [outputs.loss], ...}} (and pass labels in the batch)"
+        )
+    total = losses[0].mean()  # .mean(): DataParallel returns one loss per device
+    for loss in losses[1:]:
+        total = total + loss.mean()
+    return total
+
+
+class BasicTraining(BaseDistiller):
+    """Plain supervised training of one model (e.g. the teacher) on its adaptor's ``losses``."""
+
+    def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Adaptor | None) -> None:
+        super().__init__(train_config, model)
+        self.adaptor = BoundAdaptor(adaptor, "adaptor")
+
+    def term_names(self) -> list[str]:
+        return ["hard_label"]
+
+    def compute_loss(self, batch: Any, task: str | None, state: RunState,
+                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        results = self.adaptor(batch, call_model(self.model_S, batch, model_args), task)
+        if task not in self._checked_tasks:
+            check_adaptor_output(results, "adaptor")
+            self._checked_tasks.add(task)
+        loss = _hard_label_loss(results, "adaptor")
+        return loss, [loss]
+
+
+def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return a copy of ``logits`` with the true label's logit swapped with the largest one.
+
+    Positions whose label is negative (ignore index, e.g. -100) are left unchanged.
+    """
+    labels = labels.to(logits.device).long()
+    if labels.shape != logits.shape[:-1]:
+        raise AdaptorError(f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of shape "
+                           f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])})")
+    valid = labels >= 0
+    label_index = labels.clamp_min(0).unsqueeze(-1)
+    top_index = logits.argmax(dim=-1, keepdim=True)
+    label_value = logits.gather(-1, label_index)
+    top_value = logits.gather(-1, top_index)
+    shifted = logits.scatter(-1, label_index, top_value).scatter(-1, top_index, label_value)
+    return torch.where(valid.unsqueeze(-1), shifted, logits)
+
+
+class Distillation(BaseDistiller):
+    """KD on logits, hard-label losses, intermediate matches with projections, and custom matches.
+
+    :param custom_matches: matches between any two submodules, by dotted path:
+        ``{"module_T": "bert.encoder.layer.5.attention.self.query", "module_S": "...", "loss":
+        "relation_kl", "weight": 1, "proj": ..., "params": {...}}``; their outputs are captured with
+        forward hooks while the distiller is in use.
+    """
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
+                 model_T: nn.Module, model_S: nn.Module, adaptor_T: Adaptor | None, adaptor_S: Adaptor | None,
+                 custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None) -> None:
+        self._init_distillation(train_config, distill_config, {0: model_T}, model_S, {0: adaptor_T},
+                                {None: adaptor_S}, custom_matches)
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _init_distillation(self, train_config: TrainingConfig, distill_config: DistillationConfig | dict[str, Any],
+                           teachers: dict[Any, nn.Module], model_S: nn.Module, adaptors_T: dict[Any, Adaptor | None],
+                           adaptors_S: dict[Any, Adaptor | None],
+                           custom_matches: Sequence[dict[str, Any] | CustomMatch] | None) -> None:
+        if distill_config is None:
+            raise TypeError(f"{type(self).__name__} needs a distill_config (DistillationConfig)")
+        super().__init__(train_config, model_S, distill_config)
+        config = self.distill_config
+        for key, teacher in teachers.items():
+            if not isinstance(teacher, nn.Module):
+                raise TypeError(f"teacher {key!r} must be a torch.nn.Module, got {type(teacher).__name__}")
+        self.teachers = dict(teachers)
+        self.adaptors_T = {key: BoundAdaptor(a, self._role_T(key)) for key, a in adaptors_T.items()}
+        self.adaptors_S = {key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]")
+                           for key, a in adaptors_S.items()}
+        registry = get_registry()
+        self.kd_component = registry.get("kd_loss", config.kd_loss_type)
+        self.kd_params = self.kd_component.validate_params(config.kd_loss_params)
+        name, params = config.temperature_schedule()
+        self.temperature_fn = None if name in ("none", "constant") else build_temperature_scheduler(name, params)
+        self.use_kd = config.kd_loss_weight > 0
+        self.use_hard_label = config.hard_label_weight > 0
+        self.matches: list[BoundMatch] = [bind_match(m, i, "match") for i, m in enumerate(config.intermediate_matches)]
+        for bound in self.matches:
+            self._check_teacher_index(bound)
+        self.projections = nn.ModuleList(bound.projection for bound in self.matches)
+        customs = [c if isinstance(c, CustomMatch) else CustomMatch.model_validate(c) for c in custom_matches or []]
+        self.custom: list[BoundMatch] = [bind_match(c, i, "custom") for i, c in enumerate(customs)]
+        for bound in self.custom:  # unknown submodule paths fail here, at construction
+            self._check_teacher_index(bound)
+            resolve_submodule(self.teachers[self._teacher_key(bound.spec)], bound.spec.module_T, "the teacher")
+            resolve_submodule(model_S, bound.spec.module_S, "the student")
+        self.custom_projections = nn.ModuleList(bound.projection for bound in self.custom)
+        self.capture = OutputCapture()
+        self._terms = (["kd"] if self.use_kd else []) + (["hard_label"] if self.use_hard_label else []) + [
+            b.term for b in self.matches + self.custom]
+        if not self._terms:
+            raise DistillError(
+                "nothing to train: kd_loss_weight and hard_label_weight are 0 and there are no matches; set "
+                "kd_loss_weight > 0, hard_label_weight > 0, or add intermediate_matches"
+            )
+
+    def _role_T(self, key: Any) -> str:
+        return "adaptor_T" if key == 0 and len(self.teachers) == 1 else f"adaptor_T[{key!r}]"
+
+    def _teacher_key(self, spec: Any) -> Any:
+        return spec.teacher if spec.teacher is not None else 0
+
+    def _check_teacher_index(self, bound: BoundMatch) -> None:
+        key = self._teacher_key(bound.spec)
+        if key not in self.teachers:
+            raise DistillError(f"{bound.label}: teacher {key!r} does not exist; teachers are {sorted(self.teachers)}")
+
+    def _projection_groups(self) -> list[tuple[nn.Module, dict[str, Any]]]:
+        return [(b.projection, b.spec.proj.group_options) for b in self.matches + self.custom if b.spec.proj]
+
+    def _attach_hooks(self) -> None:
+        for bound in self.custom:
+            key = self._teacher_key(bound.spec)
+            self.capture.attach(("teacher", bound.spec.module_T, key),
+                                resolve_submodule(self.teachers[key], bound.spec.module_T, "the teacher"))
+            self.capture.attach(("student", bound.spec.module_S),
+                                resolve_submodule(self.model_S, bound.spec.module_S, "the student"))
+
+    def _detach_hooks(self) -> None:
+        self.capture.detach()
+
+    def term_names(self) -> list[str]:
+        return self._terms
+
+    def current_weights(self, state: RunState) -> list[float]:
+        config, progress = self.distill_config, state.progress()
+        weights = []
+        if self.use_kd:
+            weights.append(weight_at(config.kd_loss_weight_scheduler, config.kd_loss_weight, progress))
+        if self.use_hard_label:
+            weights.append(weight_at(config.hard_label_weight_scheduler, config.hard_label_weight, progress))
+        weights.extend(b.spec.weight for b in self.matches + self.custom)
+        return weights
+
+    # -- the step --------------------------------------------------------------------------------
+    def teacher_keys(self, task: str | None) -> list[Any]:
+        """Which teachers this batch needs (all of them outside multi-task runs)."""
+        return list(self.teachers)
+
+    def teacher_outputs(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
+        """Run the needed teachers without gradient and adapt their outputs (one place: a cache can stand in)."""
+        results = {}
+        with torch.no_grad():
+            for key in self.teacher_keys(task):
+                outputs = call_model(self.teachers[key], batch, model_args)
+                results[key] = self.adaptors_T[key](batch, outputs, task)
+        return results
+
+    def student_adaptor(self, task: str | None) -> BoundAdaptor:
+        return self.adaptors_S[None]
+
+    def _first_step_checks(self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]],
+                           task: str | None) -> None:
+        check_adaptor_output(results_S, "adaptor_S" if task is None else f"adaptor_S[{task!r}]")
+        for key, results in results_T.items():
+            check_adaptor_output(results, self._role_T(key))
+            check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd)
+
+    def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
+        return as_list(next(iter(results_T.values())).get("logits"))
+
+    def _kd_loss(self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor:
+        config = self.distill_config
+        logits_S = as_list(results_S.get("logits"))
+        logits_T = self._kd_target(results_T)
+        mask = results_S.get("logits_mask")
+        if mask is None:
+            mask = next(iter(results_T.values())).get("logits_mask")
+        labels = results_S.get("labels") if config.probability_shift else None
+        if config.probability_shift and labels is None:
+            raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
+        total = None
+        for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
+            if labels is not None:
+                teacher = probability_shift(teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels)
+            temperature: float | torch.Tensor = config.temperature
+            if self.temperature_fn is not None:
+                temperature = self.temperature_fn(student, teacher, config.temperature)
+                if isinstance(temperature, torch.Tensor) and temperature.dim() > 1:
+                    temperature = temperature.flatten(1).mean(dim=1)  # one temperature per example
+            self.last_temperature = temperature
+            try:
+                loss = self.kd_component.call(name=config.kd_loss_type, logits_S=student, logits_T=teacher,
+                                              temperature=temperature, mask=mask if student.dim() == 3 else None,
+                                              params=self.kd_params)
+            except ShapeMismatchError as exc:
+                raise ShapeMismatchError(f"kd_loss_type {config.kd_loss_type!r} on logits {index}: {exc}") from exc
+            total = loss if total is None else total + loss
+        if total is None:
+            raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
+        return total
+
+    def compute_loss(self, batch: Any, task: str | None, state: RunState,
+                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        results_T = self.teacher_outputs(batch, task, model_args)
+        outputs_S = call_model(self.model_S, batch, model_args)
+        results_S = self.student_adaptor(task)(batch, outputs_S, task)
+        check = task not in self._checked_tasks
+        if check:
+            self._first_step_checks(results_S, results_T, task)
+        weights = self.current_weights(state)
+        terms: list[torch.Tensor] = []
+        if self.use_kd:
+            terms.append(self._kd_loss(results_S, results_T))
+        if self.use_hard_label:
+            terms.append(_hard_label_loss(results_S, "adaptor_S"))
+        if self.matches:
+            mask = results_S.get("inputs_mask")
+            for bound in self.matches:
+                spec = bound.spec
+                teacher_results = results_T.get(self._teacher_key(spec), next(iter(results_T.values())))
+                feature_T = select_layers(teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label)
+                feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
+                match_mask = mask if mask is not None else teacher_results.get("inputs_mask")
+                terms.append(bound.compute(feature_S, feature_T, match_mask, check))
+        for bound in self.custom:
+            key = self._teacher_key(bound.spec)
+            feature_T = self.capture.take(("teacher", bound.spec.module_T, key), bound.label).detach()
+            feature_S = self.capture.take(("student", bound.spec.module_S), bound.label)
+            terms.append(bound.compute(feature_S, feature_T, results_S.get("inputs_mask"), check))
+        if self.custom:
+            self.capture.clear()
+        total = terms[0] * weights[0]
+        for term, weight in zip(terms[1:], weights[1:]):
+            total = total + term * weight
+        if check:
+            self._checked_tasks.add(task)
+        return total, terms
+
+
+class BasicDistillation(Distillation):
+    """Logits KD plus hard-label losses (no intermediate or custom matches)."""
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig, model_T: nn.Module,
+                 model_S: nn.Module, adaptor_T: Adaptor | None, adaptor_S: Adaptor | None) -> None:
+        config = distill_config if isinstance(distill_config, DistillationConfig) else DistillationConfig.model_validate(distill_config)
+        if config.intermediate_matches:
+            raise DistillError(
+                "BasicDistillation does only logits KD and hard-label losses, but the config has "
+                f"{len(config.intermediate_matches)} intermediate_matches; use Distillation for those"
+            )
+        super().__init__(train_config, config, model_T, model_S, adaptor_T, adaptor_S)

@@ -1,0 +1,156 @@
+"""Several teachers (averaged KD targets) and several tasks (sampled per step) on the same loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill_core.adaptors import Adaptor, as_list
+from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
+from distill_core.distillers.distillation import Distillation
+from distill_core.errors import DistillError
+from distill_core.loop import BatchSource, RunState
+from distill_core.matching import BoundMatch
+
+
+class MultiTeacherDistillation(Distillation):
+    """KD towards the (weighted) average of several teachers' logits.
+
+    :param model_T: a list of teachers.
+    :param adaptor_T: one adaptor for all teachers, or a list with one per teacher.
+    :param teacher_weights: the averaging weights (default: equal).
+    Intermediate and custom matches work too; a match names its teacher by index with ``teacher``
+    (default 0).
+    """
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
+                 model_T: Sequence[nn.Module], model_S: nn.Module, adaptor_T: Adaptor | Sequence[Adaptor | None] | None,
+                 adaptor_S: Adaptor | None, teacher_weights: Sequence[float] | None = None,
+                 custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None) -> None:
+        if isinstance(model_T, nn.Module) or not isinstance(model_T, Sequence) or not model_T:
+            raise TypeError("MultiTeacherDistillation needs model_T as a non-empty list of teachers")
+        teachers = dict(enumerate(model_T))
+        if isinstance(adaptor_T, Sequence):
+            if len(adaptor_T) != len(model_T):
+                raise ValueError(f"got {len(model_T)} teachers but {len(adaptor_T)} adaptors in adaptor_T")
+            adaptors = dict(enumerate(adaptor_T))
+        else:
+            adaptors = {key: adaptor_T for key in teachers}
+        weights = [1.0] * len(teachers) if teacher_weights is None else [float(w) for w in teacher_weights]
+        if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"teacher_weights must be {len(teachers)} non-negative numbers with a positive sum, "
+                             f"got {teacher_weights!r}")
+        self.teacher_weights = [w / sum(weights) for w in weights]
+        self._init_distillation(train_config, distill_config, teachers, model_S, adaptors, {None: adaptor_S},
+                                custom_matches)
+
+    def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
+        per_teacher = [as_list(results_T[key].get("logits")) for key in self.teachers]
+        averaged = []
+        for tensors in zip(*per_teacher):
+            target = tensors[0] * self.teacher_weights[0]
+            for weight, tensor in zip(self.teacher_weights[1:], tensors[1:]):
+                target = target + tensor * weight
+            averaged.append(target)
+        return averaged
+
+
+#: the seed's other spelling
+BasicMultiTeacherDistillation = MultiTeacherDistillation
+
+
+class MultiTaskSource(BatchSource):
+    """Batches from several task dataloaders; each batch's task is drawn with probability ∝ size^tau.
+
+    Draws use torch's global RNG, so a seeded run (and a resumed one) sees the same task order.
+    """
+
+    def __init__(self, dataloaders: Mapping[str, Any], tau: float) -> None:
+        self.dataloaders = dict(dataloaders)
+        self.tasks = list(self.dataloaders)
+        sizes = []
+        for task, loader in self.dataloaders.items():
+            try:
+                sizes.append(float(len(loader)))
+            except TypeError:
+                raise TypeError(f"dataloaders[{task!r}] has no length; task sampling needs each loader's size") from None
+        if any(size <= 0 for size in sizes):
+            raise ValueError(f"every task dataloader must be non-empty, sizes were {dict(zip(self.tasks, sizes))}")
+        weights = torch.tensor(sizes, dtype=torch.float64) ** tau
+        self.probabilities = weights / weights.sum()
+
+    def batches_per_epoch(self) -> int | None:
+        return None  # tasks are sampled without end: train with num_steps
+
+    def epoch(self) -> Iterator[tuple[str | None, Any]]:
+        iterators: dict[str, Iterator[Any]] = {}
+        while True:
+            task = self.tasks[int(torch.multinomial(self.probabilities, 1))]
+            iterator = iterators.get(task)
+            if iterator is None:
+                iterator = iterators[task] = iter(self.dataloaders[task])
+            try:
+                batch = next(iterator)
+            except StopIteration:  # this task's data is used up: start it over
+                iterator = iterators[task] = iter(self.dataloaders[task])
+                batch = next(iterator)
+            yield task, batch
+
+
+class MultiTaskDistillation(Distillation):
+    """One student learns several tasks from one teacher each.
+
+    :param model_T: ``{task: teacher}``.
+    :param adaptor_T: ``{task: adaptor}`` for the teachers.
+    :param adaptor_S: ``{task: adaptor}`` for the student (an adaptor may take a ``task`` argument).
+    :param task_weights: ``{task: weight}`` multiplying that task's loss (default 1).
+    Train with ``train(optimizer, dataloaders={task: loader}, num_steps=N, tau=1.0)``.
+    """
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
+                 model_T: Mapping[str, nn.Module], model_S: nn.Module, adaptor_T: Mapping[str, Adaptor | None],
+                 adaptor_S: Mapping[str, Adaptor | None], task_weights: Mapping[str, float] | None = None) -> None:
+        for name, value in (("model_T", model_T), ("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"MultiTaskDistillation needs {name} as a dict {{task: ...}}, got {type(value).__name__}")
+        tasks = set(model_T)
+        for name, value in (("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
+            if set(value) != tasks:
+                raise ValueError(f"{name} has tasks {sorted(value)} but model_T has {sorted(tasks)}")
+        self.task_weights = {task: 1.0 for task in tasks}
+        if task_weights:
+            unknown = set(task_weights) - tasks
+            if unknown:
+                raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks are {sorted(tasks)}")
+            self.task_weights.update({task: float(w) for task, w in task_weights.items()})
+        self._init_distillation(train_config, distill_config, dict(model_T), model_S, dict(adaptor_T),
+                                dict(adaptor_S), None)
+
+    def _check_teacher_index(self, bound: BoundMatch) -> None:
+        if bound.spec.teacher is not None:
+            raise DistillError(f"{bound.label}: in multi-task runs each batch's teacher is its task's; remove 'teacher'")
+
+    def _role_T(self, key: Any) -> str:
+        return f"adaptor_T[{key!r}]"
+
+    def teacher_keys(self, task: str | None) -> list[Any]:
+        return [task]
+
+    def student_adaptor(self, task: str | None) -> Any:
+        return self.adaptors_S[task]
+
+    def _source(self, dataloader: Any, dataloaders: Any, args: dict[str, Any]) -> BatchSource:
+        if dataloaders is None:
+            raise TypeError("MultiTaskDistillation.train() needs dataloaders={task: loader}")
+        if set(dataloaders) != set(self.teachers):
+            raise ValueError(f"dataloaders has tasks {sorted(dataloaders)} but the teachers are for {sorted(self.teachers)}")
+        return MultiTaskSource(dataloaders, self.tau)
+
+    def compute_loss(self, batch: Any, task: str | None, state: RunState,
+                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        total, terms = super().compute_loss(batch, task, state, model_args)
+        weight = self.task_weights[task]
+        return (total if weight == 1.0 else total * weight), terms
