@@ -157,9 +157,18 @@ def shape_mismatch_inputs(name):
         return layers_S, [randn(B, L + 1, D_T, seed=1), randn(B, L + 1, D_T, seed=2)]
     if name == "relation_kl":
         return randn(B, L, D_S, seed=0), randn(B, L + 1, D_T, seed=1)
+    if name in ("attention_mse_sum", "attention_ce_mean"):  # heads are reduced first: lengths must agree
+        return randn(B, H, L, L, seed=0), randn(B, H + 1, L + 1, L + 1, seed=1)
     if name.startswith("attention"):
         return randn(B, H, L, L, seed=0), randn(B, H + 1, L, L, seed=1)
     return randn(B, L, D_S, seed=0), randn(B, L, D_T, seed=1)
+
+
+@pytest.mark.parametrize("name", ["attention_mse_sum", "attention_ce_mean"])
+def test_head_reducing_losses_accept_different_head_counts(name):
+    student, teacher = randn(B, H, L, L, seed=0), randn(B, H + 2, L, L, seed=1)
+    reduce = (lambda a: a.sum(1)) if name == "attention_mse_sum" else (lambda a: a.mean(1))
+    assert torch.allclose(compute(name, student, teacher), compute(name, reduce(student), reduce(teacher)), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", MATCH_LOSSES)
