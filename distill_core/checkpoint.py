@@ -5,6 +5,7 @@ Layout under ``output_dir``:
 - ``gs{step}.pkl``: the student's ``state_dict`` alone, for deployment (TextBrewer's file name).
 - ``checkpoints/step-{step:08d}.pt``: the full state (student, projections, optimizer, scheduler,
   run state, RNG states, configs, versions, plugin state) that ``resume_from`` reads.
+- ``best.pkl`` + ``best.json``: the student at the best metric the callback returned.
 
 Every file is written to a temporary file in the same folder, flushed, fsynced and renamed, so a
 crash mid-write never leaves a half-written file where a good one was.
@@ -12,21 +13,30 @@ crash mid-write never leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
 import os
+import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from distill_core.config import write_text_atomic
 from distill_core.errors import CheckpointError
 
 FORMAT = "distill-checkpoint"
 FORMAT_VERSION = 1
 STATE_DIR = "checkpoints"
 _STATE_RE = re.compile(r"^step-(\d+)\.pt$")
+_STUDENT_RE = re.compile(r"^gs(\d+)\.pkl$")
+BEST_STUDENT = "best.pkl"
+BEST_INFO = "best.json"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -107,12 +117,78 @@ def list_states(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def list_students(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Return ``(step, path)`` of every student-only ``gs{step}.pkl`` under ``output_dir``, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        matched = _STUDENT_RE.match(entry.name)
+        if matched:
+            found.append((int(matched.group(1)), entry))
+    return sorted(found)
+
+
+def prune(output_dir: str | os.PathLike[str], *, current_step: int, keep_last: int, keep: set[int]) -> None:
+    """Delete checkpoints (both kinds) of steps up to ``current_step`` but the newest ``keep_last``.
+
+    Steps in ``keep`` (the best) are never deleted. Files of later steps than ``current_step`` (left
+    by a run that was resumed from an earlier checkpoint) are not this run's to judge: they stay
+    until the run reaches and overwrites them.
+    """
+    for listing in (list_states(output_dir), list_students(output_dir)):
+        older = [(step, path) for step, path in listing if step <= current_step]
+        for step, path in older[:-keep_last]:
+            if step not in keep:
+                path.unlink(missing_ok=True)
+
+
+def metric_from(result: Any) -> float | None:
+    """The metric a callback returned (a number or a one-element tensor), or None."""
+    if isinstance(result, bool) or result is None:
+        return None
+    if isinstance(result, torch.Tensor) and result.numel() == 1:
+        return float(result)
+    if isinstance(result, numbers.Real):
+        return float(result)
+    warnings.warn(f"the callback returned a {type(result).__name__}; return a number (the metric) to track the "
+                  f"best checkpoint and stop early, or None", UserWarning, stacklevel=4)
+    return None
+
+
+def is_better(metric: float, best: float | None, mode: str) -> bool:
+    """Whether ``metric`` improves on ``best`` (``mode`` "max" or "min"); NaN never does."""
+    if math.isnan(metric):
+        return False
+    if best is None:
+        return True
+    return metric > best if mode == "max" else metric < best
+
+
+def save_best(student: torch.nn.Module, output_dir: str | os.PathLike[str], *, step: int, metric: float,
+              mode: str) -> None:
+    """Write the student's ``state_dict`` as ``best.pkl``, then ``best.json`` (step, metric, mode)."""
+    folder = Path(output_dir)
+    save_atomic(student.state_dict(), folder / BEST_STUDENT)
+    info = {"step": step, "metric": metric, "mode": mode, "file": BEST_STUDENT}
+    write_text_atomic(folder / BEST_INFO, json.dumps(info, indent=2) + "\n")
+
+
 def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a full-state checkpoint safely (``weights_only=True``: no code runs from the file)."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds objects other than tensors and plain data, so it is refused "
+                f"(distill loads with torch.load(weights_only=True), which runs no code from the file); it was not "
+                f"written by distill, or a plugin's on_checkpoint stored an object it should store as plain data"
+            ) from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({exc})") from exc
     except Exception as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:

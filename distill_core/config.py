@@ -224,6 +224,8 @@ class TrainingConfig(_SerializableConfig):
 
     Checkpoints: in epoch mode (``ckpt_steps`` unset) a checkpoint is written ``ckpt_frequency``
     times per epoch, every ``ckpt_epoch_frequency`` epochs; in step mode every ``ckpt_steps`` steps.
+    The callback may return a metric: the best student is kept in ``best.pkl`` (``best_metric_mode``)
+    and training stops after ``early_stopping_patience`` evaluations without improvement.
     """
 
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -239,6 +241,18 @@ class TrainingConfig(_SerializableConfig):
     local_rank: int = Field(-1, ge=-1, description="rank of this process under torchrun; -1: not distributed")
     log_steps: int = Field(10, ge=1, description="write scalars every this many optimisation steps")
     progress_bar: bool = True
+    keep_last: int | None = Field(
+        None, ge=1, description="keep the newest N checkpoints (gs*.pkl and full state) and the best"
+    )
+    best_metric_mode: Literal["max", "min"] = Field(
+        "max", description="is a larger ('max') or smaller ('min') callback metric better"
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many evaluations in a row without a better metric"
+    )
+    nonfinite_policy: Literal["raise", "skip"] = Field(
+        "raise", description="on a NaN/inf loss: raise NonFiniteLossError, or skip the update and count it"
+    )
 
     @field_validator("device")
     @classmethod

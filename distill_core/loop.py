@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distill_core.checkpoint import capture_rng, restore_rng
+from distill_core.errors import NonFiniteLossError
 
 if TYPE_CHECKING:
     from distill_core.distillers import BaseDistiller
@@ -36,6 +37,7 @@ class RunState:
     best_metric: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+    stopped_early: bool = False  # early stopping ended the run (a resume of it trains no further)
     epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
 
     def progress(self) -> float:
@@ -91,6 +93,62 @@ class BatchSource:
             yield None, batch
 
 
+class NonFiniteGuard:
+    """Watches every micro-batch's loss terms for NaN/inf: the one place the loop checks them.
+
+    Per term, the first optimisation step whose loss was not finite is kept in a small tensor on
+    the loss's device, updated without a host-device sync. It is read (one sync) at once on the CPU,
+    where reading costs nothing; on an accelerator at logging points and checkpoints (policy
+    ``"raise"``), or once per optimisation step (policy ``"skip"``, which must know before updating).
+    """
+
+    def __init__(self, names: list[str], policy: str, device: torch.device) -> None:
+        self.names = ["total", *names]
+        self.policy = policy
+        self.eager = device.type == "cpu"
+        self._first: torch.Tensor | None = None  # per term: first bad step, -1 while finite
+
+    def observe(self, total: torch.Tensor, terms: list[torch.Tensor], state: RunState) -> None:
+        """Record one micro-batch's losses; on the CPU, raise at once under policy "raise"."""
+        step = state.global_step + 1  # the step this micro-batch contributes to
+        stacked = torch.stack([total.detach().float().reshape(()), *[t.detach().float().reshape(()) for t in terms]])
+        if self._first is None or self._first.device != stacked.device:
+            self._first = torch.full(stacked.shape, -1, dtype=torch.long, device=stacked.device)
+        self._first = torch.where(~torch.isfinite(stacked) & (self._first < 0), step, self._first)
+        if self.eager and self.policy == "raise":
+            self.check(state, values=stacked)
+
+    def check(self, state: RunState, values: torch.Tensor | None = None) -> None:
+        """Under policy "raise", raise NonFiniteLossError if any term was not finite (one sync)."""
+        if self.policy != "raise" or self._first is None:
+            return
+        first = self._first.tolist()
+        if max(first) < 0:
+            return
+        bad = [index for index, step in enumerate(first) if step >= 0]
+        named = [index for index in bad if index > 0] or bad  # name the terms, "total" only if no term is bad
+        step = min(first[index] for index in named)
+        described = ", ".join(
+            repr(self.names[index]) + (f" ({float(values[index])})" if values is not None else "") for index in named)
+        where = (f"at optimisation step {step} (micro-batch {state.batch_in_epoch} of epoch {state.epoch + 1})"
+                 if values is not None else
+                 f"at optimisation step {step} (found at step {state.global_step}: on an accelerator the check "
+                 f"runs at logging points and checkpoints)")
+        raise NonFiniteLossError(
+            f"loss term{'s' if len(named) > 1 else ''} {described} {'are' if len(named) > 1 else 'is'} not "
+            f"finite {where}; lower the learning rate, check the inputs and the "
+            f"loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
+        )
+
+    def take_skip(self) -> bool:
+        """Under policy "skip": whether the step being finished saw a non-finite loss (then reset)."""
+        if self.policy != "skip" or self._first is None:
+            return False
+        skip = bool((self._first >= 0).any())  # one sync per optimisation step, only in "skip" mode
+        self._first = None
+        return skip
+
+
 class TrainingLoop:
     """Runs the optimisation for one ``train`` call of a distiller."""
 
@@ -125,6 +183,7 @@ class TrainingLoop:
             self.state.total_steps = self.state.steps_per_epoch * num_epochs
         self._ckpt_positions = self._checkpoint_positions()
         self._clip_params = [p for module in distiller.trainable_modules() for p in module.parameters()]
+        self.guard = NonFiniteGuard(distiller.term_names(), self.config.nonfinite_policy, distiller.device)
 
     # -- cadence ---------------------------------------------------------------------------------
     def _checkpoint_positions(self) -> set[int]:
@@ -155,7 +214,7 @@ class TrainingLoop:
             distiller.restore_checkpoint(resume, self.optimizer, self.scheduler, state)
         tracker = distiller.make_tracker(state)
         try:
-            while state.global_step < state.total_steps:
+            while state.global_step < state.total_steps and not state.stopped_early:
                 if not self.step_mode and state.epoch >= self.num_epochs:
                     break
                 finished = self._run_epoch(tracker, resuming=resume is not None and state.batch_in_epoch > 0)
@@ -189,7 +248,9 @@ class TrainingLoop:
             if self.batch_postprocessor is not None:
                 batch = self.batch_postprocessor(batch)
             batch = move_to_device(batch, distiller.device)
-            total, terms = distiller.compute_loss(batch, task, state, self.model_args)
+            with distiller.autocast():
+                total, terms = distiller.compute_loss(batch, task, state, self.model_args)
+            self.guard.observe(total, terms, state)
             scaled = total / self.accumulation if self.accumulation > 1 else total
             distiller.backward(scaled)
             tracker.add(total, terms)
@@ -215,10 +276,15 @@ class TrainingLoop:
     def _optimizer_step(self, tracker: Any) -> bool:
         """Clip, step, schedule, log, checkpoint. Returns True when training is complete."""
         state, distiller = self.state, self.distiller
-        if self.max_grad_norm is not None:
-            distiller.unscale_gradients(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self._clip_params, self.max_grad_norm)
-        distiller.optimizer_step(self.optimizer)
+        if self.guard.take_skip():
+            # a non-finite loss under nonfinite_policy="skip": the step counts (schedules advance) but
+            # changes no weight and no optimizer state
+            state.skipped_steps += 1
+        else:
+            if self.max_grad_norm is not None:
+                distiller.unscale_gradients(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self._clip_params, self.max_grad_norm)
+            distiller.optimizer_step(self.optimizer)
         if self.scheduler is not None:
             with warnings.catch_warnings():
                 # with fp16 the scaler may skip a step; torch then warns about the order of steps
@@ -227,10 +293,13 @@ class TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
         state.step_in_epoch += 1
+        checkpoint_now = self._is_checkpoint_step()
+        if not self.guard.eager and (checkpoint_now or state.global_step % self.config.log_steps == 0):
+            self.guard.check(state)  # on an accelerator: read the flags at logging points and before saving
         tracker.step(state.global_step, weights=distiller.current_weights(state),
                      lrs=[group["lr"] for group in self.optimizer.param_groups],
                      temperature=distiller.last_temperature)
-        if self._is_checkpoint_step():
+        if checkpoint_now:
             stop = distiller.checkpoint(state, self.optimizer, self.scheduler, self.callback, tracker)
             if stop:
                 return True

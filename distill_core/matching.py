@@ -83,9 +83,9 @@ def resolve_submodule(model: nn.Module, path: str, role: str) -> nn.Module:
     except AttributeError:
         names = [name for name, _ in unwrap(model).named_modules() if name]
         close = difflib.get_close_matches(path, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
         raise AdaptorError(
-            f"{role} has no submodule {path!r}.{hint} List them with [n for n, _ in model.named_modules()]"
+            f"{role} has no submodule {path!r}{hint} List them with [n for n, _ in model.named_modules()]"
         ) from None
 
 

@@ -19,6 +19,11 @@ BUILTINS_ONLY = {"DISTILL_PLUGIN_DISTRIBUTIONS": "distill"}
 
 def pytest_configure(config: pytest.Config) -> None:
     configure_plugins(distributions=["distill"])
+    # Tiny models run fastest on one thread, and two OpenMP threads spinning against another busy
+    # process on a 2-core machine slow every step down by an order of magnitude.
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m distill_core ARGS`` in a subprocess, as a user's shell would."""
-    full_env = {**os.environ, **BUILTINS_ONLY, **(env or {})}
+    full_env = {**os.environ, **BUILTINS_ONLY, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "distill_core", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=120,

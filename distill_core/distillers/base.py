@@ -7,6 +7,7 @@ loop in :mod:`distill_core.loop`.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import warnings
@@ -147,6 +148,12 @@ class BaseDistiller(abc.ABC):
     def current_weights(self, state: RunState) -> list[float]:
         return [1.0] * len(self.term_names())
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the forward passes and losses when ``fp16`` is on (CUDA only)."""
+        if self.scaler is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -212,6 +219,9 @@ class BaseDistiller(abc.ABC):
                 raise ValueError(f"Expected argument `{name}` to be a positive integer but got {value!r}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if self.train_config.early_stopping_patience is not None and callback is None:
+            raise DistillError("TrainingConfig.early_stopping_patience is set but train() got no callback; pass a "
+                               "callback that returns the metric to watch, or unset early_stopping_patience")
         self.tau = tau
         source = self._source(dataloader, dataloaders, args)
         _check_writable(self.train_config.output_dir, "output_dir")
@@ -257,11 +267,13 @@ class BaseDistiller(abc.ABC):
                 raise ValueError("the scheduler was built for another optimizer than the one passed to train()")
             seen = len(getattr(scheduler, "base_lrs", optimizer.param_groups))
             if seen < len(optimizer.param_groups):
-                warnings.warn(
+                # torch's schedulers keep one entry per group from their construction: such a
+                # scheduler either fails at its first step or leaves the projections unscheduled
+                raise ValueError(
                     f"the scheduler was built before distill added {len(optimizer.param_groups) - seen} projection "
-                    f"parameter group(s) to the optimizer, so it does not schedule their learning rate; pass "
-                    f"scheduler=lambda opt: YourScheduler(opt, ...) or scheduler_class=..., scheduler_args=... instead",
-                    UserWarning, stacklevel=3,
+                    f"parameter group(s) to the optimizer, so it cannot schedule their learning rate; pass "
+                    f"scheduler=lambda opt: YourScheduler(opt, ...) or scheduler_class=..., scheduler_args=... so "
+                    f"distill builds it after adding the groups"
                 )
             return scheduler
         if callable(scheduler):
@@ -280,7 +292,8 @@ class BaseDistiller(abc.ABC):
 
         registry = get_registry()
         used = {c.plugin: {"distribution": c.distribution, "version": c.version} for c in registry.components()}
-        return {"distill": __version__, "torch": torch.__version__, "plugins": used}
+        # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses
+        return {"distill": str(__version__), "torch": str(torch.__version__), "plugins": used}
 
     def _full_state(self, state: RunState, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         return {
@@ -302,27 +315,47 @@ class BaseDistiller(abc.ABC):
 
     def checkpoint(self, state: RunState, optimizer: Any, scheduler: Any, callback: Callable[..., Any] | None,
                    tracker: Tracker) -> bool:
-        """Write the checkpoint files, call plugins and the callback. Returns True to stop training."""
-        output_dir = self.train_config.output_dir
+        """Write the student file, call the callback, track the best, write the full state, prune.
+
+        The callback runs before the full state is written so that its metric (best, patience) is part
+        of the saved run state. Returns True to stop training (early stopping).
+        """
+        config, output_dir, step = self.train_config, self.train_config.output_dir, state.global_step
         rng = ckpt.capture_rng()
         if self.is_main:
-            full = self._full_state(state, optimizer, scheduler)
-            full_path = ckpt.state_path(output_dir, state.global_step)
-            from distill_core.plugins import get_plugin_manager
-
-            get_plugin_manager().hook.on_checkpoint(checkpoint=full, step=state.global_step, path=str(full_path))
-            ckpt.save_atomic(self.student.state_dict(), ckpt.student_path(output_dir, state.global_step))
-            ckpt.save_atomic(full, full_path)
+            ckpt.save_atomic(self.student.state_dict(), ckpt.student_path(output_dir, step))
+        stop = False
         if callback is not None:
             student = self.model_S
             student.eval()
             try:
-                callback(model=self.student, step=state.global_step)
+                result = callback(model=self.student, step=step)
             finally:
                 student.train()
-        # the callback must not change the run's randomness, or a resumed run would diverge
-        ckpt.restore_rng(rng)
-        return False
+                # the callback must not change the run's randomness, or a resumed run would diverge
+                ckpt.restore_rng(rng)
+            metric = ckpt.metric_from(result)
+            if metric is not None:
+                tracker.scalars({"eval/metric": metric}, step)
+                if ckpt.is_better(metric, state.best_metric, config.best_metric_mode):
+                    state.best_metric, state.best_step, state.evals_without_improvement = metric, step, 0
+                    if self.is_main:
+                        ckpt.save_best(self.student, output_dir, step=step, metric=metric, mode=config.best_metric_mode)
+                else:
+                    state.evals_without_improvement += 1
+                patience = config.early_stopping_patience
+                stop = state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+        if self.is_main:
+            full = self._full_state(state, optimizer, scheduler)
+            full_path = ckpt.state_path(output_dir, step)
+            from distill_core.plugins import get_plugin_manager
+
+            get_plugin_manager().hook.on_checkpoint(checkpoint=full, step=step, path=str(full_path))
+            ckpt.save_atomic(full, full_path)
+            if config.keep_last is not None:
+                keep = set() if state.best_step is None else {state.best_step}
+                ckpt.prune(output_dir, current_step=step, keep_last=config.keep_last, keep=keep)
+        return stop
 
     def _resolve_resume(self, resume_from: str | os.PathLike[str] | None) -> dict[str, Any] | None:
         if resume_from is None:
@@ -365,6 +398,11 @@ class BaseDistiller(abc.ABC):
 
     def _check_compatible(self, state_dict: dict[str, Any]) -> None:
         differences = []
+        saved_training = json.loads(state_dict.get("config", {}).get("training") or "{}")
+        accumulation = self.train_config.gradient_accumulation_steps
+        if saved_training.get("gradient_accumulation_steps", accumulation) != accumulation:
+            differences.append(f"training.gradient_accumulation_steps: checkpoint "
+                               f"{saved_training['gradient_accumulation_steps']!r}, now {accumulation!r}")
         saved = state_dict.get("config", {}).get("distillation")
         current = self._configs_json()["distillation"]
         if saved != current:
@@ -377,14 +415,16 @@ class BaseDistiller(abc.ABC):
                              ("custom_projections", self.custom_projections)):
             old = state_dict.get(name, {})
             new = module.state_dict()
+            found = []
             for key in sorted(set(old) | set(new)):
                 if key not in new:
-                    differences.append(f"{name}.{key}: in the checkpoint, not in this model")
+                    found.append(f"{name}.{key}: in the checkpoint, not in this model")
                 elif key not in old:
-                    differences.append(f"{name}.{key}: in this model, not in the checkpoint")
+                    found.append(f"{name}.{key}: in this model, not in the checkpoint")
                 elif tuple(old[key].shape) != tuple(new[key].shape):
-                    differences.append(f"{name}.{key}: shape {tuple(old[key].shape)} in the checkpoint, "
-                                       f"{tuple(new[key].shape)} now")
+                    found.append(f"{name}.{key}: shape {tuple(old[key].shape)} in the checkpoint, "
+                                 f"{tuple(new[key].shape)} now")
+            # a few per module, so a wider student does not hide the projections' differences
+            differences += found[:10] + ([f"... and {len(found) - 10} more in {name}"] if len(found) > 10 else [])
         if differences:
-            shown = differences[:20] + ([f"... and {len(differences) - 20} more"] if len(differences) > 20 else [])
-            raise CheckpointError("the checkpoint does not match this run:\n  " + "\n  ".join(shown))
+            raise CheckpointError("the checkpoint does not match this run:\n  " + "\n  ".join(differences))

@@ -122,8 +122,9 @@ class Distillation(BaseDistiller):
         self.custom: list[BoundMatch] = [bind_match(c, i, "custom") for i, c in enumerate(customs)]
         for bound in self.custom:  # unknown submodule paths fail here, at construction
             self._check_teacher_index(bound)
-            resolve_submodule(self.teachers[self._teacher_key(bound.spec)], bound.spec.module_T, "the teacher")
-            resolve_submodule(model_S, bound.spec.module_S, "the student")
+            resolve_submodule(self.teachers[self._teacher_key(bound.spec)], bound.spec.module_T,
+                              f"{bound.label}: the teacher")
+            resolve_submodule(model_S, bound.spec.module_S, f"{bound.label}: the student")
         self.custom_projections = nn.ModuleList(bound.projection for bound in self.custom)
         self.capture = OutputCapture()
         self._terms = (["kd"] if self.use_kd else []) + (["hard_label"] if self.use_hard_label else []) + [
