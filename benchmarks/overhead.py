@@ -5,7 +5,8 @@ match through a linear projection and an attention match, from identical initial
 batches. They run side by side in one process, alternating rounds so drift affects both alike; the
 step time is the median over rounds of (time between the first and last batch) / steps, which
 leaves out setup and the final checkpoint. Peak memory: CUDA's max_memory_allocated on a GPU; on
-the CPU, the peak resident size of a child process that runs only that variant.
+the CPU, how far training raises the peak resident size of a child process that builds the same
+models (with 8x the batch and 4x the length, so activations dominate) and runs only that variant.
 
     python benchmarks/overhead.py            # prints a table and the ratios
     python benchmarks/overhead.py --json     # machine-readable
@@ -32,10 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill_core import DistillationConfig, Distillation, TrainingConfig  # noqa: E402
 
-T, HIDDEN_T, HIDDEN_S = 4.0, 128, 64
+T = 4.0
 
 
 def build(args: argparse.Namespace) -> tuple:
+    global HIDDEN_T, HIDDEN_S
+    HIDDEN_T, HIDDEN_S = args.hidden_teacher, args.hidden_student
     torch.manual_seed(0)
     common = dict(vocab_size=1000, max_position_embeddings=args.length, num_labels=4, attn_implementation="eager",
                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -123,8 +126,10 @@ def peak_memory_mb(args: argparse.Namespace, variant: str) -> float:
         torch.cuda.reset_peak_memory_stats()
         RUNNERS[variant](teacher, student, batches, device)
         return torch.cuda.max_memory_allocated() / 2**20
-    command = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--batch", str(args.batch),
-               "--length", str(args.length), "--threads", str(args.threads)]
+    # bigger batches than the timing runs, so activations (not the interpreter) dominate the peak
+    command = [sys.executable, __file__, "--child", variant, "--steps", "8", "--batch", str(args.batch * 8),
+               "--length", str(args.length * 4), "--threads", str(args.threads),
+               "--hidden-teacher", str(args.hidden_teacher), "--hidden-student", str(args.hidden_student)]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
 
 
@@ -132,8 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--hidden-teacher", type=int, default=64)
+    parser.add_argument("--hidden-student", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true")
@@ -141,10 +148,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.child:  # a child measures one variant's peak resident memory (CPU)
+    if args.child:  # a child measures how much one variant's training raises the peak resident size (CPU)
         teacher, student, batches = build(args)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         RUNNERS[args.child](teacher, student, batches, device)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
         return
 
     teacher, student, batches = build(args)
@@ -163,15 +171,16 @@ def main() -> None:
         "step_ms_all_rounds": {name: [v * 1e3 for v in values] for name, values in times.items()},
         "peak_memory_mb": memory,
         "time_ratio": medians["distill"] / medians["hand"],
-        "memory_ratio": memory["distill"] / memory["hand"],
+        "memory_ratio": memory["distill"] / memory["hand"] if memory["hand"] > 0 else float("nan"),
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"device {device}, {args.threads} thread(s), {args.steps} steps x {args.rounds} rounds")
-    print(f"{'':<14}{'step (ms)':>12}{'peak memory (MB)':>20}")
+    print(f"device {device}, {args.threads} thread(s), {args.steps} steps x {args.rounds} rounds, batch {args.batch}"
+          f" x {args.length} tokens, teacher width {args.hidden_teacher}, student width {args.hidden_student}")
+    print(f"{'':<14}{'step (ms)':>12}{'training peak RSS / GPU (MB)':>30}")
     for name in RUNNERS:
-        print(f"{name:<14}{medians[name] * 1e3:>12.2f}{memory[name]:>20.1f}")
+        print(f"{name:<14}{medians[name] * 1e3:>12.2f}{memory[name]:>30.1f}")
     print(f"ratio distill/hand: time {result['time_ratio']:.3f}, memory {result['memory_ratio']:.3f}")
 
 
