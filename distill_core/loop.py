@@ -97,30 +97,35 @@ class NonFiniteGuard:
     """Watches every micro-batch's loss terms for NaN/inf: the one place the loop checks them.
 
     Per term, the first optimisation step whose loss was not finite is kept in a small tensor on
-    the loss's device, updated without a host-device sync. It is read (one sync) at once on the CPU,
-    where reading costs nothing; on an accelerator at logging points and checkpoints (policy
-    ``"raise"``), or once per optimisation step (policy ``"skip"``, which must know before updating).
+    the loss's device, updated without a host-device sync. Under policy ``"raise"`` it is checked at
+    logging points, from the loss means the tracker reads there anyway (the tensor itself is read
+    only when a mean is not finite), and before each checkpoint (one read). Under ``"skip"`` it is
+    read once per optimisation step, which must know before updating. The same path runs on every
+    device, so CPU tests exercise what runs on a GPU.
     """
 
-    def __init__(self, names: list[str], policy: str, device: torch.device) -> None:
+    def __init__(self, names: list[str], policy: str) -> None:
         self.names = ["total", *names]
         self.policy = policy
-        self.eager = device.type == "cpu"
         self._first: torch.Tensor | None = None  # per term: first bad step, -1 while finite
 
     def observe(self, total: torch.Tensor, terms: list[torch.Tensor], state: RunState) -> None:
-        """Record one micro-batch's losses; on the CPU, raise at once under policy "raise"."""
+        """Record one micro-batch's losses (no sync)."""
         step = state.global_step + 1  # the step this micro-batch contributes to
         stacked = torch.stack([total.detach().float().reshape(()), *[t.detach().float().reshape(()) for t in terms]])
         if self._first is None or self._first.device != stacked.device:
             self._first = torch.full(stacked.shape, -1, dtype=torch.long, device=stacked.device)
         self._first = torch.where(~torch.isfinite(stacked) & (self._first < 0), step, self._first)
-        if self.eager and self.policy == "raise":
-            self.check(state, values=stacked)
 
-    def check(self, state: RunState, values: torch.Tensor | None = None) -> None:
-        """Under policy "raise", raise NonFiniteLossError if any term was not finite (one sync)."""
+    def check(self, state: RunState, logged: list[float] | None = None) -> None:
+        """Under policy "raise", raise NonFiniteLossError if any term was not finite.
+
+        ``logged``: the means of the logging interval that ends here, as the tracker read them; when
+        all are finite, no micro-batch since the previous check was bad, and nothing is read.
+        """
         if self.policy != "raise" or self._first is None:
+            return
+        if logged is not None and all(math.isfinite(value) for value in logged):
             return
         first = self._first.tolist()
         if max(first) < 0:
@@ -128,16 +133,12 @@ class NonFiniteGuard:
         bad = [index for index, step in enumerate(first) if step >= 0]
         named = [index for index in bad if index > 0] or bad  # name the terms, "total" only if no term is bad
         step = min(first[index] for index in named)
-        described = ", ".join(
-            repr(self.names[index]) + (f" ({float(values[index])})" if values is not None else "") for index in named)
-        where = (f"at optimisation step {step} (micro-batch {state.batch_in_epoch} of epoch {state.epoch + 1})"
-                 if values is not None else
-                 f"at optimisation step {step} (found at step {state.global_step}: on an accelerator the check "
-                 f"runs at logging points and checkpoints)")
+        plural = len(named) > 1
         raise NonFiniteLossError(
-            f"loss term{'s' if len(named) > 1 else ''} {described} {'are' if len(named) > 1 else 'is'} not "
-            f"finite {where}; lower the learning rate, check the inputs and the "
-            f"loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
+            f"loss term{'s' if plural else ''} {', '.join(repr(self.names[index]) for index in named)} "
+            f"{'were' if plural else 'was'} NaN or infinite at optimisation step {step} (found at step "
+            f"{state.global_step}: the check runs at logging points and checkpoints); lower the learning rate, "
+            f"check the inputs and the loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
         )
 
     def take_skip(self) -> bool:
@@ -183,7 +184,7 @@ class TrainingLoop:
             self.state.total_steps = self.state.steps_per_epoch * num_epochs
         self._ckpt_positions = self._checkpoint_positions()
         self._clip_params = [p for module in distiller.trainable_modules() for p in module.parameters()]
-        self.guard = NonFiniteGuard(distiller.term_names(), self.config.nonfinite_policy, distiller.device)
+        self.guard = NonFiniteGuard(distiller.term_names(), self.config.nonfinite_policy)
 
     # -- cadence ---------------------------------------------------------------------------------
     def _checkpoint_positions(self) -> set[int]:
@@ -294,11 +295,11 @@ class TrainingLoop:
         state.global_step += 1
         state.step_in_epoch += 1
         checkpoint_now = self._is_checkpoint_step()
-        if not self.guard.eager and (checkpoint_now or state.global_step % self.config.log_steps == 0):
-            self.guard.check(state)  # on an accelerator: read the flags at logging points and before saving
-        tracker.step(state.global_step, weights=distiller.current_weights(state),
-                     lrs=[group["lr"] for group in self.optimizer.param_groups],
-                     temperature=distiller.last_temperature)
+        logged = tracker.step(state.global_step, weights=distiller.current_weights(state),
+                              lrs=[group["lr"] for group in self.optimizer.param_groups],
+                              temperature=distiller.last_temperature)
+        if checkpoint_now or state.global_step % self.config.log_steps == 0:
+            self.guard.check(state, logged)  # at logging points, and before saving anything
         if checkpoint_now:
             stop = distiller.checkpoint(state, self.optimizer, self.scheduler, self.callback, tracker)
             if stop:

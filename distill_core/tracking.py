@@ -42,17 +42,23 @@ class Tracker:
         self._count += 1
 
     def step(self, global_step: int, *, weights: list[float], lrs: list[float],
-             temperature: float | torch.Tensor | None) -> None:
-        """Called after each optimisation step; logs every ``log_steps`` steps."""
+             temperature: float | torch.Tensor | None) -> list[float] | None:
+        """Called after each optimisation step; logs every ``log_steps`` steps.
+
+        Returns the interval's mean total and terms when it read them (at logging points), else None.
+        """
         if self.bar is not None:
             self.bar.update(1)
         if global_step % self.log_steps != 0 or self._sum is None or not self.is_main:
-            return
-        values = (self._sum / self._count).tolist()  # the one sync per logging interval
+            return None
+        means = self._sum / self._count
+        if isinstance(temperature, torch.Tensor):  # per-example temperatures: read with the losses
+            read = torch.cat([means, temperature.detach().float().mean().reshape(1).to(means.device)]).tolist()
+            values, temperature = read[:-1], read[-1]
+        else:
+            values = means.tolist()  # the one sync per logging interval
         self._sum, self._count = None, 0
         total, terms = values[0], values[1:]
-        if isinstance(temperature, torch.Tensor):
-            temperature = float(temperature.float().mean())
         if self.writer is not None:
             self.writer.add_scalar("loss/total", total, global_step)
             for name, value, weight in zip(self.term_names, terms, weights):
@@ -64,6 +70,7 @@ class Tracker:
                 self.writer.add_scalar("temperature", temperature, global_step)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{total:.4g}", lr=f"{lrs[0]:.3g}" if lrs else "-", refresh=False)
+        return values
 
     def scalars(self, tag_values: dict[str, float], global_step: int) -> None:
         if self.writer is not None:

@@ -62,10 +62,14 @@ class MultiTeacherDistillation(Distillation):
 BasicMultiTeacherDistillation = MultiTeacherDistillation
 
 
+_USED_UP = object()
+
+
 class MultiTaskSource(BatchSource):
     """Batches from several task dataloaders; each batch's task is drawn with probability ∝ size^tau.
 
-    Draws use torch's global RNG, so a seeded run (and a resumed one) sees the same task order.
+    Draws come from a generator seeded from torch's global RNG at the epoch's start, so a seeded run
+    (and a resumed one) sees the same task order.
     """
 
     def __init__(self, dataloaders: Mapping[str, Any], tau: float) -> None:
@@ -86,17 +90,24 @@ class MultiTaskSource(BatchSource):
         return None  # tasks are sampled without end: train with num_steps
 
     def epoch(self) -> Iterator[tuple[str | None, Any]]:
+        # Task draws and the (re)starts of task loaders, whose shuffling seeds itself from torch's
+        # global RNG, use a private RNG seeded once at the epoch's start. Interleaved with dropout
+        # they would otherwise depend on the training's own draws, and a resumed run could not
+        # replay the epoch's batches (the loop replays only what is drawn at the epoch's start).
+        seed = int(torch.randint(0, 2**62, (1,)))
+        generator = torch.Generator().manual_seed(seed)
+        private_rng = torch.Generator().manual_seed(seed + 1).get_state()
         iterators: dict[str, Iterator[Any]] = {}
         while True:
-            task = self.tasks[int(torch.multinomial(self.probabilities, 1))]
+            task = self.tasks[int(torch.multinomial(self.probabilities, 1, generator=generator))]
             iterator = iterators.get(task)
-            if iterator is None:
-                iterator = iterators[task] = iter(self.dataloaders[task])
-            try:
-                batch = next(iterator)
-            except StopIteration:  # this task's data is used up: start it over
-                iterator = iterators[task] = iter(self.dataloaders[task])
-                batch = next(iterator)
+            batch = _USED_UP if iterator is None else next(iterator, _USED_UP)
+            if batch is _USED_UP:  # first use, or this task's data is used up: start it over
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(private_rng)
+                    iterator = iterators[task] = iter(self.dataloaders[task])
+                    batch = next(iterator)
+                    private_rng = torch.get_rng_state()
             yield task, batch
 
 
