@@ -7,7 +7,6 @@ catches up. This test records every such call made from distill's own code durin
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
