@@ -292,10 +292,11 @@ class TrainingLoop:
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        applied_weights = distiller.current_weights(state)  # the weights this step's losses were scaled by
         state.global_step += 1
         state.step_in_epoch += 1
         checkpoint_now = self._is_checkpoint_step()
-        logged = tracker.step(state.global_step, weights=distiller.current_weights(state),
+        logged = tracker.step(state.global_step, weights=applied_weights,
                               lrs=[group["lr"] for group in self.optimizer.param_groups],
                               temperature=distiller.last_temperature)
         if checkpoint_now or state.global_step % self.config.log_steps == 0:

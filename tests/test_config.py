@@ -122,6 +122,15 @@ def test_json_file_round_trip(tmp_path) -> None:
                 assert back[key] == value
     assert written["intermediate_matches"][0]["proj"] == ["linear", 384, 768, {"lr": 0.001}]
 
+    # exactly the file's content with the defaults filled in, nothing else
+    match_defaults = {"weight": 1.0, "proj": None, "params": {}, "teacher": None}
+    proj_defaults = {"params": {}, "group_options": {}}
+    expected = {**defaults, **content, "intermediate_matches": [
+        {**match_defaults, **match,
+         **({"proj": {**proj_defaults, **match["proj"]}} if isinstance(match.get("proj"), dict) else {})}
+        for match in content["intermediate_matches"]]}
+    assert written == expected
+
     out = tmp_path / "again.json"
     config.to_json_file(out)
     again = DistillationConfig.from_json_file(out)
