@@ -40,33 +40,59 @@ def build(args: argparse.Namespace) -> tuple:
     global HIDDEN_T, HIDDEN_S
     HIDDEN_T, HIDDEN_S = args.hidden_teacher, args.hidden_student
     torch.manual_seed(0)
-    common = dict(vocab_size=1000, max_position_embeddings=args.length, num_labels=4, attn_implementation="eager",
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    teacher = BertForSequenceClassification(BertConfig(hidden_size=HIDDEN_T, num_hidden_layers=4,
-                                                       num_attention_heads=4, intermediate_size=HIDDEN_T * 4, **common))
-    student = BertForSequenceClassification(BertConfig(hidden_size=HIDDEN_S, num_hidden_layers=2,
-                                                       num_attention_heads=4, intermediate_size=HIDDEN_S * 4, **common))
+    common = dict(
+        vocab_size=1000,
+        max_position_embeddings=args.length,
+        num_labels=4,
+        attn_implementation="eager",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    teacher = BertForSequenceClassification(
+        BertConfig(
+            hidden_size=HIDDEN_T, num_hidden_layers=4, num_attention_heads=4, intermediate_size=HIDDEN_T * 4, **common
+        )
+    )
+    student = BertForSequenceClassification(
+        BertConfig(
+            hidden_size=HIDDEN_S, num_hidden_layers=2, num_attention_heads=4, intermediate_size=HIDDEN_S * 4, **common
+        )
+    )
     generator = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(args.steps):
         ids = torch.randint(1, 1000, (args.batch, args.length), generator=generator)
         mask = torch.ones_like(ids)
-        mask[: args.batch // 2, args.length * 3 // 4:] = 0
+        mask[: args.batch // 2, args.length * 3 // 4 :] = 0
         batches.append({"input_ids": (ids * mask).to(args.device), "attention_mask": mask.to(args.device)})
     return teacher.to(args.device), student.to(args.device), batches
 
 
 def adaptor(batch, outputs):
-    return {"logits": outputs.logits, "hidden": outputs.hidden_states, "attention": outputs.attentions,
-            "inputs_mask": batch["attention_mask"]}
+    return {
+        "logits": outputs.logits,
+        "hidden": outputs.hidden_states,
+        "attention": outputs.attentions,
+        "inputs_mask": batch["attention_mask"],
+    }
 
 
 def run_distill(teacher, student, batches, device) -> float:
-    config = DistillationConfig(temperature=T, kd_loss_type="ce", intermediate_matches=[
-        {"layer_T": 4, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-         "proj": ["linear", HIDDEN_S, HIDDEN_T]},
-        {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse", "weight": 1},
-    ])
+    config = DistillationConfig(
+        temperature=T,
+        kd_loss_type="ce",
+        intermediate_matches=[
+            {
+                "layer_T": 4,
+                "layer_S": 2,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": 1,
+                "proj": ["linear", HIDDEN_S, HIDDEN_T],
+            },
+            {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse", "weight": 1},
+        ],
+    )
     stamps: list[float] = []
 
     def stamp(batch):
@@ -80,8 +106,15 @@ def run_distill(teacher, student, batches, device) -> float:
         distiller = Distillation(train_config, config, teacher, student, adaptor, adaptor)
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
         with distiller:
-            distiller.train(optimizer, None, batches, num_epochs=1, batch_postprocessor=stamp,
-                            output_hidden_states=True, output_attentions=True)
+            distiller.train(
+                optimizer,
+                None,
+                batches,
+                num_epochs=1,
+                batch_postprocessor=stamp,
+                output_hidden_states=True,
+                output_attentions=True,
+            )
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
@@ -127,9 +160,24 @@ def peak_memory_mb(args: argparse.Namespace, variant: str) -> float:
         RUNNERS[variant](teacher, student, batches, device)
         return torch.cuda.max_memory_allocated() / 2**20
     # bigger batches than the timing runs, so activations (not the interpreter) dominate the peak
-    command = [sys.executable, __file__, "--child", variant, "--steps", "8", "--batch", str(args.batch * 8),
-               "--length", str(args.length * 4), "--threads", str(args.threads),
-               "--hidden-teacher", str(args.hidden_teacher), "--hidden-student", str(args.hidden_student)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--steps",
+        "8",
+        "--batch",
+        str(args.batch * 8),
+        "--length",
+        str(args.length * 4),
+        "--threads",
+        str(args.threads),
+        "--hidden-teacher",
+        str(args.hidden_teacher),
+        "--hidden-student",
+        str(args.hidden_student),
+    ]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
 
 
@@ -166,7 +214,10 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     memory = {name: peak_memory_mb(args, name) for name in RUNNERS}
     result = {
-        "device": str(device), "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
+        "device": str(device),
+        "threads": args.threads,
+        "steps": args.steps,
+        "rounds": args.rounds,
         "step_ms": {name: value * 1e3 for name, value in medians.items()},
         "step_ms_all_rounds": {name: [v * 1e3 for v in values] for name, values in times.items()},
         "peak_memory_mb": memory,
@@ -176,8 +227,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"device {device}, {args.threads} thread(s), {args.steps} steps x {args.rounds} rounds, batch {args.batch}"
-          f" x {args.length} tokens, teacher width {args.hidden_teacher}, student width {args.hidden_student}")
+    print(
+        f"device {device}, {args.threads} thread(s), {args.steps} steps x {args.rounds} rounds, batch {args.batch}"
+        f" x {args.length} tokens, teacher width {args.hidden_teacher}, student width {args.hidden_student}"
+    )
     print(f"{'':<14}{'step (ms)':>12}{'training peak RSS / GPU (MB)':>30}")
     for name in RUNNERS:
         print(f"{name:<14}{medians[name] * 1e3:>12.2f}{memory[name]:>30.1f}")

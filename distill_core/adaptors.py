@@ -97,8 +97,9 @@ def check_adaptor_output(results: Any, role: str) -> None:
     :raises AdaptorError: naming the key, what was expected and what came.
     """
     if not isinstance(results, Mapping):
-        raise AdaptorError(f"{role} must return a dict with keys among {', '.join(ADAPTOR_KEYS)}, "
-                           f"got {type(results).__name__}")
+        raise AdaptorError(
+            f"{role} must return a dict with keys among {', '.join(ADAPTOR_KEYS)}, got {type(results).__name__}"
+        )
     for key in results:
         if key not in ADAPTOR_KEYS:
             close = difflib.get_close_matches(str(key), ADAPTOR_KEYS, n=1)
@@ -115,13 +116,17 @@ def check_adaptor_output(results: Any, role: str) -> None:
                     )
     for key in ("hidden", "attention"):
         if key in results and isinstance(results[key], torch.Tensor):
-            raise AdaptorError(f"{role}[{key!r}] must be a list/tuple with one tensor per layer, got a single "
-                               f"tensor of shape {_shape(results[key])}; wrap it: [tensor]")
+            raise AdaptorError(
+                f"{role}[{key!r}] must be a list/tuple with one tensor per layer, got a single "
+                f"tensor of shape {_shape(results[key])}; wrap it: [tensor]"
+            )
     for key in ("losses",):
         for index, loss in enumerate(as_list(results.get(key))):
             if loss.dim() > 1:
-                raise AdaptorError(f"{role}['losses'][{index}] must be a scalar (or a vector averaged per device), "
-                                   f"got shape {_shape(loss)}")
+                raise AdaptorError(
+                    f"{role}['losses'][{index}] must be a scalar (or a vector averaged per device), "
+                    f"got shape {_shape(loss)}"
+                )
     for key in ("logits_mask", "inputs_mask", "labels"):
         if key in results and results[key] is not None and not isinstance(results[key], torch.Tensor):
             raise AdaptorError(f"{role}[{key!r}] must be a tensor, got {type(results[key]).__name__}")

@@ -152,8 +152,12 @@ def metric_from(result: Any) -> float | None:
         return float(result)
     if isinstance(result, numbers.Real):
         return float(result)
-    warnings.warn(f"the callback returned a {type(result).__name__}; return a number (the metric) to track the "
-                  f"best checkpoint and stop early, or None", UserWarning, stacklevel=4)
+    warnings.warn(
+        f"the callback returned a {type(result).__name__}; return a number (the metric) to track the "
+        f"best checkpoint and stop early, or None",
+        UserWarning,
+        stacklevel=4,
+    )
     return None
 
 
@@ -166,8 +170,9 @@ def is_better(metric: float, best: float | None, mode: str) -> bool:
     return metric > best if mode == "max" else metric < best
 
 
-def save_best(student: torch.nn.Module, output_dir: str | os.PathLike[str], *, step: int, metric: float,
-              mode: str) -> None:
+def save_best(
+    student: torch.nn.Module, output_dir: str | os.PathLike[str], *, step: int, metric: float, mode: str
+) -> None:
     """Write the student's ``state_dict`` as ``best.pkl``, then ``best.json`` (step, metric, mode)."""
     folder = Path(output_dir)
     save_atomic(student.state_dict(), folder / BEST_STUDENT)

@@ -132,11 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print a JSON list")
     plugins.set_defaults(func=_plugins)
     validate = sub.add_parser("validate", help="validate a JSON config file")
-    validate.add_argument("config", help='JSON object with "training" and/or "distillation", or a flat distillation config')
+    validate.add_argument(
+        "config", help='JSON object with "training" and/or "distillation", or a flat distillation config'
+    )
     validate.set_defaults(func=_validate)
     schema = sub.add_parser("schema", help="print the JSON schema of the configs with the live registry's names")
     schema.set_defaults(func=_schema)
-    demo = sub.add_parser("demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)", add_help=False)
+    demo = sub.add_parser(
+        "demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)", add_help=False
+    )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_demo)
     return parser

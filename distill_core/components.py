@@ -39,9 +39,7 @@ class ComponentInfo:
                 f"Expected ComponentInfo `name` to start with a letter and hold only letters, digits, "
                 f"'_', '.' or '-' but got {self.name!r}"
             )
-        if self.params is not None and not (
-            isinstance(self.params, type) and issubclass(self.params, BaseModel)
-        ):
+        if self.params is not None and not (isinstance(self.params, type) and issubclass(self.params, BaseModel)):
             raise TypeError(
                 f"Expected ComponentInfo `params` of {self.name!r} to be a pydantic BaseModel "
                 f"subclass or None but got {self.params!r}"

@@ -85,9 +85,7 @@ def compute_match_loss(
 
 
 @hookspec(firstresult=True)
-def build_projection(
-    name: str, dim_in: int, dim_out: int, params: BaseModel | None
-) -> torch.nn.Module | None:
+def build_projection(name: str, dim_in: int, dim_out: int, params: BaseModel | None) -> torch.nn.Module | None:
     """Return a new ``nn.Module`` mapping the last dimension from ``dim_in`` to ``dim_out``, or None.
 
     Stops at first non-None result.

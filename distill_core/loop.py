@@ -153,10 +153,20 @@ class NonFiniteGuard:
 class TrainingLoop:
     """Runs the optimisation for one ``train`` call of a distiller."""
 
-    def __init__(self, distiller: BaseDistiller, *, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 source: BatchSource, num_epochs: int | None, num_steps: int | None,
-                 callback: Callable[..., Any] | None, max_grad_norm: float | None,
-                 batch_postprocessor: Callable[[Any], Any] | None, model_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        distiller: BaseDistiller,
+        *,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        source: BatchSource,
+        num_epochs: int | None,
+        num_steps: int | None,
+        callback: Callable[..., Any] | None,
+        max_grad_norm: float | None,
+        batch_postprocessor: Callable[[Any], Any] | None,
+        model_args: dict[str, Any],
+    ) -> None:
         self.distiller = distiller
         self.config = distiller.train_config
         self.optimizer = optimizer
@@ -296,9 +306,12 @@ class TrainingLoop:
         state.global_step += 1
         state.step_in_epoch += 1
         checkpoint_now = self._is_checkpoint_step()
-        logged = tracker.step(state.global_step, weights=applied_weights,
-                              lrs=[group["lr"] for group in self.optimizer.param_groups],
-                              temperature=distiller.last_temperature)
+        logged = tracker.step(
+            state.global_step,
+            weights=applied_weights,
+            lrs=[group["lr"] for group in self.optimizer.param_groups],
+            temperature=distiller.last_temperature,
+        )
         if checkpoint_now or state.global_step % self.config.log_steps == 0:
             self.guard.check(state, logged)  # at logging points, and before saving anything
         if checkpoint_now:

@@ -43,10 +43,13 @@ class BoundMatch:
         if check:
             self._check_projection_input(feature_S)
         if self.spec.proj is not None:
-            feature_S = [self.projection(f) for f in feature_S] if isinstance(feature_S, list) else self.projection(feature_S)
+            feature_S = (
+                [self.projection(f) for f in feature_S] if isinstance(feature_S, list) else self.projection(feature_S)
+            )
         try:
-            return self.component.call(name=self.spec.loss, feature_S=feature_S, feature_T=feature_T,
-                                       mask=mask, params=self.params)
+            return self.component.call(
+                name=self.spec.loss, feature_S=feature_S, feature_T=feature_T, mask=mask, params=self.params
+            )
         except ShapeMismatchError as exc:
             raise ShapeMismatchError(f"{self.label}: {exc}") from exc
         except ValueError as exc:  # e.g. a two-layer loss given one layer
@@ -68,12 +71,20 @@ class BoundMatch:
 def bind_match(spec: IntermediateMatch | CustomMatch, index: int, kind: str) -> BoundMatch:
     component = get_registry().get("match_loss", spec.loss)
     if isinstance(spec, IntermediateMatch):
-        label = (f"intermediate_matches.{index} ({spec.feature}, layer_T={spec.layer_T}, layer_S={spec.layer_S}, "
-                 f"loss {spec.loss!r})")
+        label = (
+            f"intermediate_matches.{index} ({spec.feature}, layer_T={spec.layer_T}, layer_S={spec.layer_S}, "
+            f"loss {spec.loss!r})"
+        )
     else:
         label = f"custom_matches.{index} ({spec.module_T} -> {spec.module_S}, loss {spec.loss!r})"
-    return BoundMatch(label=label, term=f"{kind}{index}_{spec.loss}", spec=spec, component=component,
-                      params=component.validate_params(spec.params), projection=build_projection(spec.proj))
+    return BoundMatch(
+        label=label,
+        term=f"{kind}{index}_{spec.loss}",
+        spec=spec,
+        component=component,
+        params=component.validate_params(spec.params),
+        projection=build_projection(spec.proj),
+    )
 
 
 def resolve_submodule(model: nn.Module, path: str, role: str) -> nn.Module:

@@ -123,9 +123,7 @@ class DistillPluginManager(pluggy.PluginManager):
             plugin = None
             try:
                 plugin = entry_point.load()
-                self.origins[id(plugin)] = PluginOrigin(
-                    entry_point.name, dist_name, dist_version, label
-                )
+                self.origins[id(plugin)] = PluginOrigin(entry_point.name, dist_name, dist_version, label)
                 self.register(plugin, name=entry_point.name)
             except Exception as exc:  # any import-time error of third-party code
                 if plugin is not None and self.get_name(plugin) is None:
@@ -156,9 +154,7 @@ _manager: DistillPluginManager | None = None
 _settings: dict[str, Any] = {"distributions": None, "blocked": ()}
 
 
-def configure_plugins(
-    *, distributions: Iterable[str] | None = None, blocked: Iterable[str] = ()
-) -> None:
+def configure_plugins(*, distributions: Iterable[str] | None = None, blocked: Iterable[str] = ()) -> None:
     """Choose which entry points load; takes effect at the next :func:`get_plugin_manager` call.
 
     :param distributions: only load entry points of these distributions (None: all installed).

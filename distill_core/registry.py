@@ -103,12 +103,9 @@ class Registry:
                 declared = declaration.function()
             except Exception as exc:
                 raise PluginError(f"declare_components() of {where} raised {exc!r}") from exc
-            if not isinstance(declared, (list, tuple)) or not all(
-                isinstance(info, ComponentInfo) for info in declared
-            ):
+            if not isinstance(declared, (list, tuple)) or not all(isinstance(info, ComponentInfo) for info in declared):
                 raise PluginError(
-                    f"declare_components() of {where} must return a list of ComponentInfo, "
-                    f"got {declared!r}"
+                    f"declare_components() of {where} must return a list of ComponentInfo, got {declared!r}"
                 )
             for info in declared:
                 impl = impls[info.kind].get(id(declaration.plugin))
@@ -198,8 +195,7 @@ def _find_loss(name: str, kind: str | None) -> Component:
         return found[0]
     if len(found) > 1:
         raise UnknownComponentError(
-            f"loss {name!r} is both a KD loss and a match loss; pass kind='kd_loss' or "
-            f"kind='match_loss'"
+            f"loss {name!r} is both a KD loss and a match loss; pass kind='kd_loss' or kind='match_loss'"
         )
     raise UnknownComponentError(registry.unknown_message("match_loss", name))
 
@@ -220,8 +216,12 @@ def get_loss(name: str, *, kind: str | None = None, **params: Any) -> Callable[.
 
         def kd_loss(student: Any, teacher: Any, mask: Any = None, *, temperature: Any = None) -> Any:
             return component.call(
-                name=name, logits_S=student, logits_T=teacher,
-                temperature=1.0 if temperature is None else temperature, mask=mask, params=validated,
+                name=name,
+                logits_S=student,
+                logits_T=teacher,
+                temperature=1.0 if temperature is None else temperature,
+                mask=mask,
+                params=validated,
             )
 
         kd_loss.__name__ = name
@@ -230,9 +230,7 @@ def get_loss(name: str, *, kind: str | None = None, **params: Any) -> Callable[.
     def match_loss(student: Any, teacher: Any, mask: Any = None, *, temperature: Any = None) -> Any:
         if temperature is not None:
             raise TypeError(f"match loss {name!r} takes no temperature (only KD losses do)")
-        return component.call(
-            name=name, feature_S=student, feature_T=teacher, mask=mask, params=validated
-        )
+        return component.call(name=name, feature_S=student, feature_T=teacher, mask=mask, params=validated)
 
     match_loss.__name__ = name
     return match_loss

@@ -14,8 +14,17 @@ import torch
 class Tracker:
     """Accumulates loss terms on device; writes scalars and updates the progress bar at log points."""
 
-    def __init__(self, *, log_dir: str | None, log_steps: int, progress_bar: bool, total_steps: int,
-                 initial_step: int, is_main: bool, term_names: list[str]) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: str | None,
+        log_steps: int,
+        progress_bar: bool,
+        total_steps: int,
+        initial_step: int,
+        is_main: bool,
+        term_names: list[str],
+    ) -> None:
         self.log_steps = log_steps
         self.term_names = term_names
         self.is_main = is_main
@@ -41,8 +50,9 @@ class Tracker:
             self._sum = self._sum + stacked
         self._count += 1
 
-    def step(self, global_step: int, *, weights: list[float], lrs: list[float],
-             temperature: float | torch.Tensor | None) -> list[float] | None:
+    def step(
+        self, global_step: int, *, weights: list[float], lrs: list[float], temperature: float | torch.Tensor | None
+    ) -> list[float] | None:
         """Called after each optimisation step; logs every ``log_steps`` steps.
 
         Returns the interval's mean total and terms when it read them (at logging points), else None.

@@ -130,8 +130,7 @@ def resolve_params(model: type[ParamsT], params: Any) -> ParamsT:
     if isinstance(params, BaseModel):
         return model.model_validate(params.model_dump())
     raise TypeError(
-        f"Expected argument `params` to be a {model.__name__}, a mapping or None but got "
-        f"{type(params).__name__}"
+        f"Expected argument `params` to be a {model.__name__}, a mapping or None but got {type(params).__name__}"
     )
 
 
@@ -145,14 +144,11 @@ def two_layers(features: Any, side: str, loss: str) -> tuple[Tensor, Tensor]:
         or len(features) != 2
         or not all(isinstance(item, Tensor) for item in features)
     ):
-        got = (
-            f"a list of {len(features)}" if isinstance(features, (list, tuple))
-            else type(features).__name__
-        )
+        got = f"a list of {len(features)}" if isinstance(features, (list, tuple)) else type(features).__name__
         raise ValueError(
             f"Loss `{loss}` compares two layers per model: expected the {side} feature to be a list "
             f"of two tensors [X0, X1] but got {got}; set layer_S/layer_T to a list of two layer "
-            f"indices, e.g. \"layer_S\": [0, 1], \"layer_T\": [0, 2]"
+            f'indices, e.g. "layer_S": [0, 1], "layer_T": [0, 2]'
         )
     return features[0], features[1]
 
@@ -164,9 +160,7 @@ def single_layer(feature: Any, side: str, loss: str) -> Tensor:
     """
     if isinstance(feature, Tensor):
         return feature
-    got = (
-        f"a list of {len(feature)}" if isinstance(feature, (list, tuple)) else type(feature).__name__
-    )
+    got = f"a list of {len(feature)}" if isinstance(feature, (list, tuple)) else type(feature).__name__
     raise ValueError(
         f"Loss `{loss}` compares one layer per model: expected the {side} feature to be a tensor "
         f"but got {got}; set layer_S/layer_T to a single layer index"

@@ -109,9 +109,7 @@ def _log_probs(attention: Tensor) -> Tensor:
     return attention.clamp_min(torch.finfo(attention.dtype).tiny).log()
 
 
-def _ce(
-    attention_S: Tensor, attention_T: Tensor, keep: Tensor | None, inputs: AttentionInputs
-) -> Tensor:
+def _ce(attention_S: Tensor, attention_T: Tensor, keep: Tensor | None, inputs: AttentionInputs) -> Tensor:
     if inputs == "scores":
         p_T = attention_T.softmax(-1)
         if keep is None:
@@ -122,9 +120,7 @@ def _ce(
     return -_mean_over_queries(xlogy_safe(p_T, log_q), keep)
 
 
-def attention_mse_loss(
-    attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None
-) -> Tensor:
+def attention_mse_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
     """Return the mean squared error between attention maps over kept (query, key) pairs.
 
     Entries ``≤ −1e−3`` are set to 0 in both maps first (with or without a mask). No mask: plain
@@ -139,9 +135,7 @@ def attention_mse_loss(
     return _mse(attention_S, attention_T, keep)
 
 
-def attention_mse_sum_loss(
-    attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None
-) -> Tensor:
+def attention_mse_sum_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
     """Return :func:`attention_mse_loss` of the head-summed maps (heads summed first if 4-D).
 
     Lets a student with fewer heads match a teacher: ``Σ_h A_h`` is (B, L, L) for both. With a
@@ -231,9 +225,7 @@ def attention_kl_loss(
     return _mean_over_queries(xlogy_safe(p_T, log_p_T - log_q), keep)
 
 
-_NAMES = frozenset(
-    {"attention_mse", "attention_mse_sum", "attention_ce", "attention_ce_mean", "attention_kl"}
-)
+_NAMES = frozenset({"attention_mse", "attention_mse_sum", "attention_ce", "attention_ce_mean", "attention_kl"})
 
 
 @hookimpl
@@ -241,23 +233,33 @@ def declare_components() -> list[ComponentInfo]:
     """Declare the attention match losses of this module."""
     return [
         ComponentInfo(
-            kind="match_loss", name="attention_mse", params=None,
+            kind="match_loss",
+            name="attention_mse",
+            params=None,
             summary="Mean squared error between attention maps over valid token pairs",
         ),
         ComponentInfo(
-            kind="match_loss", name="attention_mse_sum", params=None,
+            kind="match_loss",
+            name="attention_mse_sum",
+            params=None,
             summary="Mean squared error between head-summed attention maps",
         ),
         ComponentInfo(
-            kind="match_loss", name="attention_ce", params=AttentionCEParams,
+            kind="match_loss",
+            name="attention_ce",
+            params=AttentionCEParams,
             summary="Cross-entropy from teacher to student attention distributions",
         ),
         ComponentInfo(
-            kind="match_loss", name="attention_ce_mean", params=AttentionCEParams,
+            kind="match_loss",
+            name="attention_ce_mean",
+            params=AttentionCEParams,
             summary="Cross-entropy between head-averaged attention distributions",
         ),
         ComponentInfo(
-            kind="match_loss", name="attention_kl", params=AttentionKLParams,
+            kind="match_loss",
+            name="attention_kl",
+            params=AttentionKLParams,
             summary="KL divergence from teacher to student attention probabilities (MiniLM)",
         ),
     ]

@@ -123,9 +123,7 @@ def compute_match_loss(
     entry = _MATCH_LOSSES.get(name)
     if entry is None:
         return None
-    return entry[0](
-        single_layer(feature_S, "student", name), single_layer(feature_T, "teacher", name), mask
-    )
+    return entry[0](single_layer(feature_S, "student", name), single_layer(feature_T, "teacher", name), mask)
 
 
 __all__ = ["compute_match_loss", "cos_loss", "declare_components", "hidden_mse_loss", "pkd_loss"]

@@ -66,9 +66,7 @@ def _zero_padding(layer: Tensor, keep: Tensor | None) -> Tensor:
     return torch.where(keep.unsqueeze(-1), layer, torch.zeros_like(layer))
 
 
-def gram_loss(
-    features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None = None
-) -> Tensor:
+def gram_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
     """Return the mean squared error between the flow-of-solution (Gram) matrices of two layers.
 
     ``G = X0ᵀ X1 / L`` (B, D0, D1) for each model, loss ``mean((G_S − G_T)²)`` over all entries.
@@ -83,9 +81,7 @@ def gram_loss(
     return _gram_loss(features_S, features_T, mask, loss="gram")
 
 
-def _gram_loss(
-    features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None, *, loss: str
-) -> Tensor:
+def _gram_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None, *, loss: str) -> Tensor:
     S_0, S_1 = _layer_pair(features_S, "student", loss)
     T_0, T_1 = _layer_pair(features_T, "teacher", loss)
     check_same_shape(S_0, T_0, f"first layers of `{loss}`")
@@ -102,9 +98,7 @@ def _gram_loss(
     return F.mse_loss(gram(S_0, S_1), gram(T_0, T_1))
 
 
-def mmd_loss(
-    features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None = None
-) -> Tensor:
+def mmd_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
     """Return the mean squared error between token-similarity matrices of two layers.
 
     ``G = X0 X1ᵀ / D`` (B, L, L) for each model, so student and teacher widths may differ. No mask:
@@ -118,9 +112,7 @@ def mmd_loss(
     return _mmd_loss(features_S, features_T, mask, loss="mmd")
 
 
-def _mmd_loss(
-    features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None, *, loss: str
-) -> Tensor:
+def _mmd_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None, *, loss: str) -> Tensor:
     S_0, S_1 = _layer_pair(features_S, "student", loss)
     T_0, T_1 = _layer_pair(features_T, "teacher", loss)
     check_same_shape(S_0, S_1, f"student layers of `{loss}` (X0 and X1)")
@@ -179,9 +171,7 @@ def relation_kl_loss(
             f"student {shape_str(feature_S.shape)} and teacher {shape_str(feature_T.shape)}"
         )
     if num_relation_heads < 1:
-        raise ValueError(
-            f"Expected argument `num_relation_heads` to be positive but got {num_relation_heads}"
-        )
+        raise ValueError(f"Expected argument `num_relation_heads` to be positive but got {num_relation_heads}")
     for side, feature in (("student", feature_S), ("teacher", feature_T)):
         if feature.shape[-1] % num_relation_heads:
             raise ValueError(
@@ -213,7 +203,9 @@ def declare_components() -> list[ComponentInfo]:
         ComponentInfo(kind="match_loss", name="mmd", params=None, summary=_MMD_SUMMARY),
         ComponentInfo(kind="match_loss", name="nst", params=None, summary=_MMD_SUMMARY),
         ComponentInfo(
-            kind="match_loss", name="relation_kl", params=RelationKLParams,
+            kind="match_loss",
+            name="relation_kl",
+            params=RelationKLParams,
             summary="KL divergence between self-attention relations (MiniLMv2)",
         ),
     ]

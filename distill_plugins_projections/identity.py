@@ -27,16 +27,16 @@ def declare_components() -> list[ComponentInfo]:
     """Declare the identity projection (no options)."""
     return [
         ComponentInfo(
-            kind="projection", name="identity", params=None,
+            kind="projection",
+            name="identity",
+            params=None,
             summary="No-op projection for equal student and teacher widths",
         )
     ]
 
 
 @hookimpl
-def build_projection(
-    name: str, dim_in: int, dim_out: int, params: BaseModel | None
-) -> nn.Module | None:
+def build_projection(name: str, dim_in: int, dim_out: int, params: BaseModel | None) -> nn.Module | None:
     """Return a new ``identity`` projection if asked for it, else None."""
     if name != "identity":
         return None

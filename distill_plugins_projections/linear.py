@@ -22,8 +22,7 @@ INIT_STD = 0.02
 def _check_width(value: int, argument: str, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            f"Expected argument `{argument}` of projection `{name}` to be a positive integer "
-            f"but got {value!r}"
+            f"Expected argument `{argument}` of projection `{name}` to be a positive integer but got {value!r}"
         )
 
 
@@ -64,9 +63,7 @@ def declare_components() -> list[ComponentInfo]:
 
 
 @hookimpl
-def build_projection(
-    name: str, dim_in: int, dim_out: int, params: BaseModel | None
-) -> nn.Module | None:
+def build_projection(name: str, dim_in: int, dim_out: int, params: BaseModel | None) -> nn.Module | None:
     """Return a new projection ``name`` if this module provides it, else None."""
     entry = _PROJECTIONS.get(name)
     if entry is None:

@@ -1,7 +1,7 @@
 """Generate docs/config.md from the pydantic models (the single source of truth).
 
-    python docs/gen_config_reference.py          # rewrite docs/config.md
-    python docs/gen_config_reference.py --check  # exit 1 if docs/config.md is out of date
+python docs/gen_config_reference.py          # rewrite docs/config.md
+python docs/gen_config_reference.py --check  # exit 1 if docs/config.md is out of date
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def render() -> str:
         "",
         "## Schedules",
         "",
-        "`temperature_scheduler`: " + ", ".join(f"`{name}`" for name in TEMPERATURE_SCHEDULERS)
-        + " — as a name, `[name, *args]` (the seed's list form, e.g. `[\"flsw\", 1, 1]`) or"
-        " `{\"name\": ..., **params}`. `flsw` takes `beta`, `gamma`; `cwsm` takes `beta`.",
+        "`temperature_scheduler`: "
+        + ", ".join(f"`{name}`" for name in TEMPERATURE_SCHEDULERS)
+        + ' — as a name, `[name, *args]` (the seed\'s list form, e.g. `["flsw", 1, 1]`) or'
+        ' `{"name": ..., **params}`. `flsw` takes `beta`, `gamma`; `cwsm` takes `beta`.',
         "",
         "`kd_loss_weight_scheduler`, `hard_label_weight_scheduler`: "
         + ", ".join(f"`{name}`" for name in WEIGHT_SCHEDULERS)

@@ -35,17 +35,32 @@ VOCAB, LENGTH, CLASSES = 100, 12, 3
 EXAMPLES, BATCH_SIZE = 36, 4  # 9 batches per epoch
 ACCUMULATION, EPOCHS, CKPT_STEPS = 2, 2, 2
 TOTAL_STEPS = EPOCHS * 5
-MATCH = {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-         "proj": ["linear", 16, 32, {"lr": 3e-3}]}
+MATCH = {
+    "layer_T": 3,
+    "layer_S": 2,
+    "feature": "hidden",
+    "loss": "hidden_mse",
+    "weight": 1,
+    "proj": ["linear", 16, 32, {"lr": 3e-3}],
+}
 
 
 def tiny_bert(hidden: int, layers: int, heads: int, seed: int) -> torch.nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=hidden * 2, max_position_embeddings=LENGTH * 2, num_labels=CLASSES,
-                        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=LENGTH * 2,
+        num_labels=CLASSES,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(config)
 
 
@@ -53,24 +68,38 @@ def dataset() -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(7)
     input_ids = torch.randint(1, VOCAB, (EXAMPLES, LENGTH), generator=generator)
     attention_mask = torch.ones_like(input_ids)
-    attention_mask[::3, LENGTH - 4:] = 0
+    attention_mask[::3, LENGTH - 4 :] = 0
     labels = torch.randint(0, CLASSES, (EXAMPLES,), generator=generator)
-    return [{"input_ids": input_ids[i] * attention_mask[i], "attention_mask": attention_mask[i], "labels": labels[i]}
-            for i in range(EXAMPLES)]
+    return [
+        {"input_ids": input_ids[i] * attention_mask[i], "attention_mask": attention_mask[i], "labels": labels[i]}
+        for i in range(EXAMPLES)
+    ]
 
 
 def adaptor(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, Any]:
-    return {"logits": outputs.logits, "hidden": outputs.hidden_states, "inputs_mask": batch["attention_mask"],
-            "losses": [outputs.loss]}
+    return {
+        "logits": outputs.logits,
+        "hidden": outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+        "losses": [outputs.loss],
+    }
 
 
-def build(output_dir: str | Path, *, student_hidden: int = 16, match: dict[str, Any] | None = None,
-          **training: Any) -> tuple[Any, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+def build(
+    output_dir: str | Path, *, student_hidden: int = 16, match: dict[str, Any] | None = None, **training: Any
+) -> tuple[Any, torch.optim.Optimizer, torch.utils.data.DataLoader]:
     """The distiller, the student's optimizer and the shuffled loader, the same in every process."""
     from distill_core import Distillation
 
-    options = {"output_dir": str(output_dir), "device": "cpu", "progress_bar": False, "log_steps": 1,
-               "gradient_accumulation_steps": ACCUMULATION, "ckpt_steps": CKPT_STEPS, **training}
+    options = {
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "progress_bar": False,
+        "log_steps": 1,
+        "gradient_accumulation_steps": ACCUMULATION,
+        "ckpt_steps": CKPT_STEPS,
+        **training,
+    }
     match = dict(MATCH, proj=["linear", student_hidden, 32, {"lr": 3e-3}]) if match is None else match
     distill_config = DistillationConfig(temperature=4, hard_label_weight=0.5, intermediate_matches=[match])
     teacher = tiny_bert(32, 3, 2, seed=0)
@@ -88,8 +117,14 @@ def evaluate(model: torch.nn.Module) -> float:
         return float(model(input_ids=inputs).logits.max(dim=-1).values.mean())
 
 
-def run(output_dir: str | Path, *, resume_from: str | None = None, block_at: int | None = None,
-        marker: str | Path | None = None, **training: Any) -> Any:
+def run(
+    output_dir: str | Path,
+    *,
+    resume_from: str | None = None,
+    block_at: int | None = None,
+    marker: str | Path | None = None,
+    **training: Any,
+) -> Any:
     """Train (or resume) the run in ``output_dir``; returns the final RunState."""
     distiller, optimizer, loader = build(output_dir, **training)
 
@@ -104,9 +139,16 @@ def run(output_dir: str | Path, *, resume_from: str | None = None, block_at: int
     numpy.random.seed(13)  # unused by the run, but captured with the other RNG states
     torch.manual_seed(1234)  # the run's randomness: shuffling and dropout draw from here
     with distiller:
-        return distiller.train(optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 20),
-                               loader, num_epochs=EPOCHS, callback=callback, max_grad_norm=1.0,
-                               resume_from=resume_from, output_hidden_states=True)
+        return distiller.train(
+            optimizer,
+            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 20),
+            loader,
+            num_epochs=EPOCHS,
+            callback=callback,
+            max_grad_norm=1.0,
+            resume_from=resume_from,
+            output_hidden_states=True,
+        )
 
 
 def main() -> None:
@@ -117,8 +159,9 @@ def main() -> None:
     parser.add_argument("--marker")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in tests/test_checkpoint.py: same numerics, no contention on a busy machine
-    state = run(args.output_dir, resume_from="latest" if args.resume else None, block_at=args.block_at,
-                marker=args.marker)
+    state = run(
+        args.output_dir, resume_from="latest" if args.resume else None, block_at=args.block_at, marker=args.marker
+    )
     print(f"finished at step {state.global_step}")
 
 

@@ -50,5 +50,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = {**os.environ, **BUILTINS_ONLY, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "distill_core", *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=120,
     )

@@ -14,8 +14,8 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
         data = path.read_bytes()
         offset = 0
         while offset + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            record = data[offset + 12:offset + 12 + length]
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            record = data[offset + 12 : offset + 12 + length]
             offset += 12 + length + 4
             event = event_pb2.Event()
             event.ParseFromString(record)

@@ -20,11 +20,23 @@ def run(tmp_path, adaptor_S=bert_adaptor, adaptor_T=bert_adaptor, **config) -> l
         steps.append(1)
         return adaptor_S(batch, outputs)
 
-    distiller = Distillation(TrainingConfig(output_dir=str(tmp_path / "out"), device="cpu", progress_bar=False),
-                             DistillationConfig(**config), teacher, student, adaptor_T, counting_adaptor)
+    distiller = Distillation(
+        TrainingConfig(output_dir=str(tmp_path / "out"), device="cpu", progress_bar=False),
+        DistillationConfig(**config),
+        teacher,
+        student,
+        adaptor_T,
+        counting_adaptor,
+    )
     with distiller:
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, dict_batches(tiny_data(16), 8),
-                        num_epochs=1, output_hidden_states=True, output_attentions=True)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.1),
+            None,
+            dict_batches(tiny_data(16), 8),
+            num_epochs=1,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
     return steps
 
 
@@ -42,72 +54,114 @@ def expect_first_step(tmp_path, error, pattern, **kwargs) -> None:
 
 
 def test_unknown_key(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"adaptor_S returned unknown key 'hiden'; did you mean 'hidden'\?",
-                      adaptor_S=lambda b, o: {**bert_adaptor(b, o), "hiden": o.hidden_states})
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"adaptor_S returned unknown key 'hiden'; did you mean 'hidden'\?",
+        adaptor_S=lambda b, o: {**bert_adaptor(b, o), "hiden": o.hidden_states},
+    )
 
 
 def test_wrong_type(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"adaptor_T\['logits'\] must be a tensor or a list/tuple of tensors, "
-                      r"but item 0 is ndarray",
-                      adaptor_T=lambda b, o: {**bert_adaptor(b, o), "logits": o.logits.numpy()})
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"adaptor_T\['logits'\] must be a tensor or a list/tuple of tensors, "
+        r"but item 0 is ndarray",
+        adaptor_T=lambda b, o: {**bert_adaptor(b, o), "logits": o.logits.numpy()},
+    )
 
 
 def test_single_tensor_for_layers(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"adaptor_S\['hidden'\] must be a list/tuple with one tensor per layer, "
-                      r"got a single tensor of shape \(8, 12, 16\)",
-                      adaptor_S=lambda b, o: {**bert_adaptor(b, o), "hidden": o.hidden_states[-1]},
-                      intermediate_matches=[HIDDEN])
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"adaptor_S\['hidden'\] must be a list/tuple with one tensor per layer, "
+        r"got a single tensor of shape \(8, 12, 16\)",
+        adaptor_S=lambda b, o: {**bert_adaptor(b, o), "hidden": o.hidden_states[-1]},
+        intermediate_matches=[HIDDEN],
+    )
 
 
 def test_layer_index_out_of_range(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError,
-                      r"intermediate_matches.0 \(hidden, layer_T=9, layer_S=2, loss 'hidden_mse'\): layer 9 is out "
-                      r"of range for the teacher's adaptor\['hidden'\], which has 5 layers",
-                      intermediate_matches=[{**HIDDEN, "layer_T": 9}])
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"intermediate_matches.0 \(hidden, layer_T=9, layer_S=2, loss 'hidden_mse'\): layer 9 is out "
+        r"of range for the teacher's adaptor\['hidden'\], which has 5 layers",
+        intermediate_matches=[{**HIDDEN, "layer_T": 9}],
+    )
 
 
 def test_logits_shapes_differ(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"logits 0: student shape \(8, 2\) differs from teacher \(adaptor_T\) "
-                      r"shape \(8, 3\)",
-                      adaptor_S=lambda b, o: {**bert_adaptor(b, o), "logits": o.logits[:, :2]})
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"logits 0: student shape \(8, 2\) differs from teacher \(adaptor_T\) "
+        r"shape \(8, 3\)",
+        adaptor_S=lambda b, o: {**bert_adaptor(b, o), "logits": o.logits[:, :2]},
+    )
 
 
 def test_missing_feature(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"intermediate_matches.0 .* needs 'hidden' from adaptor_S, but it "
-                      r"returned keys \['inputs_mask', 'logits'\]",
-                      adaptor_S=lambda b, o: {"logits": o.logits, "inputs_mask": b["attention_mask"]},
-                      intermediate_matches=[HIDDEN])
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"intermediate_matches.0 .* needs 'hidden' from adaptor_S, but it "
+        r"returned keys \['inputs_mask', 'logits'\]",
+        adaptor_S=lambda b, o: {"logits": o.logits, "inputs_mask": b["attention_mask"]},
+        intermediate_matches=[HIDDEN],
+    )
 
 
 def test_missing_losses_for_hard_labels(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"adaptor_S returned no 'losses', but hard-label training needs them",
-                      adaptor_S=lambda b, o: {"logits": o.logits}, hard_label_weight=1.0)
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"adaptor_S returned no 'losses', but hard-label training needs them",
+        adaptor_S=lambda b, o: {"logits": o.logits},
+        hard_label_weight=1.0,
+    )
 
 
 def test_mask_with_wrong_dimensions(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"adaptor_S\['inputs_mask'\] must be \(batch, length\), got shape "
-                      r"\(8, 12, 1\)",
-                      adaptor_S=lambda b, o: {**bert_adaptor(b, o), "inputs_mask": b["attention_mask"][..., None]})
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"adaptor_S\['inputs_mask'\] must be \(batch, length\), got shape "
+        r"\(8, 12, 1\)",
+        adaptor_S=lambda b, o: {**bert_adaptor(b, o), "inputs_mask": b["attention_mask"][..., None]},
+    )
 
 
 def test_logits_mask_must_fit_token_logits(tmp_path) -> None:
-    expect_first_step(tmp_path, AdaptorError, r"adaptor_S\['logits_mask'\] of shape \(8, 12\) must match the first two "
-                      r"dimensions of 3-D logits \(B, L, C\), but logits 0 has shape \(8, 3\)",
-                      adaptor_S=lambda b, o: {**bert_adaptor(b, o), "logits_mask": b["attention_mask"]})
+    expect_first_step(
+        tmp_path,
+        AdaptorError,
+        r"adaptor_S\['logits_mask'\] of shape \(8, 12\) must match the first two "
+        r"dimensions of 3-D logits \(B, L, C\), but logits 0 has shape \(8, 3\)",
+        adaptor_S=lambda b, o: {**bert_adaptor(b, o), "logits_mask": b["attention_mask"]},
+    )
 
 
 def test_projection_width_mismatch(tmp_path) -> None:
-    expect_first_step(tmp_path, ShapeMismatchError,
-                      r"intermediate_matches.0 .*: projection 'linear' expects student width dim_in=24, but the "
-                      r"student feature has shape \(8, 12, 16\) \(width 16\); set proj dim_in to 16",
-                      intermediate_matches=[{**HIDDEN, "proj": ["linear", 24, 32]}])
+    expect_first_step(
+        tmp_path,
+        ShapeMismatchError,
+        r"intermediate_matches.0 .*: projection 'linear' expects student width dim_in=24, but the "
+        r"student feature has shape \(8, 12, 16\) \(width 16\); set proj dim_in to 16",
+        intermediate_matches=[{**HIDDEN, "proj": ["linear", 24, 32]}],
+    )
 
 
 def test_feature_shape_mismatch_names_the_match_and_both_shapes(tmp_path) -> None:
-    expect_first_step(tmp_path, ShapeMismatchError,
-                      r"intermediate_matches.0 \(hidden, layer_T=4, layer_S=2, loss 'hidden_mse'\): .*student "
-                      r"\(8, 12, 16\) and teacher \(8, 12, 32\)",
-                      intermediate_matches=[{**HIDDEN, "proj": None}])
+    expect_first_step(
+        tmp_path,
+        ShapeMismatchError,
+        r"intermediate_matches.0 \(hidden, layer_T=4, layer_S=2, loss 'hidden_mse'\): .*student "
+        r"\(8, 12, 16\) and teacher \(8, 12, 32\)",
+        intermediate_matches=[{**HIDDEN, "proj": None}],
+    )
 
 
 def test_not_a_dict(tmp_path) -> None:

@@ -34,8 +34,12 @@ BLOCK_AT = 6  # the callback of the third checkpoint blocks: steps 2 and 4 are c
 
 
 def _worker_env() -> dict[str, str]:
-    return {**os.environ, "DISTILL_PLUGIN_DISTRIBUTIONS": "distill", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "DISTILL_PLUGIN_DISTRIBUTIONS": "distill",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +49,20 @@ def runs(tmp_path_factory) -> types.SimpleNamespace:
     killed, marker = root / "killed", root / "marker"
     log = open(root / "killed.log", "wb")
     # start the doomed process first: it imports while the reference run trains here
-    process = subprocess.Popen([sys.executable, str(WORKER), str(killed), "--block-at", str(BLOCK_AT),
-                                "--marker", str(marker)], stdout=log, stderr=subprocess.STDOUT, env=_worker_env())
+    process = subprocess.Popen(
+        [sys.executable, str(WORKER), str(killed), "--block-at", str(BLOCK_AT), "--marker", str(marker)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_worker_env(),
+    )
     try:
         reference_state = worker.run(root / "reference")
         deadline = time.monotonic() + 300
         while not marker.exists():
             if process.poll() is not None:
-                pytest.fail(f"the worker exited ({process.returncode}) before blocking:\n"
-                            + (root / "killed.log").read_text())
+                pytest.fail(
+                    f"the worker exited ({process.returncode}) before blocking:\n" + (root / "killed.log").read_text()
+                )
             if time.monotonic() > deadline:
                 pytest.fail("the worker did not reach its third checkpoint in time")
             time.sleep(0.05)
@@ -64,8 +73,13 @@ def runs(tmp_path_factory) -> types.SimpleNamespace:
             process.kill()
             process.wait()
         log.close()
-    return types.SimpleNamespace(root=root, reference=root / "reference", reference_state=reference_state,
-                                 killed=killed, killed_returncode=returncode)
+    return types.SimpleNamespace(
+        root=root,
+        reference=root / "reference",
+        reference_state=reference_state,
+        killed=killed,
+        killed_returncode=returncode,
+    )
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -96,8 +110,11 @@ def assert_same_final_state(reference: Path, resumed: Path) -> None:
     for key in ("student", "projections", "custom_projections", "optimizer", "scheduler", "run_state", "rng"):
         assert_identical(expected[key], actual[key], key)
     assert expected["optimizer"]["state"], "the optimizer state must not be empty"
-    assert_identical(torch.load(ckpt.student_path(reference, FINAL), weights_only=True),
-                     torch.load(ckpt.student_path(resumed, FINAL), weights_only=True), f"gs{FINAL}.pkl")
+    assert_identical(
+        torch.load(ckpt.student_path(reference, FINAL), weights_only=True),
+        torch.load(ckpt.student_path(resumed, FINAL), weights_only=True),
+        f"gs{FINAL}.pkl",
+    )
     assert json.loads((reference / "best.json").read_text()) == json.loads((resumed / "best.json").read_text())
 
 
@@ -107,8 +124,13 @@ def test_sigkill_after_second_checkpoint_then_resume_equals_uninterrupted_run(ru
     assert [step for step, _ in ckpt.list_states(runs.killed)] == [2, 4]  # killed mid-epoch 2 of 5 steps
     assert not list(runs.killed.rglob("*.tmp"))
     resumed = _copy(runs.killed, tmp_path / "resumed")
-    done = subprocess.run([sys.executable, str(WORKER), str(resumed), "--resume"], capture_output=True, text=True,
-                          env=_worker_env(), timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(WORKER), str(resumed), "--resume"],
+        capture_output=True,
+        text=True,
+        env=_worker_env(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"finished at step {FINAL}" in done.stdout
     assert "falling back" not in done.stderr
@@ -143,20 +165,34 @@ def test_multi_task_run_resumes_exactly(tmp_path) -> None:
         teachers = {"a": worker.tiny_bert(32, 3, 2, seed=2), "b": worker.tiny_bert(32, 3, 2, seed=3)}
         student = worker.tiny_bert(16, 2, 2, seed=1)
         data = worker.dataset()
-        loaders = {"a": torch.utils.data.DataLoader(data[:24], batch_size=4, shuffle=True),
-                   "b": torch.utils.data.DataLoader(data[24:], batch_size=4, shuffle=True)}
-        config = TrainingConfig(output_dir=str(output_dir), device="cpu", progress_bar=False, ckpt_steps=2,
-                                gradient_accumulation_steps=2)
-        distiller = MultiTaskDistillation(config, DistillationConfig(hard_label_weight=0.5), teachers, student,
-                                          {t: worker.adaptor for t in teachers}, {t: worker.adaptor for t in teachers})
+        loaders = {
+            "a": torch.utils.data.DataLoader(data[:24], batch_size=4, shuffle=True),
+            "b": torch.utils.data.DataLoader(data[24:], batch_size=4, shuffle=True),
+        }
+        config = TrainingConfig(
+            output_dir=str(output_dir), device="cpu", progress_bar=False, ckpt_steps=2, gradient_accumulation_steps=2
+        )
+        distiller = MultiTaskDistillation(
+            config,
+            DistillationConfig(hard_label_weight=0.5),
+            teachers,
+            student,
+            {t: worker.adaptor for t in teachers},
+            {t: worker.adaptor for t in teachers},
+        )
 
         def callback(model, step):
             if step == stop_at:
                 raise _Interrupt
 
         torch.manual_seed(5)
-        distiller.train(torch.optim.AdamW(student.parameters(), lr=1e-3), dataloaders=loaders, num_steps=8,
-                        callback=callback, resume_from=resume_from)
+        distiller.train(
+            torch.optim.AdamW(student.parameters(), lr=1e-3),
+            dataloaders=loaders,
+            num_steps=8,
+            callback=callback,
+            resume_from=resume_from,
+        )
 
     train(tmp_path / "reference")
     with pytest.raises(_Interrupt):
@@ -200,20 +236,32 @@ def test_plugins_add_their_state_through_on_checkpoint(tmp_path, register_plugin
 
 # -- refusal -----------------------------------------------------------------------------------------
 def test_checkpoint_from_another_config_is_refused_listing_the_differences(runs, tmp_path) -> None:
-    other_match = {"layer_T": 2, "layer_S": 2, "feature": "hidden", "loss": "cos", "weight": 1,
-                   "proj": ["linear", 24, 32]}
-    distiller, optimizer, loader = worker.build(tmp_path, student_hidden=24, match=other_match,
-                                                gradient_accumulation_steps=1)
+    other_match = {
+        "layer_T": 2,
+        "layer_S": 2,
+        "feature": "hidden",
+        "loss": "cos",
+        "weight": 1,
+        "proj": ["linear", 24, 32],
+    }
+    distiller, optimizer, loader = worker.build(
+        tmp_path, student_hidden=24, match=other_match, gradient_accumulation_steps=1
+    )
     before = {key: value.clone() for key, value in distiller.student.state_dict().items()}
     with pytest.raises(CheckpointError) as caught:
-        distiller.train(optimizer, None, loader, num_epochs=2, output_hidden_states=True,
-                        resume_from=str(ckpt.state_path(runs.reference, 4)))
+        distiller.train(
+            optimizer,
+            None,
+            loader,
+            num_epochs=2,
+            output_hidden_states=True,
+            resume_from=str(ckpt.state_path(runs.reference, 4)),
+        )
     message = str(caught.value)
     assert "does not match this run" in message
     assert "distillation.intermediate_matches: checkpoint" in message and "'cos'" in message
     assert "training.gradient_accumulation_steps: checkpoint 2, now 1" in message
-    assert ("student.bert.embeddings.word_embeddings.weight: shape (100, 16) in the checkpoint, (100, 24) now"
-            in message)
+    assert "student.bert.embeddings.word_embeddings.weight: shape (100, 16) in the checkpoint, (100, 24) now" in message
     assert "projections.0.weight: shape (32, 16) in the checkpoint, (32, 24) now" in message
     assert all(torch.equal(before[key], value) for key, value in distiller.student.state_dict().items())
 
@@ -260,8 +308,9 @@ def test_keep_last_leaves_exactly_n_checkpoints_of_each_kind(tmp_path) -> None:
 @pytest.mark.parametrize(("mode", "best_step", "stop_step"), [("max", 2, 5), ("min", 1, 4)])
 def test_best_checkpoint_and_early_stopping(tmp_path, mode, best_step, stop_step) -> None:
     metrics = [0.1, 0.5, 0.3, 0.4, 0.2, 0.9, 1.0, 1.1]
-    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1, keep_last=1, best_metric_mode=mode,
-                                                early_stopping_patience=3)
+    distiller, optimizer, loader = worker.build(
+        tmp_path, ckpt_steps=1, keep_last=1, best_metric_mode=mode, early_stopping_patience=3
+    )
     calls = []
 
     def callback(model, step):
@@ -271,8 +320,11 @@ def test_best_checkpoint_and_early_stopping(tmp_path, mode, best_step, stop_step
     state = distiller.train(optimizer, None, loader, num_steps=8, callback=callback, output_hidden_states=True)
     assert calls == list(range(1, stop_step + 1))
     assert state.global_step == stop_step and state.stopped_early
-    assert (state.best_step, state.best_metric, state.evals_without_improvement) == (best_step,
-                                                                                   metrics[best_step - 1], 3)
+    assert (state.best_step, state.best_metric, state.evals_without_improvement) == (
+        best_step,
+        metrics[best_step - 1],
+        3,
+    )
     info = json.loads((tmp_path / "best.json").read_text())
     assert info == {"step": best_step, "metric": metrics[best_step - 1], "mode": mode, "file": "best.pkl"}
     best = torch.load(tmp_path / "best.pkl", weights_only=True)
@@ -283,10 +335,12 @@ def test_best_checkpoint_and_early_stopping(tmp_path, mode, best_step, stop_step
     # the saved run state carries the bookkeeping: resuming an early-stopped run trains no further
     saved = ckpt.load_state(ckpt.state_path(tmp_path, stop_step))["run_state"]
     assert (saved["best_step"], saved["evals_without_improvement"], saved["stopped_early"]) == (best_step, 3, True)
-    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1, keep_last=1, best_metric_mode=mode,
-                                                early_stopping_patience=3)
-    resumed = distiller.train(optimizer, None, loader, num_steps=8, callback=callback, output_hidden_states=True,
-                              resume_from="latest")
+    distiller, optimizer, loader = worker.build(
+        tmp_path, ckpt_steps=1, keep_last=1, best_metric_mode=mode, early_stopping_patience=3
+    )
+    resumed = distiller.train(
+        optimizer, None, loader, num_steps=8, callback=callback, output_hidden_states=True, resume_from="latest"
+    )
     assert resumed.global_step == stop_step and calls == list(range(1, stop_step + 1))
 
 
@@ -321,8 +375,15 @@ def _nan_plugin() -> types.SimpleNamespace:
     return types.SimpleNamespace(declare_components=declare_components, compute_match_loss=compute_match_loss)
 
 
-NAN_MATCH = {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "test_nan", "weight": 1,
-             "params": {"at_call": 5}, "proj": ["linear", 16, 32]}
+NAN_MATCH = {
+    "layer_T": 3,
+    "layer_S": 2,
+    "feature": "hidden",
+    "loss": "test_nan",
+    "weight": 1,
+    "params": {"at_call": 5},
+    "proj": ["linear", 16, 32],
+}
 
 
 def test_a_non_finite_term_raises_naming_the_term_and_the_step(tmp_path, register_plugin) -> None:
@@ -360,8 +421,14 @@ def test_unwritable_folder_fails_at_setup_before_any_training(tmp_path, field) -
     before = {key: value.clone() for key, value in distiller.student.state_dict().items()}
     calls = []
     with pytest.raises(DistillError, match=rf"TrainingConfig\.{field}=.*is not writable"):
-        distiller.train(optimizer, None, loader, num_steps=2, callback=lambda model, step: calls.append(step),
-                        output_hidden_states=True)
+        distiller.train(
+            optimizer,
+            None,
+            loader,
+            num_steps=2,
+            callback=lambda model, step: calls.append(step),
+            output_hidden_states=True,
+        )
     assert calls == [] and not optimizer.state
     assert all(torch.equal(before[key], value) for key, value in distiller.student.state_dict().items())
 
@@ -369,8 +436,12 @@ def test_unwritable_folder_fails_at_setup_before_any_training(tmp_path, field) -
 def test_new_training_fields_are_validated() -> None:
     config = TrainingConfig(keep_last=3, best_metric_mode="min", early_stopping_patience=2, nonfinite_policy="skip")
     assert TrainingConfig.from_dict(config.to_dict()) == config
-    for bad in ({"keep_last": 0}, {"early_stopping_patience": 0}, {"best_metric_mode": "up"},
-                {"nonfinite_policy": "ignore"}):
+    for bad in (
+        {"keep_last": 0},
+        {"early_stopping_patience": 0},
+        {"best_metric_mode": "up"},
+        {"nonfinite_policy": "ignore"},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TrainingConfig(**bad)
 
@@ -386,8 +457,11 @@ def test_the_non_finite_check_reads_nothing_while_logged_means_are_finite_and_na
         guard.observe(finite, [finite, term], state)  # records on the device, raises nothing yet
     state.global_step = 4
     guard.check(state, logged=[1.0, 1.0, 1.0])  # the tracker's means say: nothing to look up
-    with pytest.raises(NonFiniteLossError, match=r"'match0_hidden_mse' was NaN or infinite at optimisation step 2 "
-                                                 r"\(found at step 4"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"'match0_hidden_mse' was NaN or infinite at optimisation step 2 "
+        r"\(found at step 4",
+    ):
         guard.check(state, logged=[1.0, 1.0, float("nan")])
     with pytest.raises(NonFiniteLossError, match="step 2"):
         guard.check(state)  # at a checkpoint the guard reads its own record

@@ -16,8 +16,14 @@ from distill_core import (
 )
 from tests.conftest import run_cli
 
-GOOD_MATCH = {"layer_T": 8, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-              "proj": ["linear", 384, 768]}
+GOOD_MATCH = {
+    "layer_T": 8,
+    "layer_S": 2,
+    "feature": "hidden",
+    "loss": "hidden_mse",
+    "weight": 1,
+    "proj": ["linear", 384, 768],
+}
 
 
 def test_registered_loss_validates() -> None:
@@ -65,8 +71,9 @@ def test_limits_and_names_are_validated(kwargs: dict, path: str) -> None:
     assert path in str(info.value)
 
 
-@pytest.mark.parametrize("field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency",
-                                   "ckpt_steps", "log_steps"])
+@pytest.mark.parametrize(
+    "field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency", "ckpt_steps", "log_steps"]
+)
 def test_training_counts_must_be_positive(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         TrainingConfig(**{field: 0})
@@ -85,9 +92,13 @@ def test_loss_params_are_validated_by_the_loss_model() -> None:
 
 def test_temperature_scheduler_forms() -> None:
     assert DistillationConfig(temperature_scheduler=["flsw", 1, 2]).temperature_schedule() == (
-        "flsw", {"beta": 1.0, "gamma": 2.0})
+        "flsw",
+        {"beta": 1.0, "gamma": 2.0},
+    )
     assert DistillationConfig(temperature_scheduler={"name": "cwsm", "beta": 0.5}).temperature_schedule() == (
-        "cwsm", {"beta": 0.5})
+        "cwsm",
+        {"beta": 0.5},
+    )
     assert DistillationConfig().temperature_schedule() == ("none", {})
     with pytest.raises(ValidationError, match="at most 2 arguments"):
         DistillationConfig(temperature_scheduler=["flsw", 1, 2, 3])
@@ -99,8 +110,13 @@ def test_json_file_round_trip(tmp_path) -> None:
         "intermediate_matches": [
             {**GOOD_MATCH, "proj": ["linear", 384, 768, {"lr": 0.001}]},
             {"layer_T": [0, 4], "layer_S": [0, 1], "feature": "hidden", "loss": "mmd", "weight": 0.5},
-            {"layer_T": 4, "layer_S": 1, "feature": "attention", "loss": "attention_mse",
-             "proj": {"name": "identity", "dim_in": 12, "dim_out": 12}},
+            {
+                "layer_T": 4,
+                "layer_S": 1,
+                "feature": "attention",
+                "loss": "attention_mse",
+                "proj": {"name": "identity", "dim_in": 12, "dim_out": 12},
+            },
         ],
     }
     path = tmp_path / "distill.json"
@@ -125,10 +141,18 @@ def test_json_file_round_trip(tmp_path) -> None:
     # exactly the file's content with the defaults filled in, nothing else
     match_defaults = {"weight": 1.0, "proj": None, "params": {}, "teacher": None}
     proj_defaults = {"params": {}, "group_options": {}}
-    expected = {**defaults, **content, "intermediate_matches": [
-        {**match_defaults, **match,
-         **({"proj": {**proj_defaults, **match["proj"]}} if isinstance(match.get("proj"), dict) else {})}
-        for match in content["intermediate_matches"]]}
+    expected = {
+        **defaults,
+        **content,
+        "intermediate_matches": [
+            {
+                **match_defaults,
+                **match,
+                **({"proj": {**proj_defaults, **match["proj"]}} if isinstance(match.get("proj"), dict) else {}),
+            }
+            for match in content["intermediate_matches"]
+        ],
+    }
     assert written == expected
 
     out = tmp_path / "again.json"
@@ -153,8 +177,7 @@ def test_aliases_and_frozen() -> None:
     assert config.intermediate_matches == []
     with pytest.raises(ValidationError):
         config.temperature = 2  # training never mutates a config
-    assert isinstance(DistillationConfig(intermediate_matches=[GOOD_MATCH]).intermediate_matches[0],
-                      IntermediateMatch)
+    assert isinstance(DistillationConfig(intermediate_matches=[GOOD_MATCH]).intermediate_matches[0], IntermediateMatch)
 
 
 def test_cli_validate(tmp_path) -> None:
@@ -165,8 +188,14 @@ def test_cli_validate(tmp_path) -> None:
     assert "valid" in result.stdout
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"training": {"log_steps": 0},
-                               "distillation": {"intermediate_matches": [{**GOOD_MATCH, "loss": "hiden_mse", "wieght": 1}]}}))
+    bad.write_text(
+        json.dumps(
+            {
+                "training": {"log_steps": 0},
+                "distillation": {"intermediate_matches": [{**GOOD_MATCH, "loss": "hiden_mse", "wieght": 1}]},
+            }
+        )
+    )
     result = run_cli("validate", str(bad))
     assert result.returncode == 1
     assert "3 error(s)" in result.stderr

@@ -23,8 +23,14 @@ from distill_core.distillers import probability_shift
 from tests.tb_reader import read_scalars
 from tests.tiny import bert_adaptor, dict_batches, tiny_bert, tiny_data
 
-HIDDEN_MATCH = {"layer_T": 4, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-                "proj": ["linear", 16, 32, {"lr": 0.01}]}
+HIDDEN_MATCH = {
+    "layer_T": 4,
+    "layer_S": 2,
+    "feature": "hidden",
+    "loss": "hidden_mse",
+    "weight": 1,
+    "proj": ["linear", 16, 32, {"lr": 0.01}],
+}
 
 
 def train_config(tmp_path, **overrides) -> TrainingConfig:
@@ -67,17 +73,28 @@ def test_basic_training_learns(tmp_path) -> None:
 def test_distillation_trains_student_not_teacher_with_every_feature(tmp_path) -> None:
     teacher, student = models()
     teacher_before, student_before = snapshot(teacher), snapshot(student)
-    config = DistillationConfig(temperature=4, hard_label_weight=0.5, intermediate_matches=[
-        HIDDEN_MATCH,
-        {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse_sum", "weight": 1},
-        {"layer_T": [0, 4], "layer_S": [0, 2], "feature": "hidden", "loss": "mmd", "weight": 1},
-    ])
-    distiller = Distillation(train_config(tmp_path, log_dir=str(tmp_path / "logs")), config, teacher, student,
-                             bert_adaptor, bert_adaptor)
+    config = DistillationConfig(
+        temperature=4,
+        hard_label_weight=0.5,
+        intermediate_matches=[
+            HIDDEN_MATCH,
+            {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse_sum", "weight": 1},
+            {"layer_T": [0, 4], "layer_S": [0, 2], "feature": "hidden", "loss": "mmd", "weight": 1},
+        ],
+    )
+    distiller = Distillation(
+        train_config(tmp_path, log_dir=str(tmp_path / "logs")), config, teacher, student, bert_adaptor, bert_adaptor
+    )
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     with distiller:
-        distiller.train(optimizer, None, dict_batches(tiny_data(32), 8), num_epochs=2,
-                        output_hidden_states=True, output_attentions=True)
+        distiller.train(
+            optimizer,
+            None,
+            dict_batches(tiny_data(32), 8),
+            num_epochs=2,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
     assert changed(student_before, student)
     assert not changed(teacher_before, teacher), "the teacher's weights must never change"
     assert isinstance(distiller.projections, torch.nn.ModuleList) and len(distiller.projections) == 3
@@ -108,16 +125,23 @@ def test_tuple_batches_call_model_positionally(tmp_path) -> None:
     distiller = Distillation(train_config(tmp_path), config, teacher, student, adaptor, adaptor)
     before = snapshot(student)
     with distiller:
-        state = distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, loader, num_epochs=1,
-                                output_hidden_states=True)
+        state = distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.1), None, loader, num_epochs=1, output_hidden_states=True
+        )
     assert state.global_step == 2 and changed(before, student)
 
 
 def _one_update(tmp_path, batches, accumulation) -> dict[str, torch.Tensor]:
     teacher, student = models()
     config = DistillationConfig(temperature=2, hard_label_weight=1.0, intermediate_matches=[HIDDEN_MATCH])
-    distiller = Distillation(train_config(tmp_path, gradient_accumulation_steps=accumulation), config, teacher,
-                             student, bert_adaptor, bert_adaptor)
+    distiller = Distillation(
+        train_config(tmp_path, gradient_accumulation_steps=accumulation),
+        config,
+        teacher,
+        student,
+        bert_adaptor,
+        bert_adaptor,
+    )
     optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
     with distiller:
         state = distiller.train(optimizer, None, batches, num_epochs=1, output_hidden_states=True)
@@ -148,8 +172,13 @@ def test_seed_checkpoint_cadence(tmp_path, frequency, epoch_frequency, expected)
     distiller = BasicDistillation(config, DistillationConfig(), teacher, student, bert_adaptor, bert_adaptor)
     steps = []
     with distiller:
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(32), 8),
-                        num_epochs=4, callback=lambda model, step: steps.append((step, model.training)))
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.01),
+            None,
+            dict_batches(tiny_data(32), 8),
+            num_epochs=4,
+            callback=lambda model, step: steps.append((step, model.training)),
+        )
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == sorted([f"gs{step}.pkl" for step in expected] + ["checkpoints"])
     assert sorted(os.listdir(out / "checkpoints")) == [f"step-{step:08d}.pt" for step in expected]
@@ -159,11 +188,13 @@ def test_seed_checkpoint_cadence(tmp_path, frequency, epoch_frequency, expected)
 
 def test_step_mode_checkpoints_every_ckpt_steps_and_at_the_end(tmp_path) -> None:
     teacher, student = models()
-    distiller = BasicDistillation(train_config(tmp_path, ckpt_steps=3), DistillationConfig(), teacher, student,
-                                  bert_adaptor, bert_adaptor)
+    distiller = BasicDistillation(
+        train_config(tmp_path, ckpt_steps=3), DistillationConfig(), teacher, student, bert_adaptor, bert_adaptor
+    )
     with distiller:
-        state = distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None,
-                                dict_batches(tiny_data(32), 8), num_steps=7)
+        state = distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(32), 8), num_steps=7
+        )
     assert state.global_step == 7 and state.epoch == 1
     assert sorted(p for p in os.listdir(tmp_path / "out") if p.endswith(".pkl")) == ["gs3.pkl", "gs6.pkl", "gs7.pkl"]
     saved = torch.load(tmp_path / "out" / "gs7.pkl", weights_only=True)
@@ -173,14 +204,30 @@ def test_step_mode_checkpoints_every_ckpt_steps_and_at_the_end(tmp_path) -> None
 def test_custom_matches_capture_submodules_with_a_registry_loss(tmp_path) -> None:
     teacher, student = models()
     customs = [
-        {"module_T": "bert.encoder.layer.3.attention.self.query", "module_S": "bert.encoder.layer.1.attention.self.query",
-         "loss": "relation_kl", "weight": 1, "params": {"num_relation_heads": 2}},
-        {"module_T": "bert.encoder.layer.3.output", "module_S": "bert.encoder.layer.1.output",
-         "loss": "cos", "weight": 1, "proj": ["linear", 16, 32]},
+        {
+            "module_T": "bert.encoder.layer.3.attention.self.query",
+            "module_S": "bert.encoder.layer.1.attention.self.query",
+            "loss": "relation_kl",
+            "weight": 1,
+            "params": {"num_relation_heads": 2},
+        },
+        {
+            "module_T": "bert.encoder.layer.3.output",
+            "module_S": "bert.encoder.layer.1.output",
+            "loss": "cos",
+            "weight": 1,
+            "proj": ["linear", 16, 32],
+        },
     ]
-    distiller = Distillation(train_config(tmp_path, log_dir=str(tmp_path / "logs")),
-                             DistillationConfig(kd_loss_weight=0), teacher, student, bert_adaptor, bert_adaptor,
-                             custom_matches=customs)
+    distiller = Distillation(
+        train_config(tmp_path, log_dir=str(tmp_path / "logs")),
+        DistillationConfig(kd_loss_weight=0),
+        teacher,
+        student,
+        bert_adaptor,
+        bert_adaptor,
+        custom_matches=customs,
+    )
     before = snapshot(student)
     hooks_before = len(student.bert.encoder.layer[1].attention.self.query._forward_hooks)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
@@ -198,9 +245,17 @@ def test_custom_matches_capture_submodules_with_a_registry_loss(tmp_path) -> Non
 def test_custom_match_with_unknown_module_path_fails_at_construction(tmp_path) -> None:
     teacher, student = models()
     with pytest.raises(DistillError, match="did you mean 'bert.encoder.layer.1.output'"):
-        Distillation(train_config(tmp_path), DistillationConfig(), teacher, student, bert_adaptor, bert_adaptor,
-                     custom_matches=[{"module_T": "bert.encoder.layer.3.output",
-                                      "module_S": "bert.encoder.layer.1.outptu", "loss": "cos"}])
+        Distillation(
+            train_config(tmp_path),
+            DistillationConfig(),
+            teacher,
+            student,
+            bert_adaptor,
+            bert_adaptor,
+            custom_matches=[
+                {"module_T": "bert.encoder.layer.3.output", "module_S": "bert.encoder.layer.1.outptu", "loss": "cos"}
+            ],
+        )
 
 
 def test_multi_teacher_averages_teacher_logits(tmp_path) -> None:
@@ -208,21 +263,29 @@ def test_multi_teacher_averages_teacher_logits(tmp_path) -> None:
     student = tiny_bert(16, 2, 2, seed=1)
     teacher_state = [snapshot(t) for t in teachers]
     config = DistillationConfig(temperature=1, intermediate_matches=[{**HIDDEN_MATCH, "teacher": 1}])
-    distiller = MultiTeacherDistillation(train_config(tmp_path), config, teachers, student, bert_adaptor,
-                                         bert_adaptor, teacher_weights=[1, 3])
+    distiller = MultiTeacherDistillation(
+        train_config(tmp_path), config, teachers, student, bert_adaptor, bert_adaptor, teacher_weights=[1, 3]
+    )
     batch = dict_batches(tiny_data(8), 8)[0]
     with distiller:
         results = distiller.teacher_outputs(batch, None, {})
         target = distiller._kd_target(results)[0]
         expected = 0.25 * results[0]["logits"] + 0.75 * results[1]["logits"]
         assert torch.allclose(target, expected)
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, [batch] * 2, num_epochs=1,
-                        output_hidden_states=True)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.1), None, [batch] * 2, num_epochs=1, output_hidden_states=True
+        )
     assert all(not changed(state, t) for state, t in zip(teacher_state, teachers))
     assert BasicMultiTeacherDistillation is MultiTeacherDistillation
     with pytest.raises(DistillError, match="teacher 2 does not exist"):
-        MultiTeacherDistillation(train_config(tmp_path), DistillationConfig(intermediate_matches=[
-            {**HIDDEN_MATCH, "teacher": 2}]), teachers, student, bert_adaptor, bert_adaptor)
+        MultiTeacherDistillation(
+            train_config(tmp_path),
+            DistillationConfig(intermediate_matches=[{**HIDDEN_MATCH, "teacher": 2}]),
+            teachers,
+            student,
+            bert_adaptor,
+            bert_adaptor,
+        )
 
 
 def test_multi_task_samples_tasks_by_size_and_passes_the_task(tmp_path) -> None:
@@ -235,13 +298,20 @@ def test_multi_task_samples_tasks_by_size_and_passes_the_task(tmp_path) -> None:
         return bert_adaptor(batch, outputs)
 
     loaders = {"big": dict_batches(tiny_data(72, seed=4), 8), "small": dict_batches(tiny_data(8, seed=5), 8)}
-    distiller = MultiTaskDistillation(train_config(tmp_path), DistillationConfig(), teachers, student,
-                                      {t: bert_adaptor for t in teachers}, {t: adaptor_S for t in teachers},
-                                      task_weights={"small": 2.0})
+    distiller = MultiTaskDistillation(
+        train_config(tmp_path),
+        DistillationConfig(),
+        teachers,
+        student,
+        {t: bert_adaptor for t in teachers},
+        {t: adaptor_S for t in teachers},
+        task_weights={"small": 2.0},
+    )
     torch.manual_seed(0)
     with distiller:
-        state = distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), dataloaders=loaders, num_steps=60,
-                                tau=1.0)
+        state = distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.01), dataloaders=loaders, num_steps=60, tau=1.0
+        )
     assert state.global_step == 60 and len(seen) == 60
     # sizes 9:1 batches, so "big" is drawn about 90% of the time
     assert 44 <= seen.count("big") <= 59 and seen.count("small") >= 1
@@ -265,11 +335,13 @@ def test_probability_shift_in_training(tmp_path) -> None:
     def adaptor(batch, outputs):
         return {**bert_adaptor(batch, outputs), "labels": batch["labels"]}
 
-    distiller = BasicDistillation(train_config(tmp_path), DistillationConfig(probability_shift=True), teacher,
-                                  student, adaptor, adaptor)
+    distiller = BasicDistillation(
+        train_config(tmp_path), DistillationConfig(probability_shift=True), teacher, student, adaptor, adaptor
+    )
     with distiller:
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(16), 8),
-                        num_epochs=1)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(16), 8), num_epochs=1
+        )
 
 
 def test_modes_restored_and_teacher_eval_outside_context(tmp_path) -> None:
@@ -282,10 +354,12 @@ def test_modes_restored_and_teacher_eval_outside_context(tmp_path) -> None:
         modes.append(teacher.training)
         return bert_adaptor(batch, outputs)
 
-    distiller = BasicDistillation(train_config(tmp_path), DistillationConfig(), teacher, student, adaptor_T,
-                                  bert_adaptor)
-    distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(16), 8),
-                    num_epochs=1)  # no `with`: the teacher still runs in eval mode
+    distiller = BasicDistillation(
+        train_config(tmp_path), DistillationConfig(), teacher, student, adaptor_T, bert_adaptor
+    )
+    distiller.train(
+        torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(16), 8), num_epochs=1
+    )  # no `with`: the teacher still runs in eval mode
     assert modes == [False, False]
     assert teacher.training and not student.training  # restored
 
@@ -307,13 +381,24 @@ def test_scheduler_built_before_projection_groups_is_refused(tmp_path) -> None:
         distiller.train(optimizer, early, batches, num_epochs=1, output_hidden_states=True)
 
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
-    distiller.train(optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** (step + 1)),
-                    batches, num_epochs=1, output_hidden_states=True)
+    distiller.train(
+        optimizer,
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** (step + 1)),
+        batches,
+        num_epochs=1,
+        output_hidden_states=True,
+    )
     # two steps: lr = base · 0.5³; the projection group's base lr is its own 0.01 (from proj[3])
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.0125, 0.00125])
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
-    distiller.train(optimizer, dataloader=batches, num_train_epochs=1, scheduler_class=torch.optim.lr_scheduler.StepLR,
-                    scheduler_args={"step_size": 1, "gamma": 0.1}, output_hidden_states=True)
+    distiller.train(
+        optimizer,
+        dataloader=batches,
+        num_train_epochs=1,
+        scheduler_class=torch.optim.lr_scheduler.StepLR,
+        scheduler_args={"step_size": 1, "gamma": 0.1},
+        output_hidden_states=True,
+    )
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.001, 0.0001])
 
 
@@ -323,22 +408,44 @@ def test_auto_adaptor_for_hugging_face_outputs(tmp_path) -> None:
     distiller = Distillation(train_config(tmp_path), config, teacher, student, None, None)
     before = snapshot(student)
     with distiller:
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, dict_batches(tiny_data(16), 8),
-                        num_epochs=1, output_hidden_states=True)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.1),
+            None,
+            dict_batches(tiny_data(16), 8),
+            num_epochs=1,
+            output_hidden_states=True,
+        )
     assert changed(before, student)
 
 
 def test_data_parallel_wrapped_models_work(tmp_path) -> None:
     teacher, student = models()
     wrapped_T, wrapped_S = torch.nn.DataParallel(teacher), torch.nn.DataParallel(student)
-    distiller = Distillation(train_config(tmp_path), DistillationConfig(intermediate_matches=[HIDDEN_MATCH]),
-                             wrapped_T, wrapped_S, bert_adaptor, bert_adaptor,
-                             custom_matches=[{"module_T": "bert.encoder.layer.3.output",
-                                              "module_S": "bert.encoder.layer.1.output", "loss": "cos", "proj": ["linear", 16, 32]}])
+    distiller = Distillation(
+        train_config(tmp_path),
+        DistillationConfig(intermediate_matches=[HIDDEN_MATCH]),
+        wrapped_T,
+        wrapped_S,
+        bert_adaptor,
+        bert_adaptor,
+        custom_matches=[
+            {
+                "module_T": "bert.encoder.layer.3.output",
+                "module_S": "bert.encoder.layer.1.output",
+                "loss": "cos",
+                "proj": ["linear", 16, 32],
+            }
+        ],
+    )
     before = snapshot(student)
     with distiller:
-        distiller.train(torch.optim.SGD(wrapped_S.parameters(), lr=0.1), None, dict_batches(tiny_data(16), 8),
-                        num_epochs=1, output_hidden_states=True)
+        distiller.train(
+            torch.optim.SGD(wrapped_S.parameters(), lr=0.1),
+            None,
+            dict_batches(tiny_data(16), 8),
+            num_epochs=1,
+            output_hidden_states=True,
+        )
     assert changed(before, student)
     saved = torch.load(tmp_path / "out" / "gs2.pkl", weights_only=True)
     assert set(saved) == set(student.state_dict())  # saved without the "module." prefix
@@ -346,16 +453,24 @@ def test_data_parallel_wrapped_models_work(tmp_path) -> None:
 
 def test_train_argument_errors(tmp_path) -> None:
     teacher, student = models()
-    distiller = BasicDistillation(train_config(tmp_path), DistillationConfig(), teacher, student, bert_adaptor,
-                                  bert_adaptor)
+    distiller = BasicDistillation(
+        train_config(tmp_path), DistillationConfig(), teacher, student, bert_adaptor, bert_adaptor
+    )
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     with pytest.raises(TypeError, match="exactly one of num_epochs or num_steps"):
         distiller.train(optimizer, None, [], num_epochs=1, num_steps=3)
     with pytest.raises(ValueError, match="`num_epochs` to be a positive integer"):
         distiller.train(optimizer, None, [], num_epochs=0)
     with pytest.raises(DistillError, match="intermediate_matches; use Distillation"):
-        BasicDistillation(train_config(tmp_path), DistillationConfig(intermediate_matches=[HIDDEN_MATCH]), teacher,
-                          student, bert_adaptor, bert_adaptor)
+        BasicDistillation(
+            train_config(tmp_path),
+            DistillationConfig(intermediate_matches=[HIDDEN_MATCH]),
+            teacher,
+            student,
+            bert_adaptor,
+            bert_adaptor,
+        )
     with pytest.raises(DistillError, match="nothing to train"):
-        Distillation(train_config(tmp_path), DistillationConfig(kd_loss_weight=0), teacher, student, bert_adaptor,
-                     bert_adaptor)
+        Distillation(
+            train_config(tmp_path), DistillationConfig(kd_loss_weight=0), teacher, student, bert_adaptor, bert_adaptor
+        )

@@ -100,8 +100,7 @@ def head_reduce_naive(x, how):
     if x.ndim == 3:
         return x
     values = x.double().tolist()
-    out = [[[sum(values[b][h][i][j] for h in range(H)) for j in range(L)] for i in range(L)]
-           for b in range(B)]
+    out = [[[sum(values[b][h][i][j] for h in range(H)) for j in range(L)] for i in range(L)] for b in range(B)]
     if how == "mean":
         out = [[[v / H for v in row] for row in example] for example in out]
     return torch.tensor(out, dtype=torch.float64)
@@ -145,9 +144,7 @@ def test_attention_ce_and_kl_match_naive(kind, ndim, mask_name, inputs):
         expected = naive_row_loss(S, T, mask, inputs, "ce")
     elif kind == "ce_mean":
         value = attention.attention_ce_mean_loss(S, T, mask_tensor, inputs=inputs)
-        expected = naive_row_loss(
-            head_reduce_naive(S, "mean"), head_reduce_naive(T, "mean"), mask, inputs, "ce"
-        )
+        expected = naive_row_loss(head_reduce_naive(S, "mean"), head_reduce_naive(T, "mean"), mask, inputs, "ce")
     else:
         value = attention.attention_kl_loss(S, T, mask_tensor, inputs=inputs)
         expected = naive_row_loss(S, T, mask, inputs, "kl")
@@ -186,12 +183,13 @@ def test_hook_uses_params_and_defaults():
     probs_S, probs_T = S.softmax(-1), T.softmax(-1)
     mask = torch.tensor(MASK)
     via_hook = attention.compute_match_loss(
-        name="attention_ce", feature_S=probs_S, feature_T=probs_T, mask=mask,
+        name="attention_ce",
+        feature_S=probs_S,
+        feature_T=probs_T,
+        mask=mask,
         params=attention.AttentionCEParams(inputs="probs"),
     )
-    torch.testing.assert_close(
-        via_hook, attention.attention_ce_loss(probs_S, probs_T, mask, inputs="probs")
-    )
+    torch.testing.assert_close(via_hook, attention.attention_ce_loss(probs_S, probs_T, mask, inputs="probs"))
     default_kl = attention.compute_match_loss(
         name="attention_kl", feature_S=probs_S, feature_T=probs_T, mask=mask, params=None
     )

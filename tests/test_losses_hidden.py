@@ -89,9 +89,7 @@ def test_pkd_uses_only_the_first_position():
     feature_S, feature_T = make_features()
     changed = feature_S.clone()
     changed[:, 1:] += 10
-    torch.testing.assert_close(
-        hidden.pkd_loss(changed, feature_T), hidden.pkd_loss(feature_S, feature_T)
-    )
+    torch.testing.assert_close(hidden.pkd_loss(changed, feature_T), hidden.pkd_loss(feature_S, feature_T))
 
 
 def test_identical_features_give_zero():
@@ -104,6 +102,9 @@ def test_hook_refuses_a_list_of_layers():
     feature_S, feature_T = make_features()
     with pytest.raises(ValueError, match="single layer index"):
         hidden.compute_match_loss(
-            name="hidden_mse", feature_S=[feature_S, feature_S], feature_T=feature_T, mask=None,
+            name="hidden_mse",
+            feature_S=[feature_S, feature_S],
+            feature_T=feature_T,
+            mask=None,
             params=None,
         )

@@ -34,8 +34,7 @@ def kept_rows(logits_S, logits_T, temperature, mask):
     """Yield (student row, teacher row, temperature) for every kept row, in float64 Python lists."""
     student, teacher = logits_S.double().tolist(), logits_T.double().tolist()
     temps = (
-        temperature.double().tolist() if isinstance(temperature, torch.Tensor)
-        else [float(temperature)] * len(student)
+        temperature.double().tolist() if isinstance(temperature, torch.Tensor) else [float(temperature)] * len(student)
     )
     for b in range(len(student)):
         if logits_S.ndim == 2:
@@ -127,9 +126,7 @@ def test_kl_is_temperature_squared_times_naive_kl():
         q = naive_softmax([x / t for x in row_S])
         naive += sum(p[c] * math.log(p[c] / q[c]) for c in range(C))
     naive /= B
-    assert kd.kd_kl_loss(logits_S, logits_T, temperature=t).item() == pytest.approx(
-        t * t * naive, rel=1e-5
-    )
+    assert kd.kd_kl_loss(logits_S, logits_T, temperature=t).item() == pytest.approx(t * t * naive, rel=1e-5)
 
 
 @pytest.mark.parametrize("shape, mask", [((B, C), None), ((B, L, C), torch.tensor(MASK))])
@@ -236,10 +233,17 @@ def test_scalar_tensor_temperature_equals_float():
 
 def test_hook_returns_none_for_foreign_name():
     logits_S, logits_T = make_logits((B, C))
-    assert kd.compute_kd_loss(
-        name="hidden_mse", logits_S=logits_S, logits_T=logits_T, temperature=1.0, mask=None,
-        params=None,
-    ) is None
+    assert (
+        kd.compute_kd_loss(
+            name="hidden_mse",
+            logits_S=logits_S,
+            logits_T=logits_T,
+            temperature=1.0,
+            mask=None,
+            params=None,
+        )
+        is None
+    )
 
 
 def test_declared_components_are_computed_by_the_hook():
@@ -250,7 +254,11 @@ def test_declared_components_are_computed_by_the_hook():
         assert isinstance(info, ComponentInfo) and info.kind == "kd_loss"
         assert info.summary and "\n" not in info.summary
         value = kd.compute_kd_loss(
-            name=info.name, logits_S=logits_S, logits_T=logits_T, temperature=2.0, mask=None,
+            name=info.name,
+            logits_S=logits_S,
+            logits_T=logits_T,
+            temperature=2.0,
+            mask=None,
             params=None if info.params is None else info.params(),
         )
         assert isinstance(value, torch.Tensor) and value.ndim == 0

@@ -59,9 +59,7 @@ def leaves(features):
 
 def compute(name, feature_S, feature_T, mask=None):
     module = MATCH_LOSSES[name][0]
-    return module.compute_match_loss(
-        name=name, feature_S=feature_S, feature_T=feature_T, mask=mask, params=None
-    )
+    return module.compute_match_loss(name=name, feature_S=feature_S, feature_T=feature_T, mask=mask, params=None)
 
 
 def with_grad(features):
@@ -85,7 +83,10 @@ def test_declared_components_are_computed_by_their_module(module_name):
             assert info.params.model_config.get("extra") == "forbid"
         feature_S, feature_T = MATCH_LOSSES[info.name][1](0)
         value = module.compute_match_loss(
-            name=info.name, feature_S=feature_S, feature_T=feature_T, mask=torch.tensor(MASK),
+            name=info.name,
+            feature_S=feature_S,
+            feature_T=feature_T,
+            mask=torch.tensor(MASK),
             params=None if info.params is None else info.params(),
         )
         assert isinstance(value, torch.Tensor) and value.ndim == 0 and torch.isfinite(value)
@@ -95,9 +96,12 @@ def test_declared_components_are_computed_by_their_module(module_name):
 def test_hook_returns_none_for_a_foreign_name(module_name):
     feature_S, feature_T = hidden_pair(0)
     for foreign in ("kl", "not_a_loss", "linear"):
-        assert MODULES[module_name].compute_match_loss(
-            name=foreign, feature_S=feature_S, feature_T=feature_T, mask=None, params=None
-        ) is None
+        assert (
+            MODULES[module_name].compute_match_loss(
+                name=foreign, feature_S=feature_S, feature_T=feature_T, mask=None, params=None
+            )
+            is None
+        )
 
 
 @pytest.mark.parametrize("name", MATCH_LOSSES)

@@ -25,13 +25,12 @@ def naive_gram(X0, X1, mask):
     for b in range(len(X0)):
         kept = [i for i in range(L) if mask is None or mask[b][i]]
         n_b = len(kept)
-        grams.append([
+        grams.append(
             [
-                (sum(X0[b][i][p] * X1[b][i][q] for i in kept) / n_b) if n_b else 0.0
-                for q in range(len(X1[b][0]))
+                [(sum(X0[b][i][p] * X1[b][i][q] for i in kept) / n_b) if n_b else 0.0 for q in range(len(X1[b][0]))]
+                for p in range(len(X0[b][0]))
             ]
-            for p in range(len(X0[b][0]))
-        ])
+        )
     return grams
 
 
@@ -51,8 +50,7 @@ def naive_mmd_loss(layers_S, layers_T, mask):
         X0, X1 = X0.double().tolist(), X1.double().tolist()
         width = len(X0[0][0])
         return [
-            [[sum(X0[b][i][d] * X1[b][j][d] for d in range(width)) / width for j in range(L)]
-             for i in range(L)]
+            [[sum(X0[b][i][d] * X1[b][j][d] for d in range(width)) / width for j in range(L)] for i in range(L)]
             for b in range(len(X0))
         ]
 
@@ -78,8 +76,7 @@ def naive_relation_kl(X_S, X_T, mask, heads):
             for h in range(heads):
                 for i in range(L):
                     scores = [
-                        sum(X[b][i][h * width + k] * X[b][j][h * width + k] for k in range(width))
-                        / math.sqrt(width)
+                        sum(X[b][i][h * width + k] * X[b][j][h * width + k] for k in range(width)) / math.sqrt(width)
                         for j in keys
                     ]
                     if scores:
@@ -109,9 +106,7 @@ def test_gram_matches_naive(mask_name):
     mask_tensor = None if mask is None else torch.tensor(mask)
     value = relation.gram_loss(layers_S, layers_T, mask_tensor)
     assert value.item() == pytest.approx(naive_gram_loss(layers_S, layers_T, mask), rel=1e-5, abs=1e-6)
-    fsp = relation.compute_match_loss(
-        name="fsp", feature_S=layers_S, feature_T=layers_T, mask=mask_tensor, params=None
-    )
+    fsp = relation.compute_match_loss(name="fsp", feature_S=layers_S, feature_T=layers_T, mask=mask_tensor, params=None)
     torch.testing.assert_close(fsp, value)
 
 
@@ -123,9 +118,7 @@ def test_mmd_matches_naive_with_different_widths(mask_name):
     mask_tensor = None if mask is None else torch.tensor(mask)
     value = relation.mmd_loss(layers_S, layers_T, mask_tensor)
     assert value.item() == pytest.approx(naive_mmd_loss(layers_S, layers_T, mask), rel=1e-5, abs=1e-6)
-    nst = relation.compute_match_loss(
-        name="nst", feature_S=layers_S, feature_T=layers_T, mask=mask_tensor, params=None
-    )
+    nst = relation.compute_match_loss(name="nst", feature_S=layers_S, feature_T=layers_T, mask=mask_tensor, params=None)
     torch.testing.assert_close(nst, value)
 
 
@@ -134,9 +127,7 @@ def test_mmd_matches_naive_with_different_widths(mask_name):
 def test_relation_kl_matches_naive(mask_name, heads):
     mask = MASKS[mask_name]
     X_S, X_T = randn(B, L, 4, seed=0), randn(B, L, 6, seed=1)
-    value = relation.relation_kl_loss(
-        X_S, X_T, None if mask is None else torch.tensor(mask), num_relation_heads=heads
-    )
+    value = relation.relation_kl_loss(X_S, X_T, None if mask is None else torch.tensor(mask), num_relation_heads=heads)
     assert value.item() == pytest.approx(naive_relation_kl(X_S, X_T, mask, heads), rel=1e-5, abs=1e-6)
 
 
@@ -155,7 +146,10 @@ def test_relation_kl_heads_must_divide_both_widths():
 def test_relation_kl_hook_reads_params():
     X_S, X_T = randn(B, L, 4, seed=0), randn(B, L, 6, seed=1)
     via_hook = relation.compute_match_loss(
-        name="relation_kl", feature_S=X_S, feature_T=X_T, mask=None,
+        name="relation_kl",
+        feature_S=X_S,
+        feature_T=X_T,
+        mask=None,
         params=relation.RelationKLParams(num_relation_heads=2),
     )
     torch.testing.assert_close(via_hook, relation.relation_kl_loss(X_S, X_T, num_relation_heads=2))
@@ -167,7 +161,5 @@ def test_two_layer_losses_need_exactly_two_layers(name, bad):
     X = randn(B, L, 4, seed=0)
     features = X if bad == "tensor" else [X, X, X]
     with pytest.raises(ValueError, match="list of two layer indices") as excinfo:
-        relation.compute_match_loss(
-            name=name, feature_S=features, feature_T=[X, X], mask=None, params=None
-        )
+        relation.compute_match_loss(name=name, feature_S=features, feature_T=[X, X], mask=None, params=None)
     assert f"`{name}`" in str(excinfo.value)

@@ -22,9 +22,23 @@ def installed_example(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-cache-dir", "--target", str(target),
-         str(EXAMPLE)],
-        check=True, capture_output=True, text=True, timeout=300, cwd=build,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-cache-dir",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=build,
     )
     assert list(target.glob("distill_cka-*.dist-info")), "pip did not install the example's metadata"
     return target
@@ -47,8 +61,15 @@ def test_installed_plugin_is_listed_with_its_distribution(installed_example) -> 
 
 def test_installed_plugin_validates_and_computes(installed_example, tmp_path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"intermediate_matches": [
-        {"layer_T": 4, "layer_S": 1, "feature": "hidden", "loss": "cka", "params": {"per_example": True}}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "intermediate_matches": [
+                    {"layer_T": 4, "layer_S": 1, "feature": "hidden", "loss": "cka", "params": {"per_example": True}}
+                ]
+            }
+        )
+    )
     result = run_cli("validate", str(config), env=_env(installed_example, "distill,distill-cka"))
     assert result.returncode == 0, result.stderr
     # without the plugin the same config names the missing loss
@@ -66,8 +87,13 @@ def test_installed_plugin_validates_and_computes(installed_example, tmp_path) ->
         component = get_registry().get("match_loss", "cka")
         print(same, other, component.distribution)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **_env(installed_example, "distill,distill-cka")})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **_env(installed_example, "distill,distill-cka")},
+    )
     assert out.returncode == 0, out.stderr
     same, other, distribution = out.stdout.split()
     assert abs(float(same)) < 1e-5 and float(other) > 0.1 and distribution == "distill-cka"
@@ -79,7 +105,8 @@ def test_plugin_claiming_a_taken_name_is_a_clear_error(installed_example, tmp_pa
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distill-cka-clone\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[distill]\ncka_clone = distill_cka_clone\n")
-    (tmp_path / "distill_cka_clone.py").write_text(textwrap.dedent("""
+    (tmp_path / "distill_cka_clone.py").write_text(
+        textwrap.dedent("""
         from distill_core import ComponentInfo, hookimpl
 
         @hookimpl
@@ -89,7 +116,8 @@ def test_plugin_claiming_a_taken_name_is_a_clear_error(installed_example, tmp_pa
         @hookimpl
         def compute_match_loss(name, feature_S, feature_T, mask, params):
             return None
-    """))
+    """)
+    )
     env = _env(installed_example, "distill,distill-cka,distill-cka-clone")
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     result = run_cli("plugins", env=env)

@@ -31,8 +31,21 @@ from tests.conftest import run_cli
 
 BUILTIN = {
     "kd_loss": {"ce", "mse", "kl", "bce"},
-    "match_loss": {"hidden_mse", "cos", "pkd", "attention_mse", "attention_mse_sum", "attention_ce",
-                   "attention_ce_mean", "attention_kl", "gram", "fsp", "mmd", "nst", "relation_kl"},
+    "match_loss": {
+        "hidden_mse",
+        "cos",
+        "pkd",
+        "attention_mse",
+        "attention_mse_sum",
+        "attention_ce",
+        "attention_ce_mean",
+        "attention_kl",
+        "gram",
+        "fsp",
+        "mmd",
+        "nst",
+        "relation_kl",
+    },
     "projection": {"linear", "linear_relu", "linear_tanh", "identity"},
 }
 
@@ -102,8 +115,12 @@ def test_runtime_plugin_is_listed_validated_and_computed(register_plugin) -> Non
     assert torch.allclose(loss(a, b), torch.tensor(0.875))
 
     from distill_core import DistillationConfig
-    config = DistillationConfig(intermediate_matches=[
-        {"layer_T": 1, "layer_S": 0, "feature": "hidden", "loss": "test_huber", "params": {"delta": 2}}])
+
+    config = DistillationConfig(
+        intermediate_matches=[
+            {"layer_T": 1, "layer_S": 0, "feature": "hidden", "loss": "test_huber", "params": {"delta": 2}}
+        ]
+    )
     assert config.intermediate_matches[0].params == {"delta": 2.0}
 
 
@@ -158,11 +175,17 @@ def _sample_inputs(name: str) -> tuple[object, object, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     if name in {"gram", "fsp", "mmd", "nst"}:
-        return ([torch.randn(2, 4, 6, generator=gen) for _ in range(2)],
-                [torch.randn(2, 4, 6, generator=gen) for _ in range(2)], mask)
+        return (
+            [torch.randn(2, 4, 6, generator=gen) for _ in range(2)],
+            [torch.randn(2, 4, 6, generator=gen) for _ in range(2)],
+            mask,
+        )
     if name.startswith("attention"):
-        return (torch.randn(2, 3, 4, 4, generator=gen).softmax(-1),
-                torch.randn(2, 3, 4, 4, generator=gen).softmax(-1), mask)
+        return (
+            torch.randn(2, 3, 4, 4, generator=gen).softmax(-1),
+            torch.randn(2, 3, 4, 4, generator=gen).softmax(-1),
+            mask,
+        )
     return torch.randn(2, 4, 6, generator=gen), torch.randn(2, 4, 6, generator=gen), mask
 
 
@@ -219,7 +242,9 @@ def _fake_distribution(root: Path, name: str, entry_points: dict[str, str], modu
 
 def test_broken_plugin_is_named_and_hides_nothing(tmp_path, monkeypatch) -> None:
     _fake_distribution(
-        tmp_path, "distill-broken", {"broken_loss": "distill_broken_mod"},
+        tmp_path,
+        "distill-broken",
+        {"broken_loss": "distill_broken_mod"},
         {"distill_broken_mod": "raise ImportError('needs the package frobnicate')\n"},
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -252,11 +277,18 @@ def test_blocking_a_plugin_by_env(tmp_path) -> None:
 
 
 def test_broken_plugin_cli_reports_and_fails(tmp_path) -> None:
-    _fake_distribution(tmp_path, "distill-broken", {"broken_loss": "distill_broken_mod"},
-                       {"distill_broken_mod": "import no_such_module_anywhere\n"})
+    _fake_distribution(
+        tmp_path,
+        "distill-broken",
+        {"broken_loss": "distill_broken_mod"},
+        {"distill_broken_mod": "import no_such_module_anywhere\n"},
+    )
     import os
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "DISTILL_PLUGIN_DISTRIBUTIONS": "distill,distill-broken"}
+
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "DISTILL_PLUGIN_DISTRIBUTIONS": "distill,distill-broken",
+    }
     result = run_cli("plugins", env=env)
     assert result.returncode == 1
     assert "hidden_mse" in result.stdout

@@ -63,9 +63,7 @@ def test_identity_refuses_differing_widths():
 @pytest.mark.parametrize("module_name", MODULES)
 def test_hook_returns_none_for_a_foreign_name(module_name):
     for foreign in ("hidden_mse", "conv", "identity" if module_name == "linear" else "linear"):
-        assert MODULES[module_name].build_projection(
-            name=foreign, dim_in=4, dim_out=4, params=None
-        ) is None
+        assert MODULES[module_name].build_projection(name=foreign, dim_in=4, dim_out=4, params=None) is None
 
 
 @pytest.mark.parametrize("module_name", MODULES)
@@ -82,9 +80,7 @@ def test_declared_components_are_built_by_their_module(module_name):
 
 
 def test_declared_names():
-    assert [info.name for info in linear.declare_components()] == [
-        "linear", "linear_relu", "linear_tanh"
-    ]
+    assert [info.name for info in linear.declare_components()] == ["linear", "linear_relu", "linear_tanh"]
     assert [info.name for info in identity.declare_components()] == ["identity"]
 
 

@@ -46,25 +46,42 @@ def test_flsw_and_cwsm_match_their_formulas() -> None:
     assert float(flsw.mean()) == pytest.approx(4.0, abs=1e-5)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("none", [2.0, 2.0, 2.0]), ("constant", [2.0, 2.0, 2.0]),
-    ("linear_growth", [0.0, 1.0, 2.0]), ("linear_decay", [2.0, 1.0, 0.0]),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("none", [2.0, 2.0, 2.0]),
+        ("constant", [2.0, 2.0, 2.0]),
+        ("linear_growth", [0.0, 1.0, 2.0]),
+        ("linear_decay", [2.0, 1.0, 0.0]),
+    ],
+)
 def test_weight_schedules(name, expected) -> None:
     assert [weight_at(name, 2.0, p) for p in (0.0, 0.5, 1.0)] == pytest.approx(expected)
 
 
 def test_schedules_drive_training(tmp_path) -> None:
     teacher, student = tiny_bert(32, 4, 4, seed=0), tiny_bert(16, 2, 2, seed=1)
-    config = DistillationConfig(temperature=3, temperature_scheduler=["flsw", 1, 1], kd_loss_weight=2,
-                                kd_loss_weight_scheduler="linear_decay", hard_label_weight=1,
-                                hard_label_weight_scheduler="linear_growth")
-    train_config = TrainingConfig(output_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), device="cpu",
-                                  progress_bar=False, log_steps=1, ckpt_steps=100)
+    config = DistillationConfig(
+        temperature=3,
+        temperature_scheduler=["flsw", 1, 1],
+        kd_loss_weight=2,
+        kd_loss_weight_scheduler="linear_decay",
+        hard_label_weight=1,
+        hard_label_weight_scheduler="linear_growth",
+    )
+    train_config = TrainingConfig(
+        output_dir=str(tmp_path / "out"),
+        log_dir=str(tmp_path / "logs"),
+        device="cpu",
+        progress_bar=False,
+        log_steps=1,
+        ckpt_steps=100,
+    )
     distiller = Distillation(train_config, config, teacher, student, bert_adaptor, bert_adaptor)
     with distiller:
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(32), 8),
-                        num_epochs=1)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(32), 8), num_epochs=1
+        )
     scalars = read_scalars(tmp_path / "logs")
     kd, kd_weighted = dict(scalars["loss/kd"]), dict(scalars["weighted/kd"])
     hard, hard_weighted = dict(scalars["loss/hard_label"]), dict(scalars["weighted/hard_label"])

@@ -11,5 +11,14 @@ from distill_core.distillers.multi import (
 #: TextBrewer's name for the full distiller
 GeneralDistiller = Distillation
 
-__all__ = ["BaseDistiller", "BasicDistillation", "BasicMultiTeacherDistillation", "BasicTraining", "Distillation",
-           "GeneralDistiller", "MultiTaskDistillation", "MultiTeacherDistillation", "probability_shift"]
+__all__ = [
+    "BaseDistiller",
+    "BasicDistillation",
+    "BasicMultiTeacherDistillation",
+    "BasicTraining",
+    "Distillation",
+    "GeneralDistiller",
+    "MultiTaskDistillation",
+    "MultiTeacherDistillation",
+    "probability_shift",
+]

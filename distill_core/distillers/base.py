@@ -39,7 +39,9 @@ def _check_writable(folder: str, field: str) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise DistillError(f"TrainingConfig.{field}={folder!r} is not writable ({exc}); choose another folder") from None
+        raise DistillError(
+            f"TrainingConfig.{field}={folder!r} is not writable ({exc}); choose another folder"
+        ) from None
 
 
 class BaseDistiller(CheckpointMixin, abc.ABC):
@@ -48,8 +50,9 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
     #: teachers by key (0, 1, ... or task names); empty for BasicTraining
     teachers: dict[Any, nn.Module]
 
-    def __init__(self, train_config: TrainingConfig, student: nn.Module,
-                 distill_config: DistillationConfig | None = None) -> None:
+    def __init__(
+        self, train_config: TrainingConfig, student: nn.Module, distill_config: DistillationConfig | None = None
+    ) -> None:
         if not isinstance(train_config, TrainingConfig):
             train_config = TrainingConfig.model_validate(train_config)
         if distill_config is not None and not isinstance(distill_config, DistillationConfig):
@@ -85,7 +88,7 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         self.model_S.to(self.device)
         self.projections.to(self.device)
         self.custom_projections.to(self.device)
-        for key, teacher in self.teachers.items():
+        for teacher in self.teachers.values():
             teacher.to(self.device)
         if self.train_config.data_parallel and torch.cuda.device_count() > 1:
             if not isinstance(self.model_S, nn.DataParallel):
@@ -135,8 +138,9 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
 
     # -- the step, as the loop sees it -----------------------------------------------------------
     @abc.abstractmethod
-    def compute_loss(self, batch: Any, task: str | None, state: RunState,
-                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def compute_loss(
+        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the total loss of one micro-batch and its unweighted terms (aligned with term_names)."""
 
     @abc.abstractmethod
@@ -171,9 +175,15 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
 
     def make_tracker(self, state: RunState) -> Tracker:
         config = self.train_config
-        return Tracker(log_dir=config.log_dir, log_steps=config.log_steps, progress_bar=config.progress_bar,
-                       total_steps=state.total_steps, initial_step=state.global_step, is_main=self.is_main,
-                       term_names=self.term_names())
+        return Tracker(
+            log_dir=config.log_dir,
+            log_steps=config.log_steps,
+            progress_bar=config.progress_bar,
+            total_steps=state.total_steps,
+            initial_step=state.global_step,
+            is_main=self.is_main,
+            term_names=self.term_names(),
+        )
 
     # -- train -----------------------------------------------------------------------------------
     def _source(self, dataloader: Any, dataloaders: Any, args: dict[str, Any]) -> BatchSource:
@@ -181,13 +191,25 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
             raise TypeError("train() needs a dataloader")
         return BatchSource(dataloader)
 
-    def train(self, optimizer: torch.optim.Optimizer, scheduler: Any = None, dataloader: Any = None,
-              num_epochs: int | None = None, callback: Callable[..., Any] | None = None, *,
-              num_steps: int | None = None, max_grad_norm: float | None = None,
-              batch_postprocessor: Callable[[Any], Any] | None = None, scheduler_class: Any = None,
-              scheduler_args: dict[str, Any] | None = None, resume_from: str | os.PathLike[str] | None = None,
-              num_train_epochs: int | None = None, dataloaders: Mapping[str, Any] | None = None,
-              tau: float = 1.0, **args: Any) -> RunState:
+    def train(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        dataloader: Any = None,
+        num_epochs: int | None = None,
+        callback: Callable[..., Any] | None = None,
+        *,
+        num_steps: int | None = None,
+        max_grad_norm: float | None = None,
+        batch_postprocessor: Callable[[Any], Any] | None = None,
+        scheduler_class: Any = None,
+        scheduler_args: dict[str, Any] | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+        num_train_epochs: int | None = None,
+        dataloaders: Mapping[str, Any] | None = None,
+        tau: float = 1.0,
+        **args: Any,
+    ) -> RunState:
         """Train the student.
 
         :param optimizer: the student's optimizer; distill adds each projection's parameters to it as
@@ -218,8 +240,10 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if self.train_config.early_stopping_patience is not None and callback is None:
-            raise DistillError("TrainingConfig.early_stopping_patience is set but train() got no callback; pass a "
-                               "callback that returns the metric to watch, or unset early_stopping_patience")
+            raise DistillError(
+                "TrainingConfig.early_stopping_patience is set but train() got no callback; pass a "
+                "callback that returns the metric to watch, or unset early_stopping_patience"
+            )
         self.tau = tau
         source = self._source(dataloader, dataloaders, args)
         _check_writable(self.train_config.output_dir, "output_dir")
@@ -232,10 +256,18 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
             self._add_projection_groups(optimizer)
             scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
             resume = self._resolve_resume(resume_from)
-            loop = TrainingLoop(self, optimizer=optimizer, scheduler=scheduler, source=source,
-                                num_epochs=num_epochs, num_steps=num_steps, callback=callback,
-                                max_grad_norm=max_grad_norm, batch_postprocessor=batch_postprocessor,
-                                model_args=args)
+            loop = TrainingLoop(
+                self,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                source=source,
+                num_epochs=num_epochs,
+                num_steps=num_steps,
+                callback=callback,
+                max_grad_norm=max_grad_norm,
+                batch_postprocessor=batch_postprocessor,
+                model_args=args,
+            )
             return loop.run(resume)
         finally:
             if entered_here:
@@ -252,8 +284,13 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
                 optimizer.add_param_group({**options, "params": params})
                 known.update(id(p) for p in params)
 
-    def _build_scheduler(self, optimizer: torch.optim.Optimizer, scheduler: Any, scheduler_class: Any,
-                         scheduler_args: dict[str, Any] | None) -> Any:
+    def _build_scheduler(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scheduler_class: Any,
+        scheduler_args: dict[str, Any] | None,
+    ) -> Any:
         if scheduler_class is not None:
             if scheduler is not None:
                 raise TypeError("pass scheduler or scheduler_class (+ scheduler_args), not both")

@@ -48,8 +48,9 @@ class BasicTraining(BaseDistiller):
     def term_names(self) -> list[str]:
         return ["hard_label"]
 
-    def compute_loss(self, batch: Any, task: str | None, state: RunState,
-                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def compute_loss(
+        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         results = self.adaptor(batch, call_model(self.model_S, batch, model_args), task)
         if task not in self._checked_tasks:
             check_adaptor_output(results, "adaptor")
@@ -65,8 +66,10 @@ def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """
     labels = labels.to(logits.device).long()
     if labels.shape != logits.shape[:-1]:
-        raise AdaptorError(f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of shape "
-                           f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])})")
+        raise AdaptorError(
+            f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of shape "
+            f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])})"
+        )
     valid = labels >= 0
     label_index = labels.clamp_min(0).unsqueeze(-1)
     top_index = logits.argmax(dim=-1, keepdim=True)
@@ -85,17 +88,31 @@ class Distillation(BaseDistiller):
         forward hooks while the distiller is in use.
     """
 
-    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
-                 model_T: nn.Module, model_S: nn.Module, adaptor_T: Adaptor | None, adaptor_S: Adaptor | None,
-                 custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None) -> None:
-        self._init_distillation(train_config, distill_config, {0: model_T}, model_S, {0: adaptor_T},
-                                {None: adaptor_S}, custom_matches)
+    def __init__(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig,
+        model_T: nn.Module,
+        model_S: nn.Module,
+        adaptor_T: Adaptor | None,
+        adaptor_S: Adaptor | None,
+        custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None,
+    ) -> None:
+        self._init_distillation(
+            train_config, distill_config, {0: model_T}, model_S, {0: adaptor_T}, {None: adaptor_S}, custom_matches
+        )
 
     # -- setup -----------------------------------------------------------------------------------
-    def _init_distillation(self, train_config: TrainingConfig, distill_config: DistillationConfig | dict[str, Any],
-                           teachers: dict[Any, nn.Module], model_S: nn.Module, adaptors_T: dict[Any, Adaptor | None],
-                           adaptors_S: dict[Any, Adaptor | None],
-                           custom_matches: Sequence[dict[str, Any] | CustomMatch] | None) -> None:
+    def _init_distillation(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig | dict[str, Any],
+        teachers: dict[Any, nn.Module],
+        model_S: nn.Module,
+        adaptors_T: dict[Any, Adaptor | None],
+        adaptors_S: dict[Any, Adaptor | None],
+        custom_matches: Sequence[dict[str, Any] | CustomMatch] | None,
+    ) -> None:
         if distill_config is None:
             raise TypeError(f"{type(self).__name__} needs a distill_config (DistillationConfig)")
         super().__init__(train_config, model_S, distill_config)
@@ -105,8 +122,9 @@ class Distillation(BaseDistiller):
                 raise TypeError(f"teacher {key!r} must be a torch.nn.Module, got {type(teacher).__name__}")
         self.teachers = dict(teachers)
         self.adaptors_T = {key: BoundAdaptor(a, self._role_T(key)) for key, a in adaptors_T.items()}
-        self.adaptors_S = {key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]")
-                           for key, a in adaptors_S.items()}
+        self.adaptors_S = {
+            key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]") for key, a in adaptors_S.items()
+        }
         registry = get_registry()
         self.kd_component = registry.get("kd_loss", config.kd_loss_type)
         self.kd_params = self.kd_component.validate_params(config.kd_loss_params)
@@ -122,13 +140,17 @@ class Distillation(BaseDistiller):
         self.custom: list[BoundMatch] = [bind_match(c, i, "custom") for i, c in enumerate(customs)]
         for bound in self.custom:  # unknown submodule paths fail here, at construction
             self._check_teacher_index(bound)
-            resolve_submodule(self.teachers[self._teacher_key(bound.spec)], bound.spec.module_T,
-                              f"{bound.label}: the teacher")
+            resolve_submodule(
+                self.teachers[self._teacher_key(bound.spec)], bound.spec.module_T, f"{bound.label}: the teacher"
+            )
             resolve_submodule(model_S, bound.spec.module_S, f"{bound.label}: the student")
         self.custom_projections = nn.ModuleList(bound.projection for bound in self.custom)
         self.capture = OutputCapture()
-        self._terms = (["kd"] if self.use_kd else []) + (["hard_label"] if self.use_hard_label else []) + [
-            b.term for b in self.matches + self.custom]
+        self._terms = (
+            (["kd"] if self.use_kd else [])
+            + (["hard_label"] if self.use_hard_label else [])
+            + [b.term for b in self.matches + self.custom]
+        )
         if not self._terms:
             raise DistillError(
                 "nothing to train: kd_loss_weight and hard_label_weight are 0 and there are no matches; set "
@@ -152,10 +174,13 @@ class Distillation(BaseDistiller):
     def _attach_hooks(self) -> None:
         for bound in self.custom:
             key = self._teacher_key(bound.spec)
-            self.capture.attach(("teacher", bound.spec.module_T, key),
-                                resolve_submodule(self.teachers[key], bound.spec.module_T, "the teacher"))
-            self.capture.attach(("student", bound.spec.module_S),
-                                resolve_submodule(self.model_S, bound.spec.module_S, "the student"))
+            self.capture.attach(
+                ("teacher", bound.spec.module_T, key),
+                resolve_submodule(self.teachers[key], bound.spec.module_T, "the teacher"),
+            )
+            self.capture.attach(
+                ("student", bound.spec.module_S), resolve_submodule(self.model_S, bound.spec.module_S, "the student")
+            )
 
     def _detach_hooks(self) -> None:
         self.capture.detach()
@@ -178,7 +203,9 @@ class Distillation(BaseDistiller):
         """Which teachers this batch needs (all of them outside multi-task runs)."""
         return list(self.teachers)
 
-    def teacher_outputs(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
+    def teacher_outputs(
+        self, batch: Any, task: str | None, model_args: Mapping[str, Any]
+    ) -> dict[Any, Mapping[str, Any]]:
         """Run the needed teachers without gradient and adapt their outputs (one place: a cache can stand in)."""
         results = {}
         with torch.no_grad():
@@ -190,8 +217,9 @@ class Distillation(BaseDistiller):
     def student_adaptor(self, task: str | None) -> BoundAdaptor:
         return self.adaptors_S[None]
 
-    def _first_step_checks(self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]],
-                           task: str | None) -> None:
+    def _first_step_checks(
+        self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]], task: str | None
+    ) -> None:
         check_adaptor_output(results_S, "adaptor_S" if task is None else f"adaptor_S[{task!r}]")
         for key, results in results_T.items():
             check_adaptor_output(results, self._role_T(key))
@@ -213,7 +241,9 @@ class Distillation(BaseDistiller):
         total = None
         for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
             if labels is not None:
-                teacher = probability_shift(teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels)
+                teacher = probability_shift(
+                    teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
+                )
             temperature: float | torch.Tensor = config.temperature
             if self.temperature_fn is not None:
                 temperature = self.temperature_fn(student, teacher, config.temperature)
@@ -221,9 +251,14 @@ class Distillation(BaseDistiller):
                     temperature = temperature.flatten(1).mean(dim=1)  # one temperature per example
             self.last_temperature = temperature
             try:
-                loss = self.kd_component.call(name=config.kd_loss_type, logits_S=student, logits_T=teacher,
-                                              temperature=temperature, mask=mask if student.dim() == 3 else None,
-                                              params=self.kd_params)
+                loss = self.kd_component.call(
+                    name=config.kd_loss_type,
+                    logits_S=student,
+                    logits_T=teacher,
+                    temperature=temperature,
+                    mask=mask if student.dim() == 3 else None,
+                    params=self.kd_params,
+                )
             except ShapeMismatchError as exc:
                 raise ShapeMismatchError(f"kd_loss_type {config.kd_loss_type!r} on logits {index}: {exc}") from exc
             total = loss if total is None else total + loss
@@ -231,8 +266,9 @@ class Distillation(BaseDistiller):
             raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
         return total
 
-    def compute_loss(self, batch: Any, task: str | None, state: RunState,
-                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def compute_loss(
+        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         results_T = self.teacher_outputs(batch, task, model_args)
         outputs_S = call_model(self.model_S, batch, model_args)
         results_S = self.student_adaptor(task)(batch, outputs_S, task)
@@ -250,7 +286,9 @@ class Distillation(BaseDistiller):
             for bound in self.matches:
                 spec = bound.spec
                 teacher_results = results_T.get(self._teacher_key(spec), next(iter(results_T.values())))
-                feature_T = select_layers(teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label)
+                feature_T = select_layers(
+                    teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label
+                )
                 feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
                 match_mask = mask if mask is not None else teacher_results.get("inputs_mask")
                 terms.append(bound.compute(feature_S, feature_T, match_mask, check))
@@ -272,9 +310,20 @@ class Distillation(BaseDistiller):
 class BasicDistillation(Distillation):
     """Logits KD plus hard-label losses (no intermediate or custom matches)."""
 
-    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig, model_T: nn.Module,
-                 model_S: nn.Module, adaptor_T: Adaptor | None, adaptor_S: Adaptor | None) -> None:
-        config = distill_config if isinstance(distill_config, DistillationConfig) else DistillationConfig.model_validate(distill_config)
+    def __init__(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig,
+        model_T: nn.Module,
+        model_S: nn.Module,
+        adaptor_T: Adaptor | None,
+        adaptor_S: Adaptor | None,
+    ) -> None:
+        config = (
+            distill_config
+            if isinstance(distill_config, DistillationConfig)
+            else DistillationConfig.model_validate(distill_config)
+        )
         if config.intermediate_matches:
             raise DistillError(
                 "BasicDistillation does only logits KD and hard-label losses, but the config has "

@@ -26,10 +26,17 @@ class MultiTeacherDistillation(Distillation):
     (default 0).
     """
 
-    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
-                 model_T: Sequence[nn.Module], model_S: nn.Module, adaptor_T: Adaptor | Sequence[Adaptor | None] | None,
-                 adaptor_S: Adaptor | None, teacher_weights: Sequence[float] | None = None,
-                 custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None) -> None:
+    def __init__(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig,
+        model_T: Sequence[nn.Module],
+        model_S: nn.Module,
+        adaptor_T: Adaptor | Sequence[Adaptor | None] | None,
+        adaptor_S: Adaptor | None,
+        teacher_weights: Sequence[float] | None = None,
+        custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None,
+    ) -> None:
         if isinstance(model_T, nn.Module) or not isinstance(model_T, Sequence) or not model_T:
             raise TypeError("MultiTeacherDistillation needs model_T as a non-empty list of teachers")
         teachers = dict(enumerate(model_T))
@@ -41,11 +48,14 @@ class MultiTeacherDistillation(Distillation):
             adaptors = {key: adaptor_T for key in teachers}
         weights = [1.0] * len(teachers) if teacher_weights is None else [float(w) for w in teacher_weights]
         if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"teacher_weights must be {len(teachers)} non-negative numbers with a positive sum, "
-                             f"got {teacher_weights!r}")
+            raise ValueError(
+                f"teacher_weights must be {len(teachers)} non-negative numbers with a positive sum, "
+                f"got {teacher_weights!r}"
+            )
         self.teacher_weights = [w / sum(weights) for w in weights]
-        self._init_distillation(train_config, distill_config, teachers, model_S, adaptors, {None: adaptor_S},
-                                custom_matches)
+        self._init_distillation(
+            train_config, distill_config, teachers, model_S, adaptors, {None: adaptor_S}, custom_matches
+        )
 
     def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
         per_teacher = [as_list(results_T[key].get("logits")) for key in self.teachers]
@@ -80,7 +90,9 @@ class MultiTaskSource(BatchSource):
             try:
                 sizes.append(float(len(loader)))
             except TypeError:
-                raise TypeError(f"dataloaders[{task!r}] has no length; task sampling needs each loader's size") from None
+                raise TypeError(
+                    f"dataloaders[{task!r}] has no length; task sampling needs each loader's size"
+                ) from None
         if any(size <= 0 for size in sizes):
             raise ValueError(f"every task dataloader must be non-empty, sizes were {dict(zip(self.tasks, sizes))}")
         weights = torch.tensor(sizes, dtype=torch.float64) ** tau
@@ -121,12 +133,21 @@ class MultiTaskDistillation(Distillation):
     Train with ``train(optimizer, dataloaders={task: loader}, num_steps=N, tau=1.0)``.
     """
 
-    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
-                 model_T: Mapping[str, nn.Module], model_S: nn.Module, adaptor_T: Mapping[str, Adaptor | None],
-                 adaptor_S: Mapping[str, Adaptor | None], task_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig,
+        model_T: Mapping[str, nn.Module],
+        model_S: nn.Module,
+        adaptor_T: Mapping[str, Adaptor | None],
+        adaptor_S: Mapping[str, Adaptor | None],
+        task_weights: Mapping[str, float] | None = None,
+    ) -> None:
         for name, value in (("model_T", model_T), ("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
             if not isinstance(value, Mapping):
-                raise TypeError(f"MultiTaskDistillation needs {name} as a dict {{task: ...}}, got {type(value).__name__}")
+                raise TypeError(
+                    f"MultiTaskDistillation needs {name} as a dict {{task: ...}}, got {type(value).__name__}"
+                )
         tasks = set(model_T)
         for name, value in (("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
             if set(value) != tasks:
@@ -137,12 +158,15 @@ class MultiTaskDistillation(Distillation):
             if unknown:
                 raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks are {sorted(tasks)}")
             self.task_weights.update({task: float(w) for task, w in task_weights.items()})
-        self._init_distillation(train_config, distill_config, dict(model_T), model_S, dict(adaptor_T),
-                                dict(adaptor_S), None)
+        self._init_distillation(
+            train_config, distill_config, dict(model_T), model_S, dict(adaptor_T), dict(adaptor_S), None
+        )
 
     def _check_teacher_index(self, bound: BoundMatch) -> None:
         if bound.spec.teacher is not None:
-            raise DistillError(f"{bound.label}: in multi-task runs each batch's teacher is its task's; remove 'teacher'")
+            raise DistillError(
+                f"{bound.label}: in multi-task runs each batch's teacher is its task's; remove 'teacher'"
+            )
 
     def _role_T(self, key: Any) -> str:
         return f"adaptor_T[{key!r}]"
@@ -157,11 +181,14 @@ class MultiTaskDistillation(Distillation):
         if dataloaders is None:
             raise TypeError("MultiTaskDistillation.train() needs dataloaders={task: loader}")
         if set(dataloaders) != set(self.teachers):
-            raise ValueError(f"dataloaders has tasks {sorted(dataloaders)} but the teachers are for {sorted(self.teachers)}")
+            raise ValueError(
+                f"dataloaders has tasks {sorted(dataloaders)} but the teachers are for {sorted(self.teachers)}"
+            )
         return MultiTaskSource(dataloaders, self.tau)
 
-    def compute_loss(self, batch: Any, task: str | None, state: RunState,
-                     model_args: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def compute_loss(
+        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         total, terms = super().compute_loss(batch, task, state, model_args)
         weight = self.task_weights[task]
         return (total if weight == 1.0 else total * weight), terms

@@ -24,9 +24,12 @@ class CheckpointMixin:
     """Saving and restoring a distiller's full training state."""
 
     def _configs_json(self) -> dict[str, str | None]:
-        return {"training": json.dumps(self.train_config.to_dict(), sort_keys=True),
-                "distillation": None if self.distill_config is None
-                else json.dumps(self.distill_config.to_dict(), sort_keys=True)}
+        return {
+            "training": json.dumps(self.train_config.to_dict(), sort_keys=True),
+            "distillation": None
+            if self.distill_config is None
+            else json.dumps(self.distill_config.to_dict(), sort_keys=True),
+        }
 
     def _versions(self) -> dict[str, Any]:
         from distill_core import __version__
@@ -55,8 +58,9 @@ class CheckpointMixin:
             "plugins": {},
         }
 
-    def checkpoint(self, state: RunState, optimizer: Any, scheduler: Any, callback: Callable[..., Any] | None,
-                   tracker: Tracker) -> bool:
+    def checkpoint(
+        self, state: RunState, optimizer: Any, scheduler: Any, callback: Callable[..., Any] | None, tracker: Tracker
+    ) -> bool:
         """Write the student file, call the callback, track the best, write the full state, prune.
 
         The callback runs before the full state is written so that its metric (best, patience) is part
@@ -106,7 +110,7 @@ class CheckpointMixin:
             return ckpt.load_state(resume_from)
         candidates = ckpt.list_states(self.train_config.output_dir)
         problems = []
-        for step, path in reversed(candidates):
+        for _step, path in reversed(candidates):
             try:
                 state = ckpt.load_state(path)
             except CheckpointError as exc:
@@ -143,8 +147,10 @@ class CheckpointMixin:
         saved_training = json.loads(state_dict.get("config", {}).get("training") or "{}")
         accumulation = self.train_config.gradient_accumulation_steps
         if saved_training.get("gradient_accumulation_steps", accumulation) != accumulation:
-            differences.append(f"training.gradient_accumulation_steps: checkpoint "
-                               f"{saved_training['gradient_accumulation_steps']!r}, now {accumulation!r}")
+            differences.append(
+                f"training.gradient_accumulation_steps: checkpoint "
+                f"{saved_training['gradient_accumulation_steps']!r}, now {accumulation!r}"
+            )
         saved = state_dict.get("config", {}).get("distillation")
         current = self._configs_json()["distillation"]
         if saved != current:
@@ -153,8 +159,11 @@ class CheckpointMixin:
             for key in sorted(set(old) | set(new)):
                 if old.get(key) != new.get(key):
                     differences.append(f"distillation.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
-        for name, module in (("student", self.student), ("projections", self.projections),
-                             ("custom_projections", self.custom_projections)):
+        for name, module in (
+            ("student", self.student),
+            ("projections", self.projections),
+            ("custom_projections", self.custom_projections),
+        ):
             old = state_dict.get(name, {})
             new = module.state_dict()
             found = []
@@ -164,8 +173,9 @@ class CheckpointMixin:
                 elif key not in old:
                     found.append(f"{name}.{key}: in this model, not in the checkpoint")
                 elif tuple(old[key].shape) != tuple(new[key].shape):
-                    found.append(f"{name}.{key}: shape {tuple(old[key].shape)} in the checkpoint, "
-                                 f"{tuple(new[key].shape)} now")
+                    found.append(
+                        f"{name}.{key}: shape {tuple(old[key].shape)} in the checkpoint, {tuple(new[key].shape)} now"
+                    )
             # a few per module, so a wider student does not hide the projections' differences
             differences += found[:10] + ([f"... and {len(found) - 10} more in {name}"] if len(found) > 10 else [])
         if differences:

@@ -65,8 +65,14 @@ def linear_cka_loss(
 
 @hookimpl
 def declare_components() -> list[ComponentInfo]:
-    return [ComponentInfo(kind="match_loss", name=NAME, params=CKAParams,
-                          summary="1 - linear CKA between hidden states (widths may differ)")]
+    return [
+        ComponentInfo(
+            kind="match_loss",
+            name=NAME,
+            params=CKAParams,
+            summary="1 - linear CKA between hidden states (widths may differ)",
+        )
+    ]
 
 
 @hookimpl
