@@ -109,10 +109,9 @@ class NonFiniteGuard:
         self.policy = policy
         self._first: torch.Tensor | None = None  # per term: first bad step, -1 while finite
 
-    def observe(self, total: torch.Tensor, terms: list[torch.Tensor], state: RunState) -> None:
-        """Record one micro-batch's losses (no sync)."""
+    def observe(self, stacked: torch.Tensor, state: RunState) -> None:
+        """Record one micro-batch's losses, the vector ``[total, *terms]`` (no sync)."""
         step = state.global_step + 1  # the step this micro-batch contributes to
-        stacked = torch.stack([total.detach().float().reshape(()), *[t.detach().float().reshape(()) for t in terms]])
         if self._first is None or self._first.device != stacked.device:
             self._first = torch.full(stacked.shape, -1, dtype=torch.long, device=stacked.device)
         self._first = torch.where(~torch.isfinite(stacked) & (self._first < 0), step, self._first)
@@ -261,10 +260,12 @@ class TrainingLoop:
             batch = move_to_device(batch, distiller.device)
             with distiller.autocast():
                 total, terms = distiller.compute_loss(batch, task, state, self.model_args)
-            self.guard.observe(total, terms, state)
+            # one detached vector of [total, *terms] serves both the NaN guard and the logging sums
+            values = torch.stack([total.detach().float().reshape(()), *[t.detach().float().reshape(()) for t in terms]])
+            self.guard.observe(values, state)
             scaled = total / self.accumulation if self.accumulation > 1 else total
             distiller.backward(scaled)
-            tracker.add(total, terms)
+            tracker.add(values)
             micro += 1
             if micro == self.accumulation:
                 micro = 0

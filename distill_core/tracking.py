@@ -41,9 +41,8 @@ class Tracker:
 
             self.bar = tqdm(total=total_steps, initial=initial_step, desc="distill", unit="step", dynamic_ncols=True)
 
-    def add(self, total: torch.Tensor, terms: list[torch.Tensor]) -> None:
-        """Accumulate one micro-batch's total and unweighted terms (no sync)."""
-        stacked = torch.stack([total.detach().float(), *[t.detach().float() for t in terms]])
+    def add(self, stacked: torch.Tensor) -> None:
+        """Accumulate one micro-batch's ``[total, *unweighted terms]`` vector (no sync)."""
         if self._sum is None or self._sum.device != stacked.device:
             self._sum = stacked
         else:

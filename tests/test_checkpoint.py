@@ -454,7 +454,7 @@ def test_the_non_finite_check_reads_nothing_while_logged_means_are_finite_and_na
     finite = torch.tensor(1.0)
     for step, term in enumerate([finite, torch.tensor(float("inf")), torch.tensor(float("nan")), finite]):
         state.global_step = step
-        guard.observe(finite, [finite, term], state)  # records on the device, raises nothing yet
+        guard.observe(torch.stack([finite, finite, term]), state)  # records on the device, raises nothing
     state.global_step = 4
     guard.check(state, logged=[1.0, 1.0, 1.0])  # the tracker's means say: nothing to look up
     with pytest.raises(
@@ -466,5 +466,5 @@ def test_the_non_finite_check_reads_nothing_while_logged_means_are_finite_and_na
     with pytest.raises(NonFiniteLossError, match="step 2"):
         guard.check(state)  # at a checkpoint the guard reads its own record
     skip = NonFiniteGuard(["kd"], "skip")
-    skip.observe(finite, [torch.tensor(float("nan"))], state)
+    skip.observe(torch.stack([finite, torch.tensor(float("nan"))]), state)
     assert skip.take_skip() is True and skip.take_skip() is False
