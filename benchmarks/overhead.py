@@ -1,12 +1,18 @@
 """distill's training step against a hand-written PyTorch loop computing the same loss.
 
 Both distil the same tiny BERT teacher into the same student with KD (ce, T=4), a hidden-state
-match through a linear projection and an attention match, from identical initial weights and
-batches. They run side by side in one process, alternating rounds so drift affects both alike; the
-step time is the median over rounds of (time between the first and last batch) / steps, which
-leaves out setup and the final checkpoint. Peak memory: CUDA's max_memory_allocated on a GPU; on
-the CPU, how far training raises the peak resident size of a child process that builds the same
-models (with 8x the batch and 4x the length, so activations dominate) and runs only that variant.
+match through a linear projection and an attention match, from identical initial weights (the
+projection too) and identical batches.
+
+Time: the two run interleaved, step by step, in one process: distill's ``batch_postprocessor``
+runs one hand-written step before each distill step, so load from elsewhere on the machine hits
+both alike. Each side's per-step times are pooled over rounds (the first steps of a round are warm
+up and dropped); the report gives the medians and their ratio. At the end the two students are
+compared: they must agree to float tolerance, which shows both computed the same thing.
+
+Memory: each variant alone in a child process. On a GPU, ``torch.cuda.max_memory_allocated``; on
+the CPU, how far training raises the child's peak resident size, with 8x the batch and 4x the
+length so that activations (not the interpreter) dominate.
 
     python benchmarks/overhead.py            # prints a table and the ratios
     python benchmarks/overhead.py --json     # machine-readable
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill_core import DistillationConfig, Distillation, TrainingConfig  # noqa: E402
 
-T = 4.0
+TEMPERATURE = 4.0
+WARMUP_STEPS = 3
 
 
-def build(args: argparse.Namespace) -> tuple:
-    global HIDDEN_T, HIDDEN_S
-    HIDDEN_T, HIDDEN_S = args.hidden_teacher, args.hidden_student
+def build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, list[dict[str, torch.Tensor]]]:
     torch.manual_seed(0)
     common = dict(
         vocab_size=1000,
@@ -50,12 +56,20 @@ def build(args: argparse.Namespace) -> tuple:
     )
     teacher = BertForSequenceClassification(
         BertConfig(
-            hidden_size=HIDDEN_T, num_hidden_layers=4, num_attention_heads=4, intermediate_size=HIDDEN_T * 4, **common
+            hidden_size=args.hidden_teacher,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=args.hidden_teacher * 4,
+            **common,
         )
     )
     student = BertForSequenceClassification(
         BertConfig(
-            hidden_size=HIDDEN_S, num_hidden_layers=2, num_attention_heads=4, intermediate_size=HIDDEN_S * 4, **common
+            hidden_size=args.hidden_student,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=args.hidden_student * 4,
+            **common,
         )
     )
     generator = torch.Generator().manual_seed(1)
@@ -68,7 +82,7 @@ def build(args: argparse.Namespace) -> tuple:
     return teacher.to(args.device), student.to(args.device), batches
 
 
-def adaptor(batch, outputs):
+def adaptor(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, Any]:
     return {
         "logits": outputs.logits,
         "hidden": outputs.hidden_states,
@@ -77,9 +91,9 @@ def adaptor(batch, outputs):
     }
 
 
-def run_distill(teacher, student, batches, device) -> float:
+def make_distiller(teacher: torch.nn.Module, student: torch.nn.Module, device: torch.device, out: str) -> Distillation:
     config = DistillationConfig(
-        temperature=T,
+        temperature=TEMPERATURE,
         kd_loss_type="ce",
         intermediate_matches=[
             {
@@ -88,22 +102,70 @@ def run_distill(teacher, student, batches, device) -> float:
                 "feature": "hidden",
                 "loss": "hidden_mse",
                 "weight": 1,
-                "proj": ["linear", HIDDEN_S, HIDDEN_T],
+                "proj": ["linear", student.config.hidden_size, teacher.config.hidden_size],
             },
             {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse", "weight": 1},
         ],
     )
-    stamps: list[float] = []
+    train_config = TrainingConfig(output_dir=out, device=str(device), progress_bar=False, log_steps=50)
+    return Distillation(train_config, config, teacher, student, adaptor, adaptor)
 
-    def stamp(batch):
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # the measurement's own sync, outside the step it measures
-        stamps.append(time.perf_counter())
-        return batch
 
+class HandWritten:
+    """The same distillation as a plain PyTorch loop body, written out by hand."""
+
+    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, projection: torch.nn.Module) -> None:
+        self.teacher, self.student, self.projection = teacher.eval(), student.train(), projection.train()
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        self.optimizer.add_param_group({"params": list(projection.parameters())})
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            out_T = self.teacher(**batch, output_hidden_states=True, output_attentions=True)
+        out_S = self.student(**batch, output_hidden_states=True, output_attentions=True)
+        soft_T = F.softmax(out_T.logits / TEMPERATURE, -1)
+        kd = -(soft_T * F.log_softmax(out_S.logits / TEMPERATURE, -1)).sum(-1).mean()
+        mask = batch["attention_mask"].float()
+        width = out_T.hidden_states[4].shape[-1]
+        squared = (self.projection(out_S.hidden_states[2]) - out_T.hidden_states[4]).pow(2)
+        hidden = (squared * mask.unsqueeze(-1)).sum() / (mask.sum() * width)
+        att_S, att_T = out_S.attentions[1], out_T.attentions[3]
+        att_S = torch.where(att_S <= -1e-3, torch.zeros_like(att_S), att_S)
+        att_T = torch.where(att_T <= -1e-3, torch.zeros_like(att_T), att_T)
+        pairs = (mask.unsqueeze(-1) * mask.unsqueeze(-2)).unsqueeze(1)
+        attention = ((att_S - att_T).pow(2) * pairs).sum() / (att_S.shape[1] * mask.sum(1).pow(2).sum())
+        (kd + hidden + attention).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the measurement's own sync, outside the steps it measures
+
+
+def run_interleaved(teacher, student, batches, device) -> tuple[list[float], list[float], float]:
+    """Alternate one hand-written step and one distill step; return per-step times and the weight gap."""
+    hand_student = copy.deepcopy(student)
+    times_distill: list[float] = []
+    times_hand: list[float] = []
     with tempfile.TemporaryDirectory() as out:
-        train_config = TrainingConfig(output_dir=out, device=str(device), progress_bar=False, log_steps=50)
-        distiller = Distillation(train_config, config, teacher, student, adaptor, adaptor)
+        distiller = make_distiller(teacher, student, device, out)
+        hand = HandWritten(teacher, hand_student, copy.deepcopy(distiller.projections[0]).to(device))
+        last_end: list[float] = []
+
+        def hand_step_then_stamp(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            _sync(device)
+            start = time.perf_counter()
+            if last_end:
+                times_distill.append(start - last_end[0])
+            hand.step(batch)
+            _sync(device)
+            end = time.perf_counter()
+            times_hand.append(end - start)
+            last_end[:] = [end]
+            return batch
+
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
         with distiller:
             distiller.train(
@@ -111,55 +173,35 @@ def run_distill(teacher, student, batches, device) -> float:
                 None,
                 batches,
                 num_epochs=1,
-                batch_postprocessor=stamp,
+                batch_postprocessor=hand_step_then_stamp,
                 output_hidden_states=True,
                 output_attentions=True,
             )
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    gap = max((a - b).abs().max().item() for a, b in zip(student.parameters(), hand_student.parameters()))
+    return times_distill[WARMUP_STEPS:], times_hand[WARMUP_STEPS + 1 :], gap
 
 
-def run_hand_written(teacher, student, batches, device) -> float:
-    projection = torch.nn.Linear(HIDDEN_S, HIDDEN_T).to(device)
-    torch.nn.init.normal_(projection.weight, std=0.02)
-    torch.nn.init.zeros_(projection.bias)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    optimizer.add_param_group({"params": list(projection.parameters())})
-    teacher.eval()
-    student.train()
-    stamps: list[float] = []
-    for batch in batches:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-        with torch.no_grad():
-            out_T = teacher(**batch, output_hidden_states=True, output_attentions=True)
-        out_S = student(**batch, output_hidden_states=True, output_attentions=True)
-        kd = -(F.softmax(out_T.logits / T, -1) * F.log_softmax(out_S.logits / T, -1)).sum(-1).mean()
-        mask = batch["attention_mask"].float()
-        diff = (projection(out_S.hidden_states[2]) - out_T.hidden_states[4]).pow(2)
-        hidden = (diff * mask.unsqueeze(-1)).sum() / (mask.sum() * HIDDEN_T)
-        pair = mask.unsqueeze(-1) * mask.unsqueeze(-2)
-        att_S, att_T = out_S.attentions[1], out_T.attentions[3]
-        att_S = torch.where(att_S <= -1e-3, torch.zeros_like(att_S), att_S)
-        att_T = torch.where(att_T <= -1e-3, torch.zeros_like(att_T), att_T)
-        attention = ((att_S - att_T).pow(2) * pair.unsqueeze(1)).sum() / (att_S.shape[1] * mask.sum(1).pow(2).sum())
-        (kd + hidden + attention).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-
-
-RUNNERS = {"distill": run_distill, "hand": run_hand_written}
+def run_alone(variant: str, teacher, student, batches, device) -> None:
+    if variant == "hand":
+        projection = torch.nn.Linear(student.config.hidden_size, teacher.config.hidden_size).to(device)
+        hand = HandWritten(teacher, student, projection)
+        for batch in batches:
+            hand.step(batch)
+        return
+    with tempfile.TemporaryDirectory() as out:
+        distiller = make_distiller(teacher, student, device, out)
+        with distiller:
+            distiller.train(
+                torch.optim.AdamW(student.parameters(), lr=1e-4),
+                None,
+                batches,
+                num_epochs=1,
+                output_hidden_states=True,
+                output_attentions=True,
+            )
 
 
 def peak_memory_mb(args: argparse.Namespace, variant: str) -> float:
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        teacher, student, batches = build(args)
-        torch.cuda.reset_peak_memory_stats()
-        RUNNERS[variant](teacher, student, batches, device)
-        return torch.cuda.max_memory_allocated() / 2**20
-    # bigger batches than the timing runs, so activations (not the interpreter) dominate the peak
     command = [
         sys.executable,
         __file__,
@@ -173,6 +215,8 @@ def peak_memory_mb(args: argparse.Namespace, variant: str) -> float:
         str(args.length * 4),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
         "--hidden-teacher",
         str(args.hidden_teacher),
         "--hidden-student",
@@ -181,10 +225,23 @@ def peak_memory_mb(args: argparse.Namespace, variant: str) -> float:
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
 
 
+def child(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    teacher, student, batches = build(args)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        run_alone(args.child, teacher, student, batches, device)
+        print(torch.cuda.max_memory_allocated() / 2**20)
+        return
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_alone(args.child, teacher, student, batches, device)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=60, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--hidden-teacher", type=int, default=64)
@@ -192,49 +249,55 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--child", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["distill", "hand"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if args.child:  # a child measures how much one variant's training raises the peak resident size (CPU)
-        teacher, student, batches = build(args)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        RUNNERS[args.child](teacher, student, batches, device)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    if args.child:
+        child(args)
         return
-
+    device = torch.device(args.device)
     teacher, student, batches = build(args)
-    times: dict[str, list[float]] = {name: [] for name in RUNNERS}
-    for round_index in range(args.rounds + 1):  # round 0 warms up and is dropped
-        order = list(RUNNERS) if round_index % 2 == 0 else list(reversed(RUNNERS))
-        for name in order:
-            step = RUNNERS[name](copy.deepcopy(teacher), copy.deepcopy(student), batches, device)
-            if round_index:
-                times[name].append(step)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    memory = {name: peak_memory_mb(args, name) for name in RUNNERS}
+    distill_times: list[float] = []
+    hand_times: list[float] = []
+    gaps: list[float] = []
+    for _ in range(args.rounds):
+        d, h, gap = run_interleaved(copy.deepcopy(teacher), copy.deepcopy(student), batches, device)
+        distill_times += d
+        hand_times += h
+        gaps.append(gap)
+    step_ms = {"distill": statistics.median(distill_times) * 1e3, "hand": statistics.median(hand_times) * 1e3}
+    memory = {name: peak_memory_mb(args, name) for name in ("distill", "hand")}
     result = {
         "device": str(device),
         "threads": args.threads,
-        "steps": args.steps,
+        "steps_per_round": args.steps,
         "rounds": args.rounds,
-        "step_ms": {name: value * 1e3 for name, value in medians.items()},
-        "step_ms_all_rounds": {name: [v * 1e3 for v in values] for name, values in times.items()},
+        "shape": {
+            "batch": args.batch,
+            "length": args.length,
+            "teacher_width": args.hidden_teacher,
+            "student_width": args.hidden_student,
+        },
+        "step_ms_median": step_ms,
+        "step_ms_mean": {"distill": statistics.mean(distill_times) * 1e3, "hand": statistics.mean(hand_times) * 1e3},
         "peak_memory_mb": memory,
-        "time_ratio": medians["distill"] / medians["hand"],
+        "time_ratio": step_ms["distill"] / step_ms["hand"],
         "memory_ratio": memory["distill"] / memory["hand"] if memory["hand"] > 0 else float("nan"),
+        "max_weight_gap": max(gaps),
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(
-        f"device {device}, {args.threads} thread(s), {args.steps} steps x {args.rounds} rounds, batch {args.batch}"
-        f" x {args.length} tokens, teacher width {args.hidden_teacher}, student width {args.hidden_student}"
+        f"device {device}, {args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, batch "
+        f"{args.batch} x {args.length} tokens, teacher width {args.hidden_teacher}, student width "
+        f"{args.hidden_student}"
     )
-    print(f"{'':<14}{'step (ms)':>12}{'training peak RSS / GPU (MB)':>30}")
-    for name in RUNNERS:
-        print(f"{name:<14}{medians[name] * 1e3:>12.2f}{memory[name]:>30.1f}")
+    print(f"{'':<10}{'median step (ms)':>18}{'mean step (ms)':>16}{'training memory (MB)':>22}")
+    for name in ("distill", "hand"):
+        print(f"{name:<10}{step_ms[name]:>18.2f}{result['step_ms_mean'][name]:>16.2f}{memory[name]:>22.1f}")
     print(f"ratio distill/hand: time {result['time_ratio']:.3f}, memory {result['memory_ratio']:.3f}")
+    print(f"largest difference between the two students' weights after training: {result['max_weight_gap']:.2e}")
 
 
 if __name__ == "__main__":

@@ -63,20 +63,25 @@ def check_ndim(tensor: Tensor, allowed: Sequence[int], what: str, layout: str) -
         )
 
 
-def keep_mask(mask: Tensor | None, expected: Sequence[int], what: str) -> Tensor | None:
+def keep_mask(
+    mask: Tensor | None, expected: Sequence[int], what: str, shape: Sequence[int] | None = None
+) -> Tensor | None:
     """Return ``mask`` as a bool tensor (True = keep), or None when there is no mask.
 
     A mask may be bool, integer or float 0/1; any nonzero entry counts as "keep".
 
     :param expected: the shape the mask must have, e.g. ``(B, L)`` taken from the features.
-    :param what: the masked tensor and its shape, for the message.
+    :param what: the masked tensor, for the message (e.g. ``"logits"``).
+    :param shape: the masked tensor's shape, for the message (formatted only on error: this runs
+        every step).
     :raises ShapeMismatchError: the mask's shape is not ``expected``.
     """
     if mask is None:
         return None
     if tuple(mask.shape) != tuple(expected):
+        described = what if shape is None else f"{what} of shape {shape_str(shape)}"
         raise ShapeMismatchError(
-            f"Expected `mask` of shape {shape_str(expected)} to fit {what} but got a mask of shape "
+            f"Expected `mask` of shape {shape_str(expected)} to fit {described} but got a mask of shape "
             f"{shape_str(mask.shape)}"
         )
     mask = mask.detach()

@@ -80,7 +80,8 @@ def _prepare(
     keep = keep_mask(
         mask,
         (attention_S.shape[0], attention_S.shape[-1]),
-        f"attention of shape {shape_str(attention_S.shape)}",
+        "attention",
+        attention_S.shape,
     )
     attention_S, attention_T = student_teacher(attention_S, attention_T)
     return attention_S, attention_T, keep

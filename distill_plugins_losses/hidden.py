@@ -39,7 +39,7 @@ def hidden_mse_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = 
     """
     check_same_shape(feature_S, feature_T, "hidden states")
     feature_S, feature_T = student_teacher(feature_S, feature_T)
-    keep = keep_mask(mask, feature_S.shape[:-1], f"features of shape {shape_str(feature_S.shape)}")
+    keep = keep_mask(mask, feature_S.shape[:-1], "features", feature_S.shape)
     squared_error = (feature_S - feature_T).square()
     return masked_mean(squared_error, None if keep is None else keep.unsqueeze(-1))
 
@@ -55,7 +55,7 @@ def cos_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = None) -
     """
     check_same_shape(feature_S, feature_T, "hidden states")
     feature_S, feature_T = student_teacher(feature_S, feature_T)
-    keep = keep_mask(mask, feature_S.shape[:-1], f"features of shape {shape_str(feature_S.shape)}")
+    keep = keep_mask(mask, feature_S.shape[:-1], "features", feature_S.shape)
     token_loss = 1 - F.cosine_similarity(feature_S, feature_T, dim=-1)
     return masked_mean(token_loss, keep)
 

@@ -69,7 +69,7 @@ def _prepare(
             f"{shape_str(logits_S.shape)}: a logits mask applies to (B, L, C) logits only; pass "
             f"mask=None (or a per-example mask of shape (B,)) for (B, C) logits"
         )
-    keep = keep_mask(mask, logits_S.shape[:-1], f"logits of shape {shape_str(logits_S.shape)}")
+    keep = keep_mask(mask, logits_S.shape[:-1], "logits", logits_S.shape)
     return logits_S / tau, logits_T / tau, tau, keep
 
 

@@ -86,7 +86,7 @@ def _gram_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask:
     T_0, T_1 = _layer_pair(features_T, "teacher", loss)
     check_same_shape(S_0, T_0, f"first layers of `{loss}`")
     check_same_shape(S_1, T_1, f"second layers of `{loss}`")
-    keep = keep_mask(mask, S_0.shape[:2], f"layers of shape {shape_str(S_0.shape)}")
+    keep = keep_mask(mask, S_0.shape[:2], "layers", S_0.shape)
 
     def gram(layer_0: Tensor, layer_1: Tensor) -> Tensor:
         layer_0, layer_1 = _zero_padding(layer_0, keep), _zero_padding(layer_1, keep)
@@ -122,7 +122,7 @@ def _mmd_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: 
             f"Expected student and teacher layers of `{loss}` to share (B, L) but got student "
             f"{shape_str(S_0.shape)} and teacher {shape_str(T_0.shape)}"
         )
-    keep = keep_mask(mask, S_0.shape[:2], f"layers of shape {shape_str(S_0.shape)}")
+    keep = keep_mask(mask, S_0.shape[:2], "layers", S_0.shape)
     gram_S = S_0 @ S_1.transpose(1, 2) / S_0.shape[-1]
     gram_T = T_0 @ T_1.transpose(1, 2) / T_0.shape[-1]
     squared_error = (gram_S - gram_T).square()
@@ -179,7 +179,7 @@ def relation_kl_loss(
                 f"num_relation_heads={num_relation_heads} and {side} width {feature.shape[-1]}; "
                 f"choose a common divisor of both widths"
             )
-    keep = keep_mask(mask, feature_S.shape[:2], f"features of shape {shape_str(feature_S.shape)}")
+    keep = keep_mask(mask, feature_S.shape[:2], "features", feature_S.shape)
     feature_S, feature_T = upcast(feature_S), upcast(feature_T.detach())
     log_R_S = _relation_log_probs(feature_S, num_relation_heads, keep)
     log_R_T = _relation_log_probs(feature_T, num_relation_heads, keep)

@@ -146,6 +146,7 @@ class Distillation(BaseDistiller):
             resolve_submodule(model_S, bound.spec.module_S, f"{bound.label}: the student")
         self.custom_projections = nn.ModuleList(bound.projection for bound in self.custom)
         self.capture = OutputCapture()
+        self._weights_at: tuple[tuple[int, int] | None, list[float]] = (None, [])
         self._terms = (
             (["kd"] if self.use_kd else [])
             + (["hard_label"] if self.use_hard_label else [])
@@ -189,6 +190,9 @@ class Distillation(BaseDistiller):
         return self._terms
 
     def current_weights(self, state: RunState) -> list[float]:
+        """The weight of each term at this step (schedules change them once per optimisation step)."""
+        if self._weights_at[0] == (state.global_step, state.total_steps):
+            return self._weights_at[1]
         config, progress = self.distill_config, state.progress()
         weights = []
         if self.use_kd:
@@ -196,6 +200,7 @@ class Distillation(BaseDistiller):
         if self.use_hard_label:
             weights.append(weight_at(config.hard_label_weight_scheduler, config.hard_label_weight, progress))
         weights.extend(b.spec.weight for b in self.matches + self.custom)
+        self._weights_at = ((state.global_step, state.total_steps), weights)
         return weights
 
     # -- the step --------------------------------------------------------------------------------
