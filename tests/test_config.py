@@ -202,7 +202,9 @@ def test_cli_validate(tmp_path) -> None:
     assert "training.log_steps" in result.stderr
     assert "distillation.intermediate_matches.0.loss" in result.stderr
     assert "did you mean 'hidden_mse'" in result.stderr
-    assert "distillation.intermediate_matches.0.wieght" in result.stderr
+    assert "distillation.intermediate_matches.0.wieght: Extra inputs are not permitted; did you mean 'weight'?" in (
+        result.stderr
+    )
 
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"temperature": 2, "kd_loss_type": "kl"}))
