@@ -145,13 +145,14 @@ def _inject_enums(schema: dict[str, Any], registry: Any) -> None:
         defs["ProjectionSpec"]["properties"]["name"]["enum"] = registry.names("projection")
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(demo_args: Sequence[str]) -> int:
+    """``distill demo ...``: the options are the demo's own (``distill demo --help`` lists them)."""
     try:
         from distill_core.demo import run_demo_cli
     except ImportError as exc:
         print(f"error: the demo needs optional packages: {exc}", file=sys.stderr)
         return 1
-    return run_demo_cli(args.demo_args)
+    return run_demo_cli(list(demo_args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,15 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
     schema = sub.add_parser("schema", help="print the JSON schema of the configs with the live registry's names")
     schema.set_defaults(func=_schema)
-    demo = sub.add_parser(
-        "demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)", add_help=False
-    )
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
-    demo.set_defaults(func=_demo)
+    # listed for `distill --help`; main() hands everything after "demo" to the demo's own parser
+    sub.add_parser("demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        return _demo(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
