@@ -99,7 +99,7 @@ def rotten_tomatoes_pools() -> tuple[LabelledTexts, LabelledTexts]:
 
 
 def bbc_articles() -> list[tuple[str, str, int]]:
-    """Return every BBC News article as ``(file id, headline, body)``-free triples ``(file_id, text, label)``.
+    """Return every BBC News article as ``(file_id, text, label)``, in a fixed order.
 
     ``file_id`` is ``"<topic>/<file name>"``; ``text`` is the headline, a blank line, then the body,
     with the file's own line breaks kept (paragraphs matter to the reading-comprehension example).
@@ -121,7 +121,31 @@ def bbc_pools() -> tuple[LabelledTexts, LabelledTexts]:
     return _split(_dedupe(pairs), DEV_POOL["bbc"])
 
 
+def bbc_article_split() -> dict[str, str]:
+    """Return ``{file_id: "train" | "dev"}`` following the ``bbc`` split (one file per duplicate text).
+
+    For tasks built on BBC articles other than topic classification (tagging, reading comprehension),
+    so no article is in the dev part of one task and the train part of another.
+    """
+    train_pool, dev_pool = bbc_pools()
+    dev_texts = set(dev_pool.texts)
+    train_texts = set(train_pool.texts)
+    split, seen = {}, set()
+    for file_id, text, _ in bbc_articles():
+        cleaned = _clean(text)
+        if cleaned in seen:
+            continue
+        seen.add(cleaned)
+        if cleaned in dev_texts:
+            split[file_id] = "dev"
+        elif cleaned in train_texts:
+            split[file_id] = "train"
+    return split
+
+
 POOLS = {"rt": (rotten_tomatoes_pools, RT_LABELS), "bbc": (bbc_pools, BBC_LABELS)}
+#: the package that ships each data set
+POOL_ASSETS = {"rt": ROTTEN_TOMATOES, "bbc": BBC_NEWS}
 
 
 def load_text_classification(name: str, *, train_size: int | None = None,

