@@ -14,8 +14,8 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,47 +36,73 @@ def say(message: str) -> None:
 
 
 # -- options --------------------------------------------------------------------------------------
-def build_parser(description: str, defaults: Mapping[str, Any], *, metric: str,
-                 margin: float = DEFAULT_MARGIN) -> argparse.ArgumentParser:
+def build_parser(
+    description: str, defaults: Mapping[str, Any], *, metric: str, margin: float = DEFAULT_MARGIN
+) -> argparse.ArgumentParser:
     """Return a parser with the options every example takes; ``defaults`` gives the example's sizes.
 
     :param metric: what ``--min-metric`` checks, for the help text.
     :param margin: the default of ``--margin``: how far above its trivial baseline the metric must be.
     """
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sizes = parser.add_argument_group("sizes (defaults take a few minutes on 2 CPU cores)")
     sizes.add_argument("--train-size", type=int, default=defaults["train_size"], help="training examples")
-    sizes.add_argument("--dev-size", type=int, default=defaults["dev_size"],
-                       help="dev examples the metric is measured on")
+    sizes.add_argument(
+        "--dev-size", type=int, default=defaults["dev_size"], help="dev examples the metric is measured on"
+    )
     sizes.add_argument("--max-length", type=int, default=defaults["max_length"], help="wordpieces per example")
     sizes.add_argument("--batch-size", type=int, default=defaults["batch_size"])
     training = parser.add_argument_group("training")
-    training.add_argument("--teacher-steps", type=int, default=defaults["teacher_steps"],
-                          help="optimisation steps to fine-tune each teacher")
+    training.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=defaults["teacher_steps"],
+        help="optimisation steps to fine-tune each teacher",
+    )
     training.add_argument("--steps", type=int, default=defaults["steps"], help="optimisation steps of the distillation")
     training.add_argument("--teacher-lr", type=float, default=defaults["teacher_lr"])
     training.add_argument("--student-lr", type=float, default=defaults["student_lr"])
     training.add_argument("--temperature", type=float, default=defaults.get("temperature", 4.0), help="KD temperature")
-    training.add_argument("--hidden-weight", type=float, default=defaults.get("hidden_weight", 1.0),
-                          help="weight of each hidden-state match (0 turns them off)")
+    training.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=defaults.get("hidden_weight", 1.0),
+        help="weight of each hidden-state match (0 turns them off)",
+    )
     training.add_argument("--seed", type=int, default=0, help="seeds the teacher head, the data order and dropout")
     output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", type=Path, default=Path(defaults["output_dir"]),
-                        help="checkpoints, TensorBoard logs and results.json")
-    output.add_argument("--cache-dir", type=Path, default=None,
-                        help="fine-tuned teachers are kept here (default: $DISTILL_CACHE_DIR, $XDG_CACHE_HOME/distill "
-                             "or ~/.cache/distill)")
+    output.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path(defaults["output_dir"]),
+        help="checkpoints, TensorBoard logs and results.json",
+    )
+    output.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="fine-tuned teachers are kept here (default: $DISTILL_CACHE_DIR, $XDG_CACHE_HOME/distill "
+        "or ~/.cache/distill)",
+    )
     output.add_argument("--no-cache", action="store_true", help="always fine-tune the teachers, and do not store them")
-    output.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's, which follows OMP_NUM_THREADS)")
+    output.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's, which follows OMP_NUM_THREADS)"
+    )
     output.add_argument("--progress", action="store_true", help="show progress bars")
     check = parser.add_argument_group("check (the exit status)")
-    check.add_argument("--margin", type=float, default=margin,
-                       help=f"exit with status 1 unless the student's {metric} exceeds its trivial baseline "
-                            f"(printed with it) by this much")
-    check.add_argument("--min-metric", type=float, default=None,
-                       help=f"exit with status 1 unless the student's {metric} exceeds this value (replaces --margin)")
+    check.add_argument(
+        "--margin",
+        type=float,
+        default=margin,
+        help=f"exit with status 1 unless the student's {metric} exceeds its trivial baseline "
+        f"(printed with it) by this much",
+    )
+    check.add_argument(
+        "--min-metric",
+        type=float,
+        default=None,
+        help=f"exit with status 1 unless the student's {metric} exceeds this value (replaces --margin)",
+    )
     return parser
 
 
@@ -129,27 +155,55 @@ def train_config(args: argparse.Namespace, run: str) -> Any:
     """A ``TrainingConfig`` for one run: CPU, logs every 10 steps, one checkpoint at the end."""
     from distill_core import TrainingConfig
 
-    return TrainingConfig(output_dir=str(args.output_dir / "runs" / run), log_dir=str(args.output_dir / "logs" / run),
-                          device="cpu", log_steps=10, progress_bar=args.progress, keep_last=1)
+    return TrainingConfig(
+        output_dir=str(args.output_dir / "runs" / run),
+        log_dir=str(args.output_dir / "logs" / run),
+        device="cpu",
+        log_steps=10,
+        progress_bar=args.progress,
+        keep_last=1,
+    )
 
 
-def fine_tune(model: nn.Module, loader: Iterable[Any], adaptor: Callable[..., Mapping[str, Any]], *,
-              args: argparse.Namespace, run: str, steps: int, lr: float, **model_args: Any) -> float:
+def fine_tune(
+    model: nn.Module,
+    loader: Iterable[Any],
+    adaptor: Callable[..., Mapping[str, Any]],
+    *,
+    args: argparse.Namespace,
+    run: str,
+    steps: int,
+    lr: float,
+    **model_args: Any,
+) -> float:
     """Train ``model`` on its own labels with ``BasicTraining``; return the seconds it took."""
     from distill_core import BasicTraining
 
     start = time.perf_counter()
     trainer = BasicTraining(train_config=train_config(args, run), model=model, adaptor=adaptor)
     with trainer:
-        trainer.train(adamw(model, lr), scheduler=linear_schedule(steps), dataloader=loader, num_steps=steps,
-                      max_grad_norm=1.0, **model_args)
+        trainer.train(
+            adamw(model, lr),
+            scheduler=linear_schedule(steps),
+            dataloader=loader,
+            num_steps=steps,
+            max_grad_norm=1.0,
+            **model_args,
+        )
     model.eval()
     return time.perf_counter() - start
 
 
-def obtain_teacher(args: argparse.Namespace, *, task: str, train_size: int, seed: int,
-                   build: Callable[[], nn.Module], train: Callable[[nn.Module], Any],
-                   model_class: str = "AutoModelForSequenceClassification") -> tuple[nn.Module, bool]:
+def obtain_teacher(
+    args: argparse.Namespace,
+    *,
+    task: str,
+    train_size: int,
+    seed: int,
+    build: Callable[[], nn.Module],
+    train: Callable[[nn.Module], Any],
+    model_class: str = "AutoModelForSequenceClassification",
+) -> tuple[nn.Module, bool]:
     """Return a fine-tuned teacher, from the demo's teacher cache when an identical one is there.
 
     The cache key names the task and every setting that changes the teacher, so examples that
@@ -160,8 +214,15 @@ def obtain_teacher(args: argparse.Namespace, *, task: str, train_size: int, seed
     from distill_core.demo.models import freeze_embeddings, load_saved
 
     root = cache.cache_root(args.cache_dir)
-    key = cache.teacher_key(dataset=f"example-{task}", train_size=train_size, max_length=args.max_length, seed=seed,
-                            steps=args.teacher_steps, lr=args.teacher_lr, batch_size=args.batch_size)
+    key = cache.teacher_key(
+        dataset=f"example-{task}",
+        train_size=train_size,
+        max_length=args.max_length,
+        seed=seed,
+        steps=args.teacher_steps,
+        lr=args.teacher_lr,
+        batch_size=args.batch_size,
+    )
     folder = None if args.no_cache else cache.cached_teacher(root, key)
     if folder is not None:
         say(f"[teacher {task}] from the cache: {folder}")
@@ -179,14 +240,18 @@ def obtain_teacher(args: argparse.Namespace, *, task: str, train_size: int, seed
 
 # -- measuring ------------------------------------------------------------------------------------
 @torch.inference_mode()
-def predictions(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]],
-                logits_of: Callable[[Any], torch.Tensor] = lambda outputs: outputs.logits) -> list[torch.Tensor]:
+def predictions(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    logits_of: Callable[[Any], torch.Tensor] = lambda outputs: outputs.logits,
+) -> list[torch.Tensor]:
     """Run ``model`` over ``loader`` in eval mode (labels withheld); return each batch's logits."""
     model.eval()
     results = []
     for batch in loader:
-        inputs = {key: value for key, value in batch.items()
-                  if key in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {
+            key: value for key, value in batch.items() if key in ("input_ids", "attention_mask", "token_type_ids")
+        }
         results.append(logits_of(model(**inputs)))
     return results
 
@@ -224,11 +289,18 @@ def finish(args: argparse.Namespace, started: float, checks: list[Check], detail
         passed = math.isfinite(check.value) and check.value > threshold
         passed_all = passed_all and passed
         verdicts.append({**asdict(check), "threshold": threshold, "passed": passed})
-        say(f"student {check.name}: {check.value:.4f} ({check.baseline_name}: {check.baseline:.4f}; "
-            f"required: > {threshold:.4f}) -> {'PASS' if passed else 'FAIL'}")
+        say(
+            f"student {check.name}: {check.value:.4f} ({check.baseline_name}: {check.baseline:.4f}; "
+            f"required: > {threshold:.4f}) -> {'PASS' if passed else 'FAIL'}"
+        )
     seconds = time.perf_counter() - started
-    results = {"checks": verdicts, "passed": passed_all, "seconds": round(seconds, 1), **details,
-               "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}}
+    results = {
+        "checks": verdicts,
+        "passed": passed_all,
+        "seconds": round(seconds, 1),
+        **details,
+        "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+    }
     path = args.output_dir / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     say(f"results: {path}; total time {seconds:.0f} s")

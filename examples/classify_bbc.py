@@ -32,16 +32,29 @@ from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
-DEFAULTS = {"train_size": 800, "dev_size": 427, "max_length": 128, "batch_size": 16, "teacher_steps": 60,
-            "steps": 100, "teacher_lr": 2e-4, "student_lr": 2e-4, "temperature": 2.0, "hidden_weight": 1.0,
-            "output_dir": "examples-out/bbc"}
+DEFAULTS = {
+    "train_size": 800,
+    "dev_size": 427,
+    "max_length": 128,
+    "batch_size": 16,
+    "teacher_steps": 60,
+    "steps": 100,
+    "teacher_lr": 2e-4,
+    "student_lr": 2e-4,
+    "temperature": 2.0,
+    "hidden_weight": 1.0,
+    "output_dir": "examples-out/bbc",
+}
 STUDENT_LAYERS = 2
 
 
 def classification_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
     """Sequence-classification outputs -> distill's dict: logits, hidden states, the padding mask, the loss."""
-    results = {"logits": model_outputs.logits, "hidden": model_outputs.hidden_states,
-               "inputs_mask": batch["attention_mask"]}
+    results = {
+        "logits": model_outputs.logits,
+        "hidden": model_outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+    }
     if model_outputs.loss is not None:  # present when the batch has labels
         results["losses"] = [model_outputs.loss]
     return results
@@ -67,41 +80,67 @@ def main(argv: list[str] | None = None) -> int:
 
     def train_teacher(teacher: torch.nn.Module) -> float:
         loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-        return _shared.fine_tune(teacher, loader, classification_adaptor, args=args, run="teacher",
-                                 steps=args.teacher_steps, lr=args.teacher_lr)
+        return _shared.fine_tune(
+            teacher,
+            loader,
+            classification_adaptor,
+            args=args,
+            run="teacher",
+            steps=args.teacher_steps,
+            lr=args.teacher_lr,
+        )
 
-    teacher, cached = _shared.obtain_teacher(args, task="bbc", train_size=args.train_size, seed=args.seed,
-                                             build=build_teacher, train=train_teacher)
+    teacher, cached = _shared.obtain_teacher(
+        args, task="bbc", train_size=args.train_size, seed=args.seed, build=build_teacher, train=train_teacher
+    )
     teacher_accuracy = accuracy(teacher, dev_loader)
     _shared.say(f"[teacher] dev accuracy {teacher_accuracy:.1%}")
 
     num_teacher_layers = teacher.config.num_hidden_layers
     student = make_student(teacher, student_init_layers(num_teacher_layers, STUDENT_LAYERS))
     freeze_embeddings(student)
+    # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing
+    matches = uniform_layer_mapping(
+        num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False
+    )
     distill_config = DistillationConfig(
         temperature=args.temperature,
         kd_loss_type="kl",  # Hinton et al.: T² · KL(teacher ‖ student)
         hard_label_weight=0.0,  # the student learns from the teacher's soft labels alone
-        # the embeddings are the teacher's and frozen: matching them (layer 0) would add nothing
-        intermediate_matches=uniform_layer_mapping(num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight,
-                                                   include_embeddings=False) if args.hidden_weight > 0 else [],
+        intermediate_matches=matches if args.hidden_weight > 0 else [],
     )
     _shared.say(f"[student] distilling into {STUDENT_LAYERS} layers for {args.steps} steps")
-    distiller = Distillation(train_config=_shared.train_config(args, "student"), distill_config=distill_config,
-                             model_T=teacher, model_S=student,
-                             adaptor_T=classification_adaptor, adaptor_S=classification_adaptor)
+    distiller = Distillation(
+        train_config=_shared.train_config(args, "student"),
+        distill_config=distill_config,
+        model_T=teacher,
+        model_S=student,
+        adaptor_T=classification_adaptor,
+        adaptor_S=classification_adaptor,
+    )
     torch.manual_seed(args.seed)
     with distiller:
-        distiller.train(_shared.adamw(student, args.student_lr), scheduler=_shared.linear_schedule(args.steps),
-                        dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-                        num_steps=args.steps, max_grad_norm=1.0, output_hidden_states=True)
+        distiller.train(
+            _shared.adamw(student, args.student_lr),
+            scheduler=_shared.linear_schedule(args.steps),
+            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
+            num_steps=args.steps,
+            max_grad_norm=1.0,
+            output_hidden_states=True,
+        )
     student_accuracy = accuracy(student, dev_loader)
-    _shared.say(f"[student] dev accuracy {student_accuracy:.1%} "
-                f"({student_accuracy / teacher_accuracy:.0%} of the teacher's)")
+    _shared.say(
+        f"[student] dev accuracy {student_accuracy:.1%} ({student_accuracy / teacher_accuracy:.0%} of the teacher's)"
+    )
 
     check = _shared.Check("dev accuracy", student_accuracy, _shared.majority_share(data.dev.labels), "majority class")
-    return _shared.finish(args, started, [check], {"teacher_accuracy": teacher_accuracy, "teacher_from_cache": cached,
-                                                   "student_layers": STUDENT_LAYERS})
+    return _shared.finish(
+        args,
+        started,
+        [check],
+        {"teacher_accuracy": teacher_accuracy, "teacher_from_cache": cached, "student_layers": STUDENT_LAYERS},
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

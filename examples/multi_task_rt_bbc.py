@@ -36,9 +36,19 @@ from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
-DEFAULTS = {"train_size": 800, "dev_size": 400, "max_length": 64, "batch_size": 16, "teacher_steps": 80,
-            "steps": 150, "teacher_lr": 2e-4, "student_lr": 2e-4, "temperature": 2.0, "hidden_weight": 1.0,
-            "output_dir": "examples-out/multi_task"}
+DEFAULTS = {
+    "train_size": 800,
+    "dev_size": 400,
+    "max_length": 64,
+    "batch_size": 16,
+    "teacher_steps": 80,
+    "steps": 150,
+    "teacher_lr": 2e-4,
+    "student_lr": 2e-4,
+    "temperature": 2.0,
+    "hidden_weight": 1.0,
+    "output_dir": "examples-out/multi_task",
+}
 TASKS = {"rt": "Rotten Tomatoes sentiment", "bbc": "BBC News topic"}
 STUDENT_LAYERS = 2
 
@@ -54,19 +64,30 @@ class MultiTaskStudent(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> dict[str, Any]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> dict[str, Any]:
         # labels are accepted (the batches carry them) but unused: the student learns from its teachers
-        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=output_hidden_states)
-        return {"logits": {task: head(outputs.last_hidden_state) for task, head in self.heads.items()},
-                "hidden_states": outputs.hidden_states}
+        outputs = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+        )
+        return {
+            "logits": {task: head(outputs.last_hidden_state) for task, head in self.heads.items()},
+            "hidden_states": outputs.hidden_states,
+        }
 
 
 def teacher_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
     """A teacher (one task's sequence classifier) -> logits, hidden states, padding mask, its loss."""
-    results = {"logits": model_outputs.logits, "hidden": model_outputs.hidden_states,
-               "inputs_mask": batch["attention_mask"]}
+    results = {
+        "logits": model_outputs.logits,
+        "hidden": model_outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+    }
     if model_outputs.loss is not None:
         results["losses"] = [model_outputs.loss]
     return results
@@ -74,8 +95,11 @@ def teacher_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> di
 
 def student_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Mapping[str, Any], task: str) -> dict[str, Any]:
     """The student -> the logits of this batch's task; distill passes ``task`` because the adaptor asks for it."""
-    return {"logits": model_outputs["logits"][task], "hidden": model_outputs["hidden_states"],
-            "inputs_mask": batch["attention_mask"]}
+    return {
+        "logits": model_outputs["logits"][task],
+        "hidden": model_outputs["hidden_states"],
+        "inputs_mask": batch["attention_mask"],
+    }
 
 
 def task_accuracy(student: MultiTaskStudent, task: str, loader: Any) -> float:
@@ -110,11 +134,19 @@ def main(argv: list[str] | None = None) -> int:
 
         def train_teacher(teacher: torch.nn.Module, train_set: Any = train_set, task: str = task) -> float:
             loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-            return _shared.fine_tune(teacher, loader, teacher_adaptor, args=args, run=f"teacher-{task}",
-                                     steps=args.teacher_steps, lr=args.teacher_lr)
+            return _shared.fine_tune(
+                teacher,
+                loader,
+                teacher_adaptor,
+                args=args,
+                run=f"teacher-{task}",
+                steps=args.teacher_steps,
+                lr=args.teacher_lr,
+            )
 
         teachers[task], from_cache[task] = _shared.obtain_teacher(
-            args, task=task, train_size=args.train_size, seed=args.seed, build=build_teacher, train=train_teacher)
+            args, task=task, train_size=args.train_size, seed=args.seed, build=build_teacher, train=train_teacher
+        )
         teacher_accuracy[task] = accuracy(teachers[task], dev_loaders[task])
         _shared.say(f"[teacher {task}] dev accuracy {teacher_accuracy[task]:.1%}")
 
@@ -125,40 +157,65 @@ def main(argv: list[str] | None = None) -> int:
     num_teacher_layers = teachers["rt"].config.num_hidden_layers
     encoder = make_student(teachers["rt"], student_init_layers(num_teacher_layers, STUDENT_LAYERS)).base_model
     freeze_embeddings(encoder)
-    heads = {task: nn.Sequential(copy.deepcopy(teacher.bert.pooler), copy.deepcopy(teacher.classifier))
-             for task, teacher in teachers.items()}
+    heads = {
+        task: nn.Sequential(copy.deepcopy(teacher.bert.pooler), copy.deepcopy(teacher.classifier))
+        for task, teacher in teachers.items()
+    }
     student = MultiTaskStudent(encoder, heads)
 
+    matches = uniform_layer_mapping(
+        num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False
+    )
     distill_config = DistillationConfig(
         temperature=args.temperature,
         kd_loss_type="kl",
         # in a multi-task run, each match compares the student with the teacher of the batch's task
-        intermediate_matches=uniform_layer_mapping(num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight,
-                                                   include_embeddings=False) if args.hidden_weight > 0 else [],
+        intermediate_matches=matches if args.hidden_weight > 0 else [],
     )
     _shared.say(f"[student] distilling both tasks into one {STUDENT_LAYERS}-layer student for {args.steps} steps")
-    distiller = MultiTaskDistillation(train_config=_shared.train_config(args, "student"), distill_config=distill_config,
-                                      model_T=teachers, model_S=student,
-                                      adaptor_T={task: teacher_adaptor for task in TASKS},
-                                      adaptor_S={task: student_adaptor for task in TASKS})
-    loaders = {task: make_loader(train_sets[task], batch_size=args.batch_size, shuffle=True, seed=args.seed)
-               for task in TASKS}
+    distiller = MultiTaskDistillation(
+        train_config=_shared.train_config(args, "student"),
+        distill_config=distill_config,
+        model_T=teachers,
+        model_S=student,
+        adaptor_T={task: teacher_adaptor for task in TASKS},
+        adaptor_S={task: student_adaptor for task in TASKS},
+    )
+    loaders = {
+        task: make_loader(train_sets[task], batch_size=args.batch_size, shuffle=True, seed=args.seed) for task in TASKS
+    }
     torch.manual_seed(args.seed)
     with distiller:
-        distiller.train(_shared.adamw(student, args.student_lr), scheduler=_shared.linear_schedule(args.steps),
-                        dataloaders=loaders, num_steps=args.steps, tau=1.0, max_grad_norm=1.0,
-                        output_hidden_states=True)
+        distiller.train(
+            _shared.adamw(student, args.student_lr),
+            scheduler=_shared.linear_schedule(args.steps),
+            dataloaders=loaders,
+            num_steps=args.steps,
+            tau=1.0,
+            max_grad_norm=1.0,
+            output_hidden_states=True,
+        )
 
     checks, student_accuracy = [], {}
     for task in TASKS:
         student_accuracy[task] = task_accuracy(student, task, dev_loaders[task])
-        _shared.say(f"[student {task}] dev accuracy {student_accuracy[task]:.1%} "
-                    f"(teacher {teacher_accuracy[task]:.1%})")
-        checks.append(_shared.Check(f"{task} dev accuracy", student_accuracy[task], majority[task],
-                                    f"{task} majority class"))
-    return _shared.finish(args, started, checks, {"teacher_accuracy": teacher_accuracy,
-                                                  "student_accuracy": student_accuracy,
-                                                  "teachers_from_cache": from_cache, "student_layers": STUDENT_LAYERS})
+        _shared.say(
+            f"[student {task}] dev accuracy {student_accuracy[task]:.1%} (teacher {teacher_accuracy[task]:.1%})"
+        )
+        checks.append(
+            _shared.Check(f"{task} dev accuracy", student_accuracy[task], majority[task], f"{task} majority class")
+        )
+    return _shared.finish(
+        args,
+        started,
+        checks,
+        {
+            "teacher_accuracy": teacher_accuracy,
+            "student_accuracy": student_accuracy,
+            "teachers_from_cache": from_cache,
+            "student_layers": STUDENT_LAYERS,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -31,16 +31,29 @@ from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
-DEFAULTS = {"train_size": 1000, "dev_size": 500, "max_length": 48, "batch_size": 16, "teacher_steps": 60,
-            "steps": 100, "teacher_lr": 3e-4, "student_lr": 2e-4, "temperature": 2.0, "hidden_weight": 1.0,
-            "output_dir": "examples-out/multi_teacher"}
+DEFAULTS = {
+    "train_size": 1000,
+    "dev_size": 500,
+    "max_length": 48,
+    "batch_size": 16,
+    "teacher_steps": 60,
+    "steps": 100,
+    "teacher_lr": 3e-4,
+    "student_lr": 2e-4,
+    "temperature": 2.0,
+    "hidden_weight": 1.0,
+    "output_dir": "examples-out/multi_teacher",
+}
 STUDENT_LAYERS = 2
 
 
 def classification_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
     """Sequence-classification outputs -> distill's dict: logits, hidden states, the padding mask, the loss."""
-    results = {"logits": model_outputs.logits, "hidden": model_outputs.hidden_states,
-               "inputs_mask": batch["attention_mask"]}
+    results = {
+        "logits": model_outputs.logits,
+        "hidden": model_outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+    }
     if model_outputs.loss is not None:
         results["losses"] = [model_outputs.loss]
     return results
@@ -51,8 +64,10 @@ def dev_accuracies(teachers: list[torch.nn.Module], dev_loader: Any, weights: li
     labels = torch.cat([batch["labels"] for batch in dev_loader])
     logits = [torch.cat(_shared.predictions(teacher, dev_loader)) for teacher in teachers]
     averaged = sum(weight * teacher_logits for weight, teacher_logits in zip(weights, logits))
-    return ([float((teacher_logits.argmax(dim=-1) == labels).float().mean()) for teacher_logits in logits],
-            float((averaged.argmax(dim=-1) == labels).float().mean()))
+    return (
+        [float((teacher_logits.argmax(dim=-1) == labels).float().mean()) for teacher_logits in logits],
+        float((averaged.argmax(dim=-1) == labels).float().mean()),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     teachers, from_cache = [], []
     for seed in range(args.seed, args.seed + args.teachers):
+
         def build_teacher(seed: int = seed) -> torch.nn.Module:
             teacher = load_pretrained(num_labels=data.num_labels, seed=seed)
             freeze_embeddings(teacher)
@@ -80,12 +96,20 @@ def main(argv: list[str] | None = None) -> int:
 
         def train_teacher(teacher: torch.nn.Module, seed: int = seed) -> float:
             loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=seed)
-            return _shared.fine_tune(teacher, loader, classification_adaptor, args=args, run=f"teacher-seed{seed}",
-                                     steps=args.teacher_steps, lr=args.teacher_lr)
+            return _shared.fine_tune(
+                teacher,
+                loader,
+                classification_adaptor,
+                args=args,
+                run=f"teacher-seed{seed}",
+                steps=args.teacher_steps,
+                lr=args.teacher_lr,
+            )
 
         # the same key as classify_rotten_tomatoes.py's teacher: run with equal settings, they share it
-        teacher, cached = _shared.obtain_teacher(args, task="rt", train_size=args.train_size, seed=seed,
-                                                 build=build_teacher, train=train_teacher)
+        teacher, cached = _shared.obtain_teacher(
+            args, task="rt", train_size=args.train_size, seed=seed, build=build_teacher, train=train_teacher
+        )
         teachers.append(teacher)
         from_cache.append(cached)
     weights = [1.0 / len(teachers)] * len(teachers)
@@ -97,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     num_teacher_layers = teachers[0].config.num_hidden_layers
     student = make_student(teachers[0], student_init_layers(num_teacher_layers, STUDENT_LAYERS))
     freeze_embeddings(student)
-    matches = uniform_layer_mapping(num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight,
-                                    include_embeddings=False) if args.hidden_weight > 0 else []
+    matches = (
+        uniform_layer_mapping(num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False)
+        if args.hidden_weight > 0
+        else []
+    )
     distill_config = DistillationConfig(
         temperature=args.temperature,
         kd_loss_type="kl",
@@ -107,22 +134,40 @@ def main(argv: list[str] | None = None) -> int:
         intermediate_matches=[{**match, "teacher": 0} for match in matches],
     )
     _shared.say(f"[student] distilling {len(teachers)} teachers into {STUDENT_LAYERS} layers for {args.steps} steps")
-    distiller = MultiTeacherDistillation(train_config=_shared.train_config(args, "student"),
-                                         distill_config=distill_config, model_T=teachers, model_S=student,
-                                         adaptor_T=classification_adaptor, adaptor_S=classification_adaptor,
-                                         teacher_weights=weights)
+    distiller = MultiTeacherDistillation(
+        train_config=_shared.train_config(args, "student"),
+        distill_config=distill_config,
+        model_T=teachers,
+        model_S=student,
+        adaptor_T=classification_adaptor,
+        adaptor_S=classification_adaptor,
+        teacher_weights=weights,
+    )
     torch.manual_seed(args.seed)
     with distiller:
-        distiller.train(_shared.adamw(student, args.student_lr), scheduler=_shared.linear_schedule(args.steps),
-                        dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-                        num_steps=args.steps, max_grad_norm=1.0, output_hidden_states=True)
+        distiller.train(
+            _shared.adamw(student, args.student_lr),
+            scheduler=_shared.linear_schedule(args.steps),
+            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
+            num_steps=args.steps,
+            max_grad_norm=1.0,
+            output_hidden_states=True,
+        )
     student_accuracy = accuracy(student, dev_loader)
     _shared.say(f"[student] dev accuracy {student_accuracy:.1%} ({student_accuracy / ensemble:.0%} of the ensemble's)")
 
     check = _shared.Check("dev accuracy", student_accuracy, _shared.majority_share(data.dev.labels), "majority class")
-    return _shared.finish(args, started, [check], {"teacher_accuracies": teacher_accuracies,
-                                                   "teachers_from_cache": from_cache,
-                                                   "ensemble_accuracy": ensemble, "student_layers": STUDENT_LAYERS})
+    return _shared.finish(
+        args,
+        started,
+        [check],
+        {
+            "teacher_accuracies": teacher_accuracies,
+            "teachers_from_cache": from_cache,
+            "ensemble_accuracy": ensemble,
+            "student_layers": STUDENT_LAYERS,
+        },
+    )
 
 
 if __name__ == "__main__":

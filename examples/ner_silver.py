@@ -47,9 +47,19 @@ from distill_core.layer_mapping import student_init_layers, uniform_layer_mappin
 SILVER = _shared.DATA / "bbc_silver_ner.json.gz"
 SHUFFLE_SEED = 20240601
 IGNORE = -100
-DEFAULTS = {"train_size": 2000, "dev_size": 400, "max_length": 64, "batch_size": 16, "teacher_steps": 150,
-            "steps": 150, "teacher_lr": 3e-4, "student_lr": 3e-4, "temperature": 1.0, "hidden_weight": 1.0,
-            "output_dir": "examples-out/ner_silver"}
+DEFAULTS = {
+    "train_size": 2000,
+    "dev_size": 400,
+    "max_length": 64,
+    "batch_size": 16,
+    "teacher_steps": 150,
+    "steps": 150,
+    "teacher_lr": 3e-4,
+    "student_lr": 3e-4,
+    "temperature": 1.0,
+    "hidden_weight": 1.0,
+    "output_dir": "examples-out/ner_silver",
+}
 STUDENT_LAYERS = 2
 
 
@@ -91,8 +101,9 @@ def load_silver(tokenizer: Any) -> tuple[list[str], dict[str, list[TaggedSentenc
     return list(silver["labels"]), parts
 
 
-def encode(sentences: list[TaggedSentence], tokenizer: Any, tag_ids: Mapping[str, int],
-           max_length: int) -> EncodedDataset:
+def encode(
+    sentences: list[TaggedSentence], tokenizer: Any, tag_ids: Mapping[str, int], max_length: int
+) -> EncodedDataset:
     """Word pieces, with the word's tag id on its first piece and -100 everywhere else."""
     encoded = tokenizer([s.words for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length)
     labels = []
@@ -112,8 +123,12 @@ def tagging_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> di
     the tags live, so KD averages over exactly the positions the metric reads; the hidden-state
     matches use every real piece (``inputs_mask``).
     """
-    results = {"logits": model_outputs.logits, "logits_mask": batch["labels"] != IGNORE,
-               "hidden": model_outputs.hidden_states, "inputs_mask": batch["attention_mask"]}
+    results = {
+        "logits": model_outputs.logits,
+        "logits_mask": batch["labels"] != IGNORE,
+        "hidden": model_outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+    }
     if model_outputs.loss is not None:
         results["losses"] = [model_outputs.loss]
     return results
@@ -140,8 +155,14 @@ def agreement(model: torch.nn.Module, loader: Any, tag_names: list[str]) -> dict
     precision = true_positives / len(predicted_spans) if predicted_spans else 0.0
     recall = true_positives / len(silver_spans) if silver_spans else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"agreement": agree / words, "all_o": outside / words, "span_f1": f1, "span_precision": precision,
-            "span_recall": recall, "words": words}
+    return {
+        "agreement": agree / words,
+        "all_o": outside / words,
+        "span_f1": f1,
+        "span_precision": precision,
+        "span_recall": recall,
+        "words": words,
+    }
 
 
 def spans(tags: list[str]) -> list[tuple[int, int, str]]:
@@ -158,8 +179,9 @@ def spans(tags: list[str]) -> list[tuple[int, int, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _shared.build_parser(__doc__.split("\n\n")[0], DEFAULTS, metric="word-level agreement with spaCy",
-                                  margin=0.02)  # entity words are about 1 in 6: 2 points over all-O is real tagging
+    parser = _shared.build_parser(
+        __doc__.split("\n\n")[0], DEFAULTS, metric="word-level agreement with spaCy", margin=0.02
+    )  # entity words are about 1 in 6: 2 points over all-O is real tagging
     args = parser.parse_args(argv)
     _shared.check_options(parser, args)
     started = _shared.prepare(args)
@@ -171,56 +193,102 @@ def main(argv: list[str] | None = None) -> int:
     for side, size in (("train", args.train_size), ("dev", args.dev_size)):
         if size > len(sentences[side]):
             parser.error(f"--{side}-size is at most {len(sentences[side])} here, got {size}")
-    train_set = encode(sentences["train"][:args.train_size], tokenizer, tag_ids, args.max_length)
-    dev_loader = make_loader(encode(sentences["dev"][:args.dev_size], tokenizer, tag_ids, args.max_length),
-                             batch_size=64, shuffle=False)
-    _shared.say(f"BBC News silver NER: {len(train_set)} train / {args.dev_size} dev sentences, "
-                f"{len(tag_names)} BIO tags over {len(entity_types)} OntoNotes types")
+    train_set = encode(sentences["train"][: args.train_size], tokenizer, tag_ids, args.max_length)
+    dev_loader = make_loader(
+        encode(sentences["dev"][: args.dev_size], tokenizer, tag_ids, args.max_length), batch_size=64, shuffle=False
+    )
+    _shared.say(
+        f"BBC News silver NER: {len(train_set)} train / {args.dev_size} dev sentences, "
+        f"{len(tag_names)} BIO tags over {len(entity_types)} OntoNotes types"
+    )
 
     def build_teacher() -> torch.nn.Module:
-        teacher = load_pretrained("AutoModelForTokenClassification", seed=args.seed, num_labels=len(tag_names),
-                                  id2label=dict(enumerate(tag_names)), label2id=tag_ids)
+        teacher = load_pretrained(
+            "AutoModelForTokenClassification",
+            seed=args.seed,
+            num_labels=len(tag_names),
+            id2label=dict(enumerate(tag_names)),
+            label2id=tag_ids,
+        )
         freeze_embeddings(teacher)
         return teacher
 
     def train_teacher(teacher: torch.nn.Module) -> float:
         loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-        return _shared.fine_tune(teacher, loader, tagging_adaptor, args=args, run="teacher",
-                                 steps=args.teacher_steps, lr=args.teacher_lr)
+        return _shared.fine_tune(
+            teacher, loader, tagging_adaptor, args=args, run="teacher", steps=args.teacher_steps, lr=args.teacher_lr
+        )
 
-    teacher, cached = _shared.obtain_teacher(args, task="ner-silver", train_size=args.train_size, seed=args.seed,
-                                             build=build_teacher, train=train_teacher,
-                                             model_class="AutoModelForTokenClassification")
+    teacher, cached = _shared.obtain_teacher(
+        args,
+        task="ner-silver",
+        train_size=args.train_size,
+        seed=args.seed,
+        build=build_teacher,
+        train=train_teacher,
+        model_class="AutoModelForTokenClassification",
+    )
     teacher_scores = agreement(teacher, dev_loader, tag_names)
-    _shared.say(f"[teacher] agreement with spaCy {teacher_scores['agreement']:.1%} of {teacher_scores['words']} words "
-                f"(all-O: {teacher_scores['all_o']:.1%}), entity-span F1 {teacher_scores['span_f1']:.1%}")
+    _shared.say(
+        f"[teacher] agreement with spaCy {teacher_scores['agreement']:.1%} of {teacher_scores['words']} words "
+        f"(all-O: {teacher_scores['all_o']:.1%}), entity-span F1 {teacher_scores['span_f1']:.1%}"
+    )
 
     num_teacher_layers = teacher.config.num_hidden_layers
     student = make_student(teacher, student_init_layers(num_teacher_layers, STUDENT_LAYERS))
     freeze_embeddings(student)
+    # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing
+    matches = uniform_layer_mapping(
+        num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False
+    )
     distill_config = DistillationConfig(
         temperature=args.temperature,
         kd_loss_type="kl",  # averaged over the positions logits_mask keeps
-        intermediate_matches=uniform_layer_mapping(num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight,
-                                                   include_embeddings=False) if args.hidden_weight > 0 else [],
+        intermediate_matches=matches if args.hidden_weight > 0 else [],
     )
     _shared.say(f"[student] distilling into {STUDENT_LAYERS} layers for {args.steps} steps")
-    distiller = Distillation(train_config=_shared.train_config(args, "student"), distill_config=distill_config,
-                             model_T=teacher, model_S=student, adaptor_T=tagging_adaptor, adaptor_S=tagging_adaptor)
+    distiller = Distillation(
+        train_config=_shared.train_config(args, "student"),
+        distill_config=distill_config,
+        model_T=teacher,
+        model_S=student,
+        adaptor_T=tagging_adaptor,
+        adaptor_S=tagging_adaptor,
+    )
     torch.manual_seed(args.seed)
     with distiller:
-        distiller.train(_shared.adamw(student, args.student_lr), scheduler=_shared.linear_schedule(args.steps),
-                        dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-                        num_steps=args.steps, max_grad_norm=1.0, output_hidden_states=True)
+        distiller.train(
+            _shared.adamw(student, args.student_lr),
+            scheduler=_shared.linear_schedule(args.steps),
+            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
+            num_steps=args.steps,
+            max_grad_norm=1.0,
+            output_hidden_states=True,
+        )
     student_scores = agreement(student, dev_loader, tag_names)
-    _shared.say(f"[student] agreement with spaCy {student_scores['agreement']:.1%}, "
-                f"entity-span F1 {student_scores['span_f1']:.1%}")
+    _shared.say(
+        f"[student] agreement with spaCy {student_scores['agreement']:.1%}, "
+        f"entity-span F1 {student_scores['span_f1']:.1%}"
+    )
 
-    check = _shared.Check("word-level agreement with spaCy silver tags", student_scores["agreement"],
-                          student_scores["all_o"], "all-O baseline")
-    return _shared.finish(args, started, [check], {"teacher": teacher_scores, "student_scores": student_scores,
-                                                   "teacher_from_cache": cached, "tags": tag_names,
-                                                   "student_layers": STUDENT_LAYERS})
+    check = _shared.Check(
+        "word-level agreement with spaCy silver tags",
+        student_scores["agreement"],
+        student_scores["all_o"],
+        "all-O baseline",
+    )
+    return _shared.finish(
+        args,
+        started,
+        [check],
+        {
+            "teacher": teacher_scores,
+            "student_scores": student_scores,
+            "teacher_from_cache": cached,
+            "tags": tag_names,
+            "student_layers": STUDENT_LAYERS,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -61,12 +61,23 @@ from distill_core.layer_mapping import student_init_layers, uniform_layer_mappin
 
 SILVER = _shared.DATA / "bbc_silver_ner.json.gz"
 SHUFFLE_SEED = 20240601
-NAMED_TYPES = frozenset({"PERSON", "ORG", "GPE", "NORP", "LOC", "FAC", "EVENT", "PRODUCT", "WORK_OF_ART", "LAW",
-                         "LANGUAGE"})
+NAMED_TYPES = frozenset(
+    {"PERSON", "ORG", "GPE", "NORP", "LOC", "FAC", "EVENT", "PRODUCT", "WORK_OF_ART", "LAW", "LANGUAGE"}
+)
 BLANK = "____"
-DEFAULTS = {"train_size": 2000, "dev_size": 400, "max_length": 96, "batch_size": 16, "teacher_steps": 120,
-            "steps": 100, "teacher_lr": 3e-4, "student_lr": 5e-4, "temperature": 1.0, "hidden_weight": 1.0,
-            "output_dir": "examples-out/reading_comprehension"}
+DEFAULTS = {
+    "train_size": 2000,
+    "dev_size": 400,
+    "max_length": 96,
+    "batch_size": 16,
+    "teacher_steps": 120,
+    "steps": 200,
+    "teacher_lr": 3e-4,
+    "student_lr": 5e-4,
+    "temperature": 1.0,
+    "hidden_weight": 1.0,
+    "output_dir": "examples-out/reading_comprehension",
+}
 STUDENT_LAYERS = 2
 
 
@@ -94,8 +105,10 @@ def build_cloze_set() -> dict[str, list[ClozeQuestion]]:
         text = texts[file_id]
         paragraphs = [(match.start(), match.end()) for match in re.finditer(r"[^\n]+", text)]
         # sentences as (start, end, [(entity start, entity end, type)]) with article offsets
-        sentences = [(start, end, [(start + s, start + e, label) for s, e, label in entities if label in NAMED_TYPES])
-                     for start, end, entities in article["sentences"]]
+        sentences = [
+            (start, end, [(start + s, start + e, label) for s, e, label in entities if label in NAMED_TYPES])
+            for start, end, entities in article["sentences"]
+        ]
         for q_index in range(len(sentences)):
             question = _first_question(text, sentences, q_index, paragraphs)
             if question is not None:
@@ -109,8 +122,9 @@ def _paragraph_of(offset: int, paragraphs: list[tuple[int, int]]) -> tuple[int, 
     return next(paragraph for paragraph in paragraphs if paragraph[0] <= offset < paragraph[1])
 
 
-def _first_question(text: str, sentences: list[Any], q_index: int, paragraphs: list[tuple[int, int]]
-                    ) -> tuple[str, str, str, int, tuple[str, ...]] | None:
+def _first_question(
+    text: str, sentences: list[Any], q_index: int, paragraphs: list[tuple[int, int]]
+) -> tuple[str, str, str, int, tuple[str, ...]] | None:
     """The cloze question sentence ``q_index`` yields (question, context, answer, answer start, candidates), or None."""
     q_start, q_end, q_entities = sentences[q_index]
     q_paragraph = _paragraph_of(q_start, paragraphs)
@@ -123,8 +137,11 @@ def _first_question(text: str, sentences: list[Any], q_index: int, paragraphs: l
             if not hits:
                 continue
             p_start, p_end = _paragraph_of(a_start, paragraphs)
-            candidates = tuple(dict.fromkeys(text[s:e] for start, _, entities in sentences
-                                             if p_start <= start < p_end for s, e, _ in entities))
+            candidates = tuple(
+                dict.fromkeys(
+                    text[s:e] for start, _, entities in sentences if p_start <= start < p_end for s, e, _ in entities
+                )
+            )
             if len(candidates) < 2:
                 continue
             question = text[q_start:e_start] + BLANK + text[e_end:q_end]
@@ -147,8 +164,9 @@ def f1(prediction: str, answer: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def encode(questions: list[ClozeQuestion], tokenizer: Any, max_length: int, size: int
-           ) -> tuple[EncodedDataset, list[ClozeQuestion], list[list[tuple[int, int] | None]]]:
+def encode(
+    questions: list[ClozeQuestion], tokenizer: Any, max_length: int, size: int
+) -> tuple[EncodedDataset, list[ClozeQuestion], list[list[tuple[int, int] | None]]]:
     """Tokenise question + context; keep the first ``size`` questions whose answer fits.
 
     Returns the dataset (``start_positions``/``end_positions`` are the answer's first and last
@@ -161,8 +179,13 @@ def encode(questions: list[ClozeQuestion], tokenizer: Any, max_length: int, size
             break
         if len(tokenizer.tokenize(question.question)) > max_length // 2:  # leave room for the context
             continue
-        encoded = tokenizer(question.question, question.context, truncation="only_second", max_length=max_length,
-                            return_offsets_mapping=True)
+        encoded = tokenizer(
+            question.question,
+            question.context,
+            truncation="only_second",
+            max_length=max_length,
+            return_offsets_mapping=True,
+        )
         sequence_ids = encoded.sequence_ids()
         spans = [span if sequence_ids[i] == 1 else None for i, span in enumerate(encoded["offset_mapping"])]
         answer_end = question.answer_start + len(question.answer)
@@ -186,16 +209,26 @@ def span_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[
     only real pieces.
     """
     padding = batch["attention_mask"] == 0
-    results = {"logits": [model_outputs.start_logits.masked_fill(padding, -1e4),
-                          model_outputs.end_logits.masked_fill(padding, -1e4)],
-               "hidden": model_outputs.hidden_states, "inputs_mask": batch["attention_mask"]}
+    results = {
+        "logits": [
+            model_outputs.start_logits.masked_fill(padding, -1e4),
+            model_outputs.end_logits.masked_fill(padding, -1e4),
+        ],
+        "hidden": model_outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+    }
     if model_outputs.loss is not None:  # transformers averages the start and end cross-entropies
         results["losses"] = [model_outputs.loss]
     return results
 
 
-def evaluate(model: torch.nn.Module, loader: Any, questions: list[ClozeQuestion],
-             offsets: list[list[tuple[int, int] | None]], max_answer_tokens: int) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    loader: Any,
+    questions: list[ClozeQuestion],
+    offsets: list[list[tuple[int, int] | None]],
+    max_answer_tokens: int,
+) -> dict[str, float]:
     """EM and F1 of the best-scoring context span of at most ``max_answer_tokens`` pieces."""
     outputs = _shared.predictions(model, loader, logits_of=lambda out: torch.stack([out.start_logits, out.end_logits]))
     exact = total_f1 = 0.0
@@ -207,12 +240,13 @@ def evaluate(model: torch.nn.Module, loader: Any, questions: list[ClozeQuestion]
             inside = torch.tensor([span is not None for span in spans])
             scores = start_logits[:length, None] + end_logits[None, :length]
             allowed = torch.triu(torch.ones(length, length, dtype=torch.bool)) & ~torch.triu(
-                torch.ones(length, length, dtype=torch.bool), diagonal=max_answer_tokens)
+                torch.ones(length, length, dtype=torch.bool), diagonal=max_answer_tokens
+            )
             allowed &= inside[:, None] & inside[None, :]
             best = int(scores.masked_fill(~allowed, float("-inf")).argmax())
             first, last = divmod(best, length)
             question = questions[index]
-            prediction = question.context[spans[first][0]:spans[last][1]]
+            prediction = question.context[spans[first][0] : spans[last][1]]
             exact += float(normalise(prediction) == normalise(question.answer))
             total_f1 += f1(prediction, question.answer)
             index += 1
@@ -221,8 +255,9 @@ def evaluate(model: torch.nn.Module, loader: Any, questions: list[ClozeQuestion]
 
 def baselines(questions: list[ClozeQuestion]) -> dict[str, float]:
     """EM of question-blind guesses among the context's silver named entities: a random one (expected), the first."""
-    random_entity = sum(sum(normalise(c) == normalise(q.answer) for c in q.candidates) / len(q.candidates)
-                        for q in questions) / len(questions)
+    random_entity = sum(
+        sum(normalise(c) == normalise(q.answer) for c in q.candidates) / len(q.candidates) for q in questions
+    ) / len(questions)
     first_entity = sum(normalise(q.candidates[0]) == normalise(q.answer) for q in questions) / len(questions)
     return {"random_entity": random_entity, "first_entity": first_entity}
 
@@ -240,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     dev_set, dev_questions, dev_offsets = encode(questions["dev"], tokenizer, args.max_length, args.dev_size)
     dev_loader = make_loader(dev_set, batch_size=64, shuffle=False)
     blind = baselines(dev_questions)
-    _shared.say(f"BBC cloze questions: {len(train_set)} train / {len(dev_set)} dev (of {len(questions['train'])} / "
-                f"{len(questions['dev'])} built); question-blind EM: random entity {blind['random_entity']:.1%}, "
-                f"first entity {blind['first_entity']:.1%}")
+    _shared.say(
+        f"BBC cloze questions: {len(train_set)} train / {len(dev_set)} dev (of {len(questions['train'])} / "
+        f"{len(questions['dev'])} built); question-blind EM: random entity {blind['random_entity']:.1%}, "
+        f"first entity {blind['first_entity']:.1%}"
+    )
 
     def build_teacher() -> torch.nn.Module:
         teacher = load_pretrained("AutoModelForQuestionAnswering", seed=args.seed)
@@ -251,40 +288,71 @@ def main(argv: list[str] | None = None) -> int:
 
     def train_teacher(teacher: torch.nn.Module) -> float:
         loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-        return _shared.fine_tune(teacher, loader, span_adaptor, args=args, run="teacher",
-                                 steps=args.teacher_steps, lr=args.teacher_lr)
+        return _shared.fine_tune(
+            teacher, loader, span_adaptor, args=args, run="teacher", steps=args.teacher_steps, lr=args.teacher_lr
+        )
 
-    teacher, cached = _shared.obtain_teacher(args, task="cloze-qa", train_size=len(train_set), seed=args.seed,
-                                             build=build_teacher, train=train_teacher,
-                                             model_class="AutoModelForQuestionAnswering")
+    teacher, cached = _shared.obtain_teacher(
+        args,
+        task="cloze-qa",
+        train_size=len(train_set),
+        seed=args.seed,
+        build=build_teacher,
+        train=train_teacher,
+        model_class="AutoModelForQuestionAnswering",
+    )
     teacher_scores = evaluate(teacher, dev_loader, dev_questions, dev_offsets, args.max_answer_tokens)
     _shared.say(f"[teacher] EM {teacher_scores['exact_match']:.1%}, F1 {teacher_scores['f1']:.1%}")
 
     num_teacher_layers = teacher.config.num_hidden_layers
     student = make_student(teacher, student_init_layers(num_teacher_layers, STUDENT_LAYERS))
     freeze_embeddings(student)
+    # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing
+    matches = uniform_layer_mapping(
+        num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False
+    )
     distill_config = DistillationConfig(
         temperature=args.temperature,
         kd_loss_type="kl",  # applied to start and end logits in turn, and summed
-        intermediate_matches=uniform_layer_mapping(num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight,
-                                                   include_embeddings=False) if args.hidden_weight > 0 else [],
+        intermediate_matches=matches if args.hidden_weight > 0 else [],
     )
     _shared.say(f"[student] distilling into {STUDENT_LAYERS} layers for {args.steps} steps")
-    distiller = Distillation(train_config=_shared.train_config(args, "student"), distill_config=distill_config,
-                             model_T=teacher, model_S=student, adaptor_T=span_adaptor, adaptor_S=span_adaptor)
+    distiller = Distillation(
+        train_config=_shared.train_config(args, "student"),
+        distill_config=distill_config,
+        model_T=teacher,
+        model_S=student,
+        adaptor_T=span_adaptor,
+        adaptor_S=span_adaptor,
+    )
     torch.manual_seed(args.seed)
     with distiller:
-        distiller.train(_shared.adamw(student, args.student_lr), scheduler=_shared.linear_schedule(args.steps),
-                        dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-                        num_steps=args.steps, max_grad_norm=1.0, output_hidden_states=True)
+        distiller.train(
+            _shared.adamw(student, args.student_lr),
+            scheduler=_shared.linear_schedule(args.steps),
+            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
+            num_steps=args.steps,
+            max_grad_norm=1.0,
+            output_hidden_states=True,
+        )
     student_scores = evaluate(student, dev_loader, dev_questions, dev_offsets, args.max_answer_tokens)
     _shared.say(f"[student] EM {student_scores['exact_match']:.1%}, F1 {student_scores['f1']:.1%}")
 
-    check = _shared.Check("dev exact match", student_scores["exact_match"], blind["random_entity"],
-                          "random silver entity of the context")
-    return _shared.finish(args, started, [check], {"teacher": teacher_scores, "student_scores": student_scores,
-                                                   "baselines": blind, "teacher_from_cache": cached,
-                                                   "student_layers": STUDENT_LAYERS})
+    check = _shared.Check(
+        "dev exact match", student_scores["exact_match"], blind["random_entity"], "random silver entity of the context"
+    )
+    return _shared.finish(
+        args,
+        started,
+        [check],
+        {
+            "teacher": teacher_scores,
+            "student_scores": student_scores,
+            "baselines": blind,
+            "teacher_from_cache": cached,
+            "student_layers": STUDENT_LAYERS,
+        },
+    )
 
 
 if __name__ == "__main__":
