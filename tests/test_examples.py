@@ -5,11 +5,12 @@ subprocess) and is judged by its exit status (its own check: baseline + its defa
 the ``results.json`` it writes. The sizes are the smallest at which the fine-tuned teachers and
 the distilled students reliably beat their baselines.
 
-Speed: the examples run two at a time, one thread each (two OpenMP threads per process on 2
-cores, fighting another busy process, are far slower than one), and share one teacher cache, so
-the multi-teacher and multi-task examples reuse the teachers the classification examples
-fine-tuned (same task, sizes, seed and steps give the same cache key). The scheduling covers only
-the examples pytest selected, so ``-k multi_task`` runs just that one (training its own teachers).
+Speed (the whole file takes about 2 minutes on 2 cores): the examples run two at a time, one
+thread each (two OpenMP threads per process on 2 cores, fighting another busy process, are far
+slower than one), and share one teacher cache, so the multi-teacher and multi-task examples reuse
+the teachers the classification examples fine-tuned (same task, sizes, seed and steps give the
+same cache key). Only the examples pytest selected are run, so ``-k multi_task`` runs just that one
+(training its own teachers).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ ASSETS = {
 MISSING = [install for module, install in ASSETS.items() if importlib.util.find_spec(module) is None]
 
 # The classification runs share these settings so that their teachers are cache hits later on.
-CLASSIFICATION = "--train-size 400 --dev-size 300 --max-length 40 --batch-size 16 --teacher-steps 40 --teacher-lr 3e-4"
+CLASSIFICATION = "--train-size 400 --dev-size 200 --max-length 32 --batch-size 16 --teacher-steps 40 --teacher-lr 3e-4"
 RUNS: dict[str, list[str]] = {
-    "classify_rotten_tomatoes": f"{CLASSIFICATION} --steps 30".split(),
-    "classify_bbc": f"{CLASSIFICATION} --steps 30".split(),
+    "classify_rotten_tomatoes": f"{CLASSIFICATION} --steps 20".split(),
+    "classify_bbc": f"{CLASSIFICATION} --steps 20".split(),
     # a teacher this brief tags only the commonest types: a smaller margin over all-O than the default
     "ner_silver": (
         "--train-size 400 --dev-size 100 --max-length 32 --batch-size 16 --teacher-steps 60 --teacher-lr 5e-4 "
@@ -53,8 +54,8 @@ RUNS: dict[str, list[str]] = {
         "--train-size 400 --dev-size 100 --max-length 48 --batch-size 16 --teacher-steps 50 --teacher-lr 5e-4 "
         "--steps 40 --student-lr 6e-4 --temperature 1"
     ).split(),
-    "multi_teacher_ensemble": f"{CLASSIFICATION} --steps 30 --teachers 2".split(),
-    "multi_task_rt_bbc": f"{CLASSIFICATION} --steps 60".split(),  # each task gets about half of the steps
+    "multi_teacher_ensemble": f"{CLASSIFICATION} --steps 20 --teachers 2".split(),
+    "multi_task_rt_bbc": f"{CLASSIFICATION} --steps 50".split(),  # each task gets about half of the steps
 }
 #: which runs must finish first, so that their cached teachers are there
 AFTER = {
@@ -109,12 +110,15 @@ def example_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     }
     folder = tmp_path_factory.mktemp("examples")
     futures: dict[str, Future] = {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for name in RUNS:  # dict order: every run comes after the runs it waits for
-            if name in selected:
-                waits = [futures[other] for other in AFTER.get(name, []) if other in futures]
-                futures[name] = pool.submit(run_example, name, folder, folder / "teacher-cache", waits)
+    pool = ThreadPoolExecutor(max_workers=2)
+    for name in RUNS:  # dict order: every run comes after the runs it waits for
+        if name in selected:
+            waits = [futures[other] for other in AFTER.get(name, []) if other in futures]
+            futures[name] = pool.submit(run_example, name, folder, folder / "teacher-cache", waits)
+    try:
         yield futures
+    finally:  # after -x or Ctrl-C, runs not started yet are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.skipif(bool(MISSING), reason=f"needs the real model and data: {'; '.join(MISSING)}")
