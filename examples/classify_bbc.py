@@ -4,7 +4,7 @@
    and body, truncated to ``--max-length`` wordpieces) labelled business, entertainment, politics,
    sports or tech, with ``BasicTraining`` (or take it from the teacher cache).
 2. Cut a 2-layer student out of it (teacher layers 3 and 6, as ``student_init_layers`` advises).
-3. Distil with ``Distillation``: KD on the logits (soft cross-entropy at temperature T) plus
+3. Distil with ``Distillation``: KD on the logits (T²-scaled KL at temperature T) plus
    hidden-state matches from ``uniform_layer_mapping`` (student layer 1 <- teacher layer 3,
    student layer 2 <- teacher layer 6).
 4. Print the dev accuracy of teacher and student; exit with status 1 unless the student beats the
@@ -19,18 +19,8 @@ The data split is fixed and seeded (``distill_core.demo.data``); docs/examples.m
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from typing import Any
 
-import _shared
-import torch
-
-from distill_core import DistillationConfig, Distillation
-from distill_core.demo.batches import encode_texts, make_loader
-from distill_core.demo.data import load_text_classification
-from distill_core.demo.measure import accuracy
-from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
-from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
+from classify_rotten_tomatoes import main  # the same script; only the data set and its sizes differ
 
 DEFAULTS = {
     "train_size": 800,
@@ -45,102 +35,7 @@ DEFAULTS = {
     "hidden_weight": 1.0,
     "output_dir": "examples-out/bbc",
 }
-STUDENT_LAYERS = 2
-
-
-def classification_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
-    """Sequence-classification outputs -> distill's dict: logits, hidden states, the padding mask, the loss."""
-    results = {
-        "logits": model_outputs.logits,
-        "hidden": model_outputs.hidden_states,
-        "inputs_mask": batch["attention_mask"],
-    }
-    if model_outputs.loss is not None:  # present when the batch has labels
-        results["losses"] = [model_outputs.loss]
-    return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _shared.build_parser(__doc__.split("\n\n")[0], DEFAULTS, metric="dev accuracy")
-    args = parser.parse_args(argv)
-    _shared.check_options(parser, args)
-    started = _shared.prepare(args)
-
-    data = load_text_classification("bbc", train_size=args.train_size, dev_size=args.dev_size)
-    tokenizer = load_tokenizer()
-    train_set = encode_texts(tokenizer, data.train.texts, data.train.labels, max_length=args.max_length)
-    dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
-    dev_loader = make_loader(dev_set, batch_size=128, shuffle=False)
-    _shared.say(f"BBC News: {len(train_set)} train / {len(dev_set)} dev articles, topics {data.label_names}")
-
-    def build_teacher() -> torch.nn.Module:
-        teacher = load_pretrained(num_labels=data.num_labels, seed=args.seed)
-        freeze_embeddings(teacher)  # half of MiniLM's weights; freezing them speeds CPU training a lot
-        return teacher
-
-    def train_teacher(teacher: torch.nn.Module) -> float:
-        loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-        return _shared.fine_tune(
-            teacher,
-            loader,
-            classification_adaptor,
-            args=args,
-            run="teacher",
-            steps=args.teacher_steps,
-            lr=args.teacher_lr,
-        )
-
-    teacher, cached = _shared.obtain_teacher(
-        args, task="bbc", train_size=args.train_size, seed=args.seed, build=build_teacher, train=train_teacher
-    )
-    teacher_accuracy = accuracy(teacher, dev_loader)
-    _shared.say(f"[teacher] dev accuracy {teacher_accuracy:.1%}")
-
-    num_teacher_layers = teacher.config.num_hidden_layers
-    student = make_student(teacher, student_init_layers(num_teacher_layers, STUDENT_LAYERS))
-    freeze_embeddings(student)
-    # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing
-    matches = uniform_layer_mapping(
-        num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False
-    )
-    distill_config = DistillationConfig(
-        temperature=args.temperature,
-        kd_loss_type="kl",  # Hinton et al.: T² · KL(teacher ‖ student)
-        hard_label_weight=0.0,  # the student learns from the teacher's soft labels alone
-        intermediate_matches=matches if args.hidden_weight > 0 else [],
-    )
-    _shared.say(f"[student] distilling into {STUDENT_LAYERS} layers for {args.steps} steps")
-    distiller = Distillation(
-        train_config=_shared.train_config(args, "student"),
-        distill_config=distill_config,
-        model_T=teacher,
-        model_S=student,
-        adaptor_T=classification_adaptor,
-        adaptor_S=classification_adaptor,
-    )
-    torch.manual_seed(args.seed)
-    with distiller:
-        distiller.train(
-            _shared.adamw(student, args.student_lr),
-            scheduler=_shared.linear_schedule(args.steps),
-            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-            num_steps=args.steps,
-            max_grad_norm=1.0,
-            output_hidden_states=True,
-        )
-    student_accuracy = accuracy(student, dev_loader)
-    _shared.say(
-        f"[student] dev accuracy {student_accuracy:.1%} ({student_accuracy / teacher_accuracy:.0%} of the teacher's)"
-    )
-
-    check = _shared.Check("dev accuracy", student_accuracy, _shared.majority_share(data.dev.labels), "majority class")
-    return _shared.finish(
-        args,
-        started,
-        [check],
-        {"teacher_accuracy": teacher_accuracy, "teacher_from_cache": cached, "student_layers": STUDENT_LAYERS},
-    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(dataset="bbc", defaults=DEFAULTS, doc=__doc__))

@@ -3,7 +3,7 @@
 1. Fine-tune the packaged all-MiniLM-L6-v2 (6 layers, hidden 384) on review snippets labelled
    rotten/fresh, with ``BasicTraining`` (or take it from the teacher cache).
 2. Cut a 2-layer student out of it (teacher layers 3 and 6, as ``student_init_layers`` advises).
-3. Distil with ``Distillation``: KD on the logits (soft cross-entropy at temperature T) plus
+3. Distil with ``Distillation``: KD on the logits (T²-scaled KL at temperature T) plus
    hidden-state matches from ``uniform_layer_mapping`` (student layer 1 <- teacher layer 3,
    student layer 2 <- teacher layer 6).
 4. Print the dev accuracy of teacher and student; exit with status 1 unless the student beats the
@@ -31,7 +31,7 @@ from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
-DEFAULTS = {
+DEFAULTS = {  # Rotten Tomatoes; examples/classify_bbc.py runs this same script with BBC's sizes
     "train_size": 2000,
     "dev_size": 500,
     "max_length": 64,
@@ -59,18 +59,31 @@ def classification_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _shared.build_parser(__doc__.split("\n\n")[0], DEFAULTS, metric="dev accuracy")
+#: what differs between the data sets: how to describe them, and the teacher-cache task name
+DATASETS = {
+    "rt": {"name": "Rotten Tomatoes", "items": "snippets", "labels": "labels"},
+    "bbc": {"name": "BBC News", "items": "articles", "labels": "topics"},
+}
+
+
+def main(
+    argv: list[str] | None = None, *, dataset: str = "rt", defaults: dict[str, Any] = DEFAULTS, doc: str = __doc__
+) -> int:
+    parser = _shared.build_parser(doc.split("\n\n")[0], defaults, metric="dev accuracy")
     args = parser.parse_args(argv)
     _shared.check_options(parser, args)
     started = _shared.prepare(args)
+    described = DATASETS[dataset]
 
-    data = load_text_classification("rt", train_size=args.train_size, dev_size=args.dev_size)
+    data = load_text_classification(dataset, train_size=args.train_size, dev_size=args.dev_size)
     tokenizer = load_tokenizer()
     train_set = encode_texts(tokenizer, data.train.texts, data.train.labels, max_length=args.max_length)
     dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
     dev_loader = make_loader(dev_set, batch_size=128, shuffle=False)
-    _shared.say(f"Rotten Tomatoes: {len(train_set)} train / {len(dev_set)} dev snippets, labels {data.label_names}")
+    _shared.say(
+        f"{described['name']}: {len(train_set)} train / {len(dev_set)} dev {described['items']}, "
+        f"{described['labels']} {data.label_names}"
+    )
 
     def build_teacher() -> torch.nn.Module:
         teacher = load_pretrained(num_labels=data.num_labels, seed=args.seed)
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     teacher, cached = _shared.obtain_teacher(
-        args, task="rt", train_size=args.train_size, seed=args.seed, build=build_teacher, train=train_teacher
+        args, task=dataset, train_size=args.train_size, seed=args.seed, build=build_teacher, train=train_teacher
     )
     teacher_accuracy = accuracy(teacher, dev_loader)
     _shared.say(f"[teacher] dev accuracy {teacher_accuracy:.1%}")
