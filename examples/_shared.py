@@ -305,3 +305,19 @@ def finish(args: argparse.Namespace, started: float, checks: list[Check], detail
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     say(f"results: {path}; total time {seconds:.0f} s")
     return 0 if passed_all else 1
+
+
+def train_student(distiller: Any, student: torch.nn.Module, train_set: Any, args: argparse.Namespace) -> None:
+    """Run ``distiller`` the way every example trains its student: AdamW, linear decay, clipping at 1.0."""
+    from distill_core.demo.batches import make_loader
+
+    torch.manual_seed(args.seed)
+    with distiller:
+        distiller.train(
+            adamw(student, args.student_lr),
+            scheduler=linear_schedule(args.steps),
+            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
+            num_steps=args.steps,
+            max_grad_norm=1.0,
+            output_hidden_states=True,
+        )

@@ -130,16 +130,7 @@ def main(
         adaptor_T=classification_adaptor,
         adaptor_S=classification_adaptor,
     )
-    torch.manual_seed(args.seed)
-    with distiller:
-        distiller.train(
-            _shared.adamw(student, args.student_lr),
-            scheduler=_shared.linear_schedule(args.steps),
-            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-            num_steps=args.steps,
-            max_grad_norm=1.0,
-            output_hidden_states=True,
-        )
+    _shared.train_student(distiller, student, train_set, args)
     student_accuracy = accuracy(student, dev_loader)
     _shared.say(
         f"[student] dev accuracy {student_accuracy:.1%} ({student_accuracy / teacher_accuracy:.0%} of the teacher's)"

@@ -143,16 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         adaptor_S=classification_adaptor,
         teacher_weights=weights,
     )
-    torch.manual_seed(args.seed)
-    with distiller:
-        distiller.train(
-            _shared.adamw(student, args.student_lr),
-            scheduler=_shared.linear_schedule(args.steps),
-            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-            num_steps=args.steps,
-            max_grad_norm=1.0,
-            output_hidden_states=True,
-        )
+    _shared.train_student(distiller, student, train_set, args)
     student_accuracy = accuracy(student, dev_loader)
     _shared.say(f"[student] dev accuracy {student_accuracy:.1%} ({student_accuracy / ensemble:.0%} of the ensemble's)")
 

@@ -255,16 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         adaptor_T=tagging_adaptor,
         adaptor_S=tagging_adaptor,
     )
-    torch.manual_seed(args.seed)
-    with distiller:
-        distiller.train(
-            _shared.adamw(student, args.student_lr),
-            scheduler=_shared.linear_schedule(args.steps),
-            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-            num_steps=args.steps,
-            max_grad_norm=1.0,
-            output_hidden_states=True,
-        )
+    _shared.train_student(distiller, student, train_set, args)
     student_scores = agreement(student, dev_loader, tag_names)
     _shared.say(
         f"[student] agreement with spaCy {student_scores['agreement']:.1%}, "

@@ -325,16 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         adaptor_T=span_adaptor,
         adaptor_S=span_adaptor,
     )
-    torch.manual_seed(args.seed)
-    with distiller:
-        distiller.train(
-            _shared.adamw(student, args.student_lr),
-            scheduler=_shared.linear_schedule(args.steps),
-            dataloader=make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed),
-            num_steps=args.steps,
-            max_grad_norm=1.0,
-            output_hidden_states=True,
-        )
+    _shared.train_student(distiller, student, train_set, args)
     student_scores = evaluate(student, dev_loader, dev_questions, dev_offsets, args.max_answer_tokens)
     _shared.say(f"[student] EM {student_scores['exact_match']:.1%}, F1 {student_scores['f1']:.1%}")
 
