@@ -170,3 +170,22 @@ def test_not_a_dict(tmp_path) -> None:
 
 def test_correct_adaptors_pass_every_step(tmp_path) -> None:
     assert len(run(tmp_path, intermediate_matches=[HIDDEN])) == 2
+
+
+def test_a_plugin_loss_that_is_not_a_scalar_fails_on_the_first_step_naming_it(tmp_path, register_plugin) -> None:
+    """Without the check, torch's backward() would fail with a message naming neither match nor plugin."""
+    from distill_core import ComponentInfo, PluginError, hookimpl
+
+    @hookimpl
+    def declare_components():
+        return [ComponentInfo(kind="match_loss", name="test_unreduced", summary="squared error, not reduced")]
+
+    @hookimpl
+    def compute_match_loss(name, feature_S, feature_T):
+        return (feature_S - feature_T).pow(2) if name == "test_unreduced" else None
+
+    plugin = type("Plugin", (), {})()
+    plugin.declare_components, plugin.compute_match_loss = declare_components, compute_match_loss
+    register_plugin(plugin, "test-unreduced")
+    pattern = r"intermediate_matches\.0 .*: plugin 'test-unreduced' .*shape \(8, \d+, 32\).*scalar tensor"
+    expect_first_step(tmp_path, PluginError, pattern, intermediate_matches=[{**HIDDEN, "loss": "test_unreduced"}])

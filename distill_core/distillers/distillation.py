@@ -18,7 +18,7 @@ from distill_core.adaptors import (
 )
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
-from distill_core.errors import AdaptorError, DistillError, ShapeMismatchError
+from distill_core.errors import AdaptorError, DistillError, PluginError, ShapeMismatchError
 from distill_core.loop import RunState, call_model
 from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule
 from distill_core.registry import get_registry
@@ -304,12 +304,40 @@ class Distillation(BaseDistiller):
             terms.append(bound.compute(feature_S, feature_T, results_S.get("inputs_mask"), check))
         if self.custom:
             self.capture.clear()
+        if check:
+            self._check_terms(terms)
         total = terms[0] * weights[0]
         for term, weight in zip(terms[1:], weights[1:]):
             total = total + term * weight
         if check:
             self._checked_tasks.add(task)
         return total, terms
+
+    def _check_terms(self, terms: list[torch.Tensor]) -> None:
+        """First step only: every loss a plugin returned must be a floating-point scalar tensor.
+
+        Otherwise the error would come from ``backward()`` ("grad can be implicitly created only for
+        scalar outputs"), naming neither the match nor the plugin.
+        """
+        sources: list[tuple[str, Any]] = []
+        if self.use_kd:
+            sources.append((f"kd_loss_type {self.distill_config.kd_loss_type!r}", self.kd_component))
+        if self.use_hard_label:
+            sources.append(("the hard-label loss", None))
+        sources.extend((bound.label, bound.component) for bound in self.matches + self.custom)
+        for term, (where, component) in zip(terms, sources):
+            if isinstance(term, torch.Tensor) and term.dim() == 0 and term.is_floating_point():
+                continue
+            got = (
+                f"a tensor of shape {tuple(term.shape)} and dtype {term.dtype}"
+                if isinstance(term, torch.Tensor)
+                else f"a {type(term).__name__}"
+            )
+            provider = "" if component is None else f": plugin {component.plugin!r} ({component.distribution})"
+            raise PluginError(
+                f"{where}{provider} returned {got}; a loss must be a floating-point scalar tensor. Reduce it "
+                f"inside the loss (e.g. .mean() over the unmasked positions)"
+            )
 
 
 class BasicDistillation(Distillation):
