@@ -25,7 +25,7 @@ import _shared
 import torch
 
 from distill_core import DistillationConfig, Distillation
-from distill_core.demo.batches import encode_texts, make_loader
+from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
@@ -79,7 +79,7 @@ def main(
     tokenizer = load_tokenizer()
     train_set = encode_texts(tokenizer, data.train.texts, data.train.labels, max_length=args.max_length)
     dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
-    dev_loader = make_loader(dev_set, batch_size=128, shuffle=False)
+    dev_loader = make_eval_loader(dev_set, batch_size=128)
     _shared.say(
         f"{described['name']}: {len(train_set)} train / {len(dev_set)} dev {described['items']}, "
         f"{described['labels']} {data.label_names}"

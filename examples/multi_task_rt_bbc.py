@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from distill_core import DistillationConfig, MultiTaskDistillation
-from distill_core.demo.batches import encode_texts, make_loader
+from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_text_classification(task, train_size=args.train_size, dev_size=args.dev_size)
         train_set = encode_texts(tokenizer, data.train.texts, data.train.labels, max_length=args.max_length)
         dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
-        train_sets[task], dev_loaders[task] = train_set, make_loader(dev_set, batch_size=128, shuffle=False)
+        train_sets[task], dev_loaders[task] = train_set, make_eval_loader(dev_set, batch_size=128)
         majority[task] = _shared.majority_share(data.dev.labels)
         _shared.say(f"{title}: {len(train_set)} train / {len(dev_set)} dev, labels {data.label_names}")
 

@@ -22,7 +22,7 @@ def test_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--dataset", "--train-size", "--student-steps", "--seeds", "--cache-dir", "--check"):
         assert option in text
-    assert "(rt: 4000, bbc: 800)" in text  # per-data-set defaults are shown
+    assert "(rt: 1000, bbc: 800)" in text  # per-data-set defaults are shown
 
 
 def test_distill_demo_help_through_the_distill_command():
@@ -34,7 +34,9 @@ def test_distill_demo_help_through_the_distill_command():
 @pytest.mark.parametrize(("argv", "message"), [(["--train-size", "0"], "--train-size must be at least 1"),
                                                (["--temperature", "-1"], "--temperature must be positive"),
                                                (["--dataset", "imdb"], "invalid choice"),
-                                               (["--kd-loss", "kll"], "did you mean 'kl'")])
+                                               (["--kd-loss", "kll"], "did you mean 'kl'"),
+                                               (["--train-size", "500", "--transfer-size", "100"],
+                                                "--transfer-size (100) must be at least --train-size (500)")])
 def test_bad_options_exit_with_usage_error(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         run_demo_cli(argv)
@@ -79,7 +81,7 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
     teacher, distilled, alone = results["rows"]
     assert teacher["layers"] == 6 and distilled["layers"] == alone["layers"] == 2
     assert teacher["parameters"] > distilled["parameters"]
-    assert [step for step, _ in results["curves"]["distilled student"][0]] == [2, 4]
+    assert [step for step, _ in results["curves"]["distilled student"][0]] == [0, 2, 4]
     assert all(0 <= row["accuracies"][0] <= 1 and row["latency_ms"] > 0 for row in results["rows"])
     assert (tmp_path / "out" / "accuracy_vs_steps.png").read_bytes()[:4] == b"\x89PNG"
     for run in ("teacher", "distilled-seed1", "alone-seed1"):

@@ -50,6 +50,9 @@ def test_rotten_tomatoes_split_is_fixed_disjoint_and_prefix_stable():
     full = load_text_classification("rt")
     assert len(full.dev) == DEV_POOL["rt"] == 2000
     assert len(full.train) == 10752
+    from distill_core.demo.cli import DEFAULTS
+
+    assert DEFAULTS["rt"]["transfer_size"] == len(full.train)  # the demo distils over the whole train pool
     assert not set(full.train.texts) & set(full.dev.texts)
     assert set(full.train.labels) == {0, 1} and full.label_names == ("rotten", "fresh")
     small = load_text_classification("rt", train_size=100, dev_size=50)
@@ -64,6 +67,9 @@ def test_bbc_split_and_article_split_agree():
 
     data = load_text_classification("bbc")
     assert (len(data.train), len(data.dev), data.num_labels) == (1698, 427, 5)
+    from distill_core.demo.cli import DEFAULTS
+
+    assert DEFAULTS["bbc"]["transfer_size"] == len(data.train)
     split = bbc_article_split()
     assert sum(part == "dev" for part in split.values()) == 427
     assert sum(part == "train" for part in split.values()) == 1698
@@ -112,3 +118,15 @@ def test_make_loader_keeps_order_without_shuffle():
     batches = list(make_loader(dataset, batch_size=2, shuffle=False))
     assert [b["labels"].tolist() for b in batches] == [[0, 1], [0]]
     assert batches[0]["input_ids"].shape == torch.Size([2, 3])
+
+
+def test_eval_loader_batches_every_example_once_by_length():
+    from distill_core.demo.batches import make_eval_loader
+
+    lengths = [5, 1, 9, 3, 7, 2, 8]
+    dataset = EncodedDataset([list(range(1, n + 1)) for n in lengths], labels=list(range(len(lengths))))
+    batches = list(make_eval_loader(dataset, batch_size=3))
+    assert [batch["input_ids"].shape for batch in batches] == [(3, 3), (3, 8), (1, 9)]
+    seen = torch.cat([batch["labels"] for batch in batches]).tolist()
+    assert sorted(seen) == list(range(len(lengths)))
+    assert [lengths[index] for index in seen] == sorted(lengths)

@@ -107,3 +107,14 @@ def make_loader(dataset: EncodedDataset, *, batch_size: int, shuffle: bool, seed
     lengths = [len(ids) for ids in dataset.input_ids]
     return DataLoader(dataset, batch_sampler=LengthBucketSampler(lengths, batch_size=batch_size, seed=seed),
                       collate_fn=pad_batch)
+
+
+def make_eval_loader(dataset: EncodedDataset, *, batch_size: int) -> DataLoader:
+    """Return a DataLoader for evaluation: batches of similar length, in order of length.
+
+    For metrics that do not depend on the order of the examples (accuracy): sorting by length
+    before batching pads little, which makes evaluation about twice as fast on varied texts.
+    """
+    order = sorted(range(len(dataset)), key=lambda index: len(dataset.input_ids[index]))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=pad_batch)

@@ -19,10 +19,10 @@ from distill_core.demo.assets import TEACHER_MODEL, MissingDependencyError, offl
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "rt": {"train_size": 4000, "dev_size": 1000, "max_length": 64, "batch_size": 32,
-           "teacher_steps": 250, "teacher_lr": 5e-5, "student_steps": 300, "student_lr": 2e-4,
+    "rt": {"train_size": 1000, "transfer_size": 10752, "dev_size": 2000, "max_length": 64, "batch_size": 32,
+           "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 200, "student_lr": 2e-4,
            "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 100},
-    "bbc": {"train_size": 800, "dev_size": 427, "max_length": 128, "batch_size": 16,
+    "bbc": {"train_size": 800, "transfer_size": 1698, "dev_size": 427, "max_length": 128, "batch_size": 16,
             "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 150, "student_lr": 2e-4,
             "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
 }
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rt: Rotten Tomatoes review snippets (fresh/rotten); bbc: BBC News articles (5 topics)")
     sizes = parser.add_argument_group("sizes")
     sizes.add_argument("--train-size", type=int, help="labelled training examples")
+    sizes.add_argument("--transfer-size", type=int,
+                       help="train-pool texts the distilled student learns from through the teacher's outputs, "
+                            "labels unused; the first --train-size of them are the labelled ones, and equal to "
+                            "--train-size it distils on those alone. Default: the whole train pool")
     sizes.add_argument("--dev-size", type=int, help="dev examples the accuracy is measured on")
     sizes.add_argument("--max-length", type=int, help="tokens per example (longer texts are truncated)")
     sizes.add_argument("--student-layers", type=int, default=2, help="transformer layers of the student")
@@ -91,13 +95,16 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in DEFAULTS[args.dataset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("train_size", "dev_size", "max_length", "student_layers", "teacher_steps", "student_steps",
-                 "batch_size", "eval_every", "latency_examples"):
+    for name in ("train_size", "transfer_size", "dev_size", "max_length", "student_layers", "teacher_steps",
+                 "student_steps", "batch_size", "eval_every", "latency_examples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("teacher_lr", "student_lr", "temperature"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.transfer_size < args.train_size:
+        raise ValueError(f"--transfer-size ({args.transfer_size}) must be at least --train-size ({args.train_size}): "
+                         "the labelled texts are part of the transfer set")
     if args.hidden_weight < 0:
         raise ValueError(f"--hidden-weight must be >= 0, got {args.hidden_weight}")
     from pydantic import ValidationError

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from distill_core.demo import cache
-from distill_core.demo.batches import encode_texts, make_loader
+from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy, latency_ms
 from distill_core.demo.models import (
@@ -91,15 +91,19 @@ def run_demo(args: argparse.Namespace) -> bool:
     """Run the demo with resolved options; print the table; return whether distillation did its job."""
     started = time.perf_counter()
     set_threads(args.threads)
-    data = load_text_classification(args.dataset, train_size=args.train_size, dev_size=args.dev_size)
+    # the train pool's first transfer_size snippets; the first train_size of them are the labelled set
+    data = load_text_classification(args.dataset, train_size=args.transfer_size, dev_size=args.dev_size)
+    labelled = data.train.head(args.train_size)
     from distill_core.demo.cli import DATASET_NAMES
 
-    _say(f"distill demo: {DATASET_NAMES[args.dataset]}, {len(data.train)} train / {len(data.dev)} dev examples, "
-         f"{args.threads} CPU thread(s), seeds {args.seeds}")
+    _say(f"distill demo: {DATASET_NAMES[args.dataset]}, {len(labelled)} labelled train / {len(data.dev)} dev "
+         f"examples, {len(data.train)} train texts for distillation, {args.threads} CPU thread(s), seeds {args.seeds}")
     tokenizer = load_tokenizer()
-    train_set = encode_texts(tokenizer, data.train.texts, data.train.labels, max_length=args.max_length)
+    train_set = encode_texts(tokenizer, labelled.texts, labelled.labels, max_length=args.max_length)
+    # what the distilled student learns from: the teacher's outputs on these texts; their labels stay unused
+    transfer_set = encode_texts(tokenizer, data.train.texts, None, max_length=args.max_length)
     dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
-    dev_loader = make_loader(dev_set, batch_size=128, shuffle=False)
+    dev_loader = make_eval_loader(dev_set, batch_size=128)
 
     teacher, teacher_info = obtain_teacher(args, data.num_labels, train_set, dev_loader)
     num_teacher_layers = teacher.config.num_hidden_layers
@@ -115,6 +119,10 @@ def run_demo(args: argparse.Namespace) -> bool:
         # the embeddings are copied from the teacher and frozen, so matching them would add nothing
         intermediate_matches=uniform_layer_mapping(num_teacher_layers, args.student_layers, weight=args.hidden_weight,
                                                    include_embeddings=False) if args.hidden_weight > 0 else [])
+    # every student starts as the same copy of the teacher's layers: its accuracy is each curve's step 0
+    initial_accuracy = accuracy(make_student(teacher, layers), dev_loader)
+    _say(f"[students] {args.student_layers}-layer copy of teacher layers {layers}: dev accuracy "
+         f"{initial_accuracy:.1%} before training")
     distilled_row = alone_row = None
     curves: dict[str, list[list[tuple[int, float]]]] = {"distilled student": [], "student alone": []}
     students: dict[str, torch.nn.Module] = {}
@@ -125,7 +133,8 @@ def run_demo(args: argparse.Namespace) -> bool:
             student = make_student(teacher, layers)
             freeze_embeddings(student)
             torch.manual_seed(seed)
-            loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=seed)
+            loader = make_loader(transfer_set if label == "distilled student" else train_set,
+                                 batch_size=args.batch_size, shuffle=True, seed=seed)
             settings = _settings(args, run_name, steps=args.student_steps, lr=args.student_lr,
                                  eval_every=min(args.eval_every, args.student_steps))
             start = time.perf_counter()
@@ -135,7 +144,7 @@ def run_demo(args: argparse.Namespace) -> bool:
                 curve = fine_tune(student, loader, dev_loader, settings)
             elapsed = time.perf_counter() - start
             _drop_checkpoints(args, settings)
-            curves[label].append(curve)
+            curves[label].append([(0, initial_accuracy), *curve])
             row = distilled_row if label == "distilled student" else alone_row
             if row is None:
                 row = _model_result(f"{label} ({args.student_layers} layers)", student)
