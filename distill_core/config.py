@@ -224,8 +224,10 @@ class TrainingConfig(_SerializableConfig):
 
     Checkpoints: in epoch mode (``ckpt_steps`` unset) a checkpoint is written ``ckpt_frequency``
     times per epoch, every ``ckpt_epoch_frequency`` epochs; in step mode every ``ckpt_steps`` steps.
-    The callback may return a metric: the best student is kept in ``best.pkl`` (``best_metric_mode``)
-    and training stops after ``early_stopping_patience`` evaluations without improvement.
+    The callback is called at each checkpoint, or every ``eval_steps`` steps (and at the end) when
+    that is set. It may return a metric: the best student is kept in ``best.pkl``
+    (``best_metric_mode``) and training stops after ``early_stopping_patience`` evaluations without
+    improvement.
     """
 
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -239,6 +241,12 @@ class TrainingConfig(_SerializableConfig):
     fp16_opt_level: str = Field("O1", description="accepted for the seed API; only O1 (autocast) exists")
     data_parallel: bool = Field(False, description="wrap models in torch.nn.DataParallel")
     local_rank: int = Field(-1, ge=-1, description="rank of this process under torchrun; -1: not distributed")
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="call the callback every this many optimisation steps and at the end of training, "
+        "independently of checkpoints; None: at each checkpoint",
+    )
     log_steps: int = Field(10, ge=1, description="write scalars every this many optimisation steps")
     progress_bar: bool = True
     keep_last: int | None = Field(

@@ -217,6 +217,13 @@ class TrainingLoop:
             epoch_number % self.config.ckpt_epoch_frequency == 0 or epoch_number == self.num_epochs
         )
 
+    def _is_eval_step(self, checkpoint_now: bool) -> bool:
+        """The callback runs at checkpoints, or every ``eval_steps`` steps and at the end when that is set."""
+        eval_steps = self.config.eval_steps
+        if eval_steps is None:
+            return checkpoint_now
+        return self.state.global_step % eval_steps == 0 or self.state.global_step >= self.state.total_steps
+
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: dict[str, Any] | None = None) -> RunState:
         distiller, state = self.distiller, self.state
@@ -313,10 +320,15 @@ class TrainingLoop:
             lrs=[group["lr"] for group in self.optimizer.param_groups],
             temperature=distiller.last_temperature,
         )
-        if checkpoint_now or state.global_step % self.config.log_steps == 0:
-            self.guard.check(state, logged)  # at logging points, and before saving anything
+        evaluate_now = self.callback is not None and self._is_eval_step(checkpoint_now)
+        if checkpoint_now or evaluate_now or state.global_step % self.config.log_steps == 0:
+            self.guard.check(state, logged)  # at logging points, and before evaluating or saving anything
         if checkpoint_now:
-            stop = distiller.checkpoint(state, self.optimizer, self.scheduler, self.callback, tracker)
-            if stop:
+            callback = self.callback if evaluate_now else None
+            if distiller.checkpoint(state, self.optimizer, self.scheduler, callback, tracker):
                 return True
+        elif evaluate_now and distiller.evaluate(state, self.callback, tracker):
+            # early stopping between checkpoints: save where the run stopped, as at its end
+            distiller.checkpoint(state, self.optimizer, self.scheduler, None, tracker)
+            return True
         return state.global_step >= state.total_steps

@@ -26,6 +26,17 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Put torch back on one thread after each test: the demo sets its own thread count, and the
+    resume tests compare results bitwise with a one-thread worker process."""
+    yield
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def register_plugin() -> Iterator[Callable[[Any, str], Any]]:
     """Register plugin objects at runtime under a visible name; unregister them afterwards."""

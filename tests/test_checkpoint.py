@@ -344,6 +344,42 @@ def test_best_checkpoint_and_early_stopping(tmp_path, mode, best_step, stop_step
     assert resumed.global_step == stop_step and calls == list(range(1, stop_step + 1))
 
 
+def test_eval_steps_evaluates_between_checkpoints_without_writing_them(tmp_path) -> None:
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=4, eval_steps=3)
+    calls = []
+
+    def callback(model, step):
+        assert not model.training
+        calls.append(step)
+        return float(step % 4)  # best at steps 3 and 7: 3.0; 6: 2.0; 8 (the end): 0.0
+
+    state = distiller.train(optimizer, None, loader, num_steps=8, callback=callback, output_hidden_states=True)
+    assert calls == [3, 6, 8]  # every eval_steps, and at the end
+    assert [step for step, _ in ckpt.list_states(tmp_path)] == [4, 8]  # checkpoints keep their own cadence
+    assert sorted(step for step, _ in ckpt.list_students(tmp_path)) == [4, 8]
+    assert (state.best_step, state.best_metric) == (3, 3.0)
+    assert json.loads((tmp_path / "best.json").read_text())["step"] == 3  # best.pkl needs no checkpoint
+    saved = ckpt.load_state(ckpt.state_path(tmp_path, 4))["run_state"]
+    assert (saved["best_step"], saved["evals_without_improvement"]) == (3, 0)  # the evaluation at 3 is saved
+
+
+def test_early_stopping_between_checkpoints_saves_where_it_stopped(tmp_path) -> None:
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=10, eval_steps=1, early_stopping_patience=2)
+    metrics = iter([0.5, 0.4, 0.3])
+    state = distiller.train(
+        optimizer, None, loader, num_steps=8, callback=lambda model, step: next(metrics), output_hidden_states=True
+    )
+    assert state.stopped_early and state.global_step == 3
+    assert [step for step, _ in ckpt.list_states(tmp_path)] == [3]
+    assert ckpt.load_state(ckpt.state_path(tmp_path, 3))["run_state"]["stopped_early"]
+
+
+def test_eval_steps_without_a_callback_warns(tmp_path) -> None:
+    distiller, optimizer, loader = worker.build(tmp_path, eval_steps=2)
+    with pytest.warns(UserWarning, match=r"eval_steps is set but train\(\) got no callback"):
+        distiller.train(optimizer, None, loader, num_steps=2, output_hidden_states=True)
+
+
 def test_early_stopping_without_a_callback_is_refused_at_setup(tmp_path) -> None:
     distiller, optimizer, loader = worker.build(tmp_path, early_stopping_patience=2)
     with pytest.raises(DistillError, match="early_stopping_patience is set but train\\(\\) got no callback"):

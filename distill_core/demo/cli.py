@@ -21,7 +21,7 @@ from distill_core.demo.assets import TEACHER_MODEL, MissingDependencyError, offl
 DEFAULTS: dict[str, dict[str, Any]] = {
     "rt": {"train_size": 1000, "transfer_size": 10752, "dev_size": 2000, "max_length": 64, "batch_size": 32,
            "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 200, "student_lr": 2e-4,
-           "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 100},
+           "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
     "bbc": {"train_size": 800, "transfer_size": 1698, "dev_size": 427, "max_length": 128, "batch_size": 16,
             "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 150, "student_lr": 2e-4,
             "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "$XDG_CACHE_HOME/distill or ~/.cache/distill)")
     output.add_argument("--no-cache", action="store_true", help="fine-tune the teacher even if a cached one exists")
     output.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep each run's checkpoints under OUTPUT_DIR/runs (about 300 MB per run)")
+                        help="keep each run's checkpoints under OUTPUT_DIR/runs (about 250 MB per run)")
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
     output.add_argument("--threads", type=int, default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,13 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
             raise DistillError(
                 "TrainingConfig.early_stopping_patience is set but train() got no callback; pass a "
                 "callback that returns the metric to watch, or unset early_stopping_patience"
+            )
+        if self.train_config.eval_steps is not None and callback is None:
+            warnings.warn(
+                "TrainingConfig.eval_steps is set but train() got no callback, so nothing is evaluated; pass "
+                "callback=... or unset eval_steps",
+                UserWarning,
+                stacklevel=2,
             )
         self.tau = tau
         source = self._source(dataloader, dataloaders, args)

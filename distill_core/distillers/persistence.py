@@ -61,36 +61,15 @@ class CheckpointMixin:
     def checkpoint(
         self, state: RunState, optimizer: Any, scheduler: Any, callback: Callable[..., Any] | None, tracker: Tracker
     ) -> bool:
-        """Write the student file, call the callback, track the best, write the full state, prune.
+        """Write the student file, call the callback (if given), write the full state, prune.
 
         The callback runs before the full state is written so that its metric (best, patience) is part
         of the saved run state. Returns True to stop training (early stopping).
         """
         config, output_dir, step = self.train_config, self.train_config.output_dir, state.global_step
-        rng = ckpt.capture_rng()
         if self.is_main:
             ckpt.save_atomic(self.student.state_dict(), ckpt.student_path(output_dir, step))
-        stop = False
-        if callback is not None:
-            student = self.model_S
-            student.eval()
-            try:
-                result = callback(model=self.student, step=step)
-            finally:
-                student.train()
-                # the callback must not change the run's randomness, or a resumed run would diverge
-                ckpt.restore_rng(rng)
-            metric = ckpt.metric_from(result)
-            if metric is not None:
-                tracker.scalars({"eval/metric": metric}, step)
-                if ckpt.is_better(metric, state.best_metric, config.best_metric_mode):
-                    state.best_metric, state.best_step, state.evals_without_improvement = metric, step, 0
-                    if self.is_main:
-                        ckpt.save_best(self.student, output_dir, step=step, metric=metric, mode=config.best_metric_mode)
-                else:
-                    state.evals_without_improvement += 1
-                patience = config.early_stopping_patience
-                stop = state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+        stop = self.evaluate(state, callback, tracker) if callback is not None else False
         if self.is_main:
             full = self._full_state(state, optimizer, scheduler)
             full_path = ckpt.state_path(output_dir, step)
@@ -102,6 +81,35 @@ class CheckpointMixin:
                 keep = set() if state.best_step is None else {state.best_step}
                 ckpt.prune(output_dir, current_step=step, keep_last=config.keep_last, keep=keep)
         return stop
+
+    def evaluate(self, state: RunState, callback: Callable[..., Any], tracker: Tracker) -> bool:
+        """Call the callback on the student (in eval mode), log its metric, keep the best; True: stop early.
+
+        The callback must not change the run's randomness (a resumed run would diverge), so the RNG
+        states are restored after it.
+        """
+        config, step = self.train_config, state.global_step
+        rng = ckpt.capture_rng()
+        student = self.model_S
+        student.eval()
+        try:
+            result = callback(model=self.student, step=step)
+        finally:
+            student.train()
+            ckpt.restore_rng(rng)
+        metric = ckpt.metric_from(result)
+        if metric is None:
+            return False
+        tracker.scalars({"eval/metric": metric}, step)
+        if ckpt.is_better(metric, state.best_metric, config.best_metric_mode):
+            state.best_metric, state.best_step, state.evals_without_improvement = metric, step, 0
+            if self.is_main:
+                ckpt.save_best(self.student, config.output_dir, step=step, metric=metric, mode=config.best_metric_mode)
+        else:
+            state.evals_without_improvement += 1
+        patience = config.early_stopping_patience
+        state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+        return state.stopped_early
 
     def _resolve_resume(self, resume_from: str | os.PathLike[str] | None) -> dict[str, Any] | None:
         if resume_from is None:
