@@ -106,11 +106,22 @@ def build_parser(
     return parser
 
 
-def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject sizes and rates that cannot work, with the option's name."""
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace, datasets: Iterable[str] = ()) -> None:
+    """Reject sizes and rates that cannot work, with the option's name.
+
+    :param datasets: the text-classification data sets (``"rt"``, ``"bbc"``) the example reads; the
+        sizes must fit in each one's train and dev pools.
+    """
+    from distill_core.demo.data import DEV_POOL, TRAIN_POOL
+
     for name in ("train_size", "dev_size", "max_length", "batch_size", "teacher_steps", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for dataset in datasets:
+        for name, pool in (("train_size", TRAIN_POOL), ("dev_size", DEV_POOL)):
+            if getattr(args, name) > pool[dataset]:
+                parser.error(f"--{name.replace('_', '-')} can be at most {pool[dataset]} for {dataset!r} (its whole "
+                             f"{name[:-5]} pool), got {getattr(args, name)}")
     for name in ("teacher_lr", "student_lr", "temperature"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")

@@ -18,7 +18,6 @@ The data split is fixed and seeded (``distill_core.demo.data``); docs/examples.m
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import _shared
@@ -29,6 +28,7 @@ from distill_core.demo.batches import encode_texts, make_eval_loader, make_loade
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
+from distill_core.demo.pipeline import classification_adaptor
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
 DEFAULTS = {  # Rotten Tomatoes; examples/classify_bbc.py runs this same script with BBC's sizes
@@ -47,18 +47,6 @@ DEFAULTS = {  # Rotten Tomatoes; examples/classify_bbc.py runs this same script 
 STUDENT_LAYERS = 2
 
 
-def classification_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
-    """Sequence-classification outputs -> distill's dict: logits, hidden states, the padding mask, the loss."""
-    results = {
-        "logits": model_outputs.logits,
-        "hidden": model_outputs.hidden_states,
-        "inputs_mask": batch["attention_mask"],
-    }
-    if model_outputs.loss is not None:  # present when the batch has labels
-        results["losses"] = [model_outputs.loss]
-    return results
-
-
 #: what differs between the data sets: how to describe them, and the teacher-cache task name
 DATASETS = {
     "rt": {"name": "Rotten Tomatoes", "items": "snippets", "labels": "labels"},
@@ -71,7 +59,7 @@ def main(
 ) -> int:
     parser = _shared.build_parser(doc.split("\n\n")[0], defaults, metric="dev accuracy")
     args = parser.parse_args(argv)
-    _shared.check_options(parser, args)
+    _shared.check_options(parser, args, (dataset,))
     started = _shared.prepare(args)
     described = DATASETS[dataset]
 

@@ -34,6 +34,7 @@ from distill_core.demo.batches import encode_texts, make_eval_loader, make_loade
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
+from distill_core.demo.pipeline import classification_adaptor
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
 DEFAULTS = {
@@ -81,18 +82,6 @@ class MultiTaskStudent(nn.Module):
         }
 
 
-def teacher_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
-    """A teacher (one task's sequence classifier) -> logits, hidden states, padding mask, its loss."""
-    results = {
-        "logits": model_outputs.logits,
-        "hidden": model_outputs.hidden_states,
-        "inputs_mask": batch["attention_mask"],
-    }
-    if model_outputs.loss is not None:
-        results["losses"] = [model_outputs.loss]
-    return results
-
-
 def student_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Mapping[str, Any], task: str) -> dict[str, Any]:
     """The student -> the logits of this batch's task; distill passes ``task`` because the adaptor asks for it."""
     return {
@@ -114,7 +103,7 @@ def task_accuracy(student: MultiTaskStudent, task: str, loader: Any) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = _shared.build_parser(__doc__.split("\n\n")[0], DEFAULTS, metric="dev accuracy on every task")
     args = parser.parse_args(argv)
-    _shared.check_options(parser, args)
+    _shared.check_options(parser, args, TASKS)
     started = _shared.prepare(args)
     tokenizer = load_tokenizer()
 
@@ -137,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             return _shared.fine_tune(
                 teacher,
                 loader,
-                teacher_adaptor,
+                classification_adaptor,
                 args=args,
                 run=f"teacher-{task}",
                 steps=args.teacher_steps,
@@ -178,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         distill_config=distill_config,
         model_T=teachers,
         model_S=student,
-        adaptor_T={task: teacher_adaptor for task in TASKS},
+        adaptor_T={task: classification_adaptor for task in TASKS},
         adaptor_S={task: student_adaptor for task in TASKS},
     )
     loaders = {

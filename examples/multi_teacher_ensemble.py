@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import _shared
@@ -29,6 +28,7 @@ from distill_core.demo.batches import encode_texts, make_eval_loader, make_loade
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy
 from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
+from distill_core.demo.pipeline import classification_adaptor
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
 DEFAULTS = {
@@ -47,18 +47,6 @@ DEFAULTS = {
 STUDENT_LAYERS = 2
 
 
-def classification_adaptor(batch: Mapping[str, torch.Tensor], model_outputs: Any) -> dict[str, Any]:
-    """Sequence-classification outputs -> distill's dict: logits, hidden states, the padding mask, the loss."""
-    results = {
-        "logits": model_outputs.logits,
-        "hidden": model_outputs.hidden_states,
-        "inputs_mask": batch["attention_mask"],
-    }
-    if model_outputs.loss is not None:
-        results["losses"] = [model_outputs.loss]
-    return results
-
-
 def dev_accuracies(teachers: list[torch.nn.Module], dev_loader: Any, weights: list[float]) -> tuple[list[float], float]:
     """Dev accuracy of each teacher and of their weighted average of logits (exactly the student's KD target)."""
     labels = torch.cat([batch["labels"] for batch in dev_loader])
@@ -74,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _shared.build_parser(__doc__.split("\n\n")[0], DEFAULTS, metric="dev accuracy")
     parser.add_argument("--teachers", type=int, default=3, help="how many teachers (seeds --seed, --seed + 1, ...)")
     args = parser.parse_args(argv)
-    _shared.check_options(parser, args)
+    _shared.check_options(parser, args, ("rt",))
     if args.teachers < 1:
         parser.error(f"--teachers must be at least 1, got {args.teachers}")
     started = _shared.prepare(args)

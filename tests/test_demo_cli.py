@@ -36,7 +36,11 @@ def test_distill_demo_help_through_the_distill_command():
                                                (["--dataset", "imdb"], "invalid choice"),
                                                (["--kd-loss", "kll"], "did you mean 'kl'"),
                                                (["--train-size", "500", "--transfer-size", "100"],
-                                                "--transfer-size (100) must be at least --train-size (500)")])
+                                                "--transfer-size (100) must be at least --train-size (500)"),
+                                               (["--transfer-size", "20000"],
+                                                "--transfer-size for 'rt' can be at most 10752 (its whole train pool)"),
+                                               (["--dataset", "bbc", "--dev-size", "500"],
+                                                "--dev-size for 'bbc' can be at most 427")])
 def test_bad_options_exit_with_usage_error(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         run_demo_cli(argv)

@@ -51,8 +51,9 @@ def test_rotten_tomatoes_split_is_fixed_disjoint_and_prefix_stable():
     assert len(full.dev) == DEV_POOL["rt"] == 2000
     assert len(full.train) == 10752
     from distill_core.demo.cli import DEFAULTS
+    from distill_core.demo.data import TRAIN_POOL
 
-    assert DEFAULTS["rt"]["transfer_size"] == len(full.train)  # the demo distils over the whole train pool
+    assert TRAIN_POOL["rt"] == DEFAULTS["rt"]["transfer_size"] == len(full.train)  # the demo uses the whole pool
     assert not set(full.train.texts) & set(full.dev.texts)
     assert set(full.train.labels) == {0, 1} and full.label_names == ("rotten", "fresh")
     small = load_text_classification("rt", train_size=100, dev_size=50)
@@ -67,9 +68,9 @@ def test_bbc_split_and_article_split_agree():
 
     data = load_text_classification("bbc")
     assert (len(data.train), len(data.dev), data.num_labels) == (1698, 427, 5)
-    from distill_core.demo.cli import DEFAULTS
+    from distill_core.demo.data import DEV_POOL, TRAIN_POOL
 
-    assert DEFAULTS["bbc"]["transfer_size"] == len(data.train)
+    assert (TRAIN_POOL["bbc"], DEV_POOL["bbc"]) == (len(data.train), len(data.dev))
     split = bbc_article_split()
     assert sum(part == "dev" for part in split.values()) == 427
     assert sum(part == "train" for part in split.values()) == 1698

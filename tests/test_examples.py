@@ -138,3 +138,21 @@ def test_example_beats_its_baseline(name: str, example_runs: dict[str, Future]) 
         from_cache = run.results["teachers_from_cache"]
         for key in CACHED[name]:
             assert from_cache[key], f"{name} fine-tuned teacher {key!r} although an earlier run had cached it"
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("classify_bbc.py", ["--train-size", "5000"], "--train-size can be at most 1698 for 'bbc'"),
+        ("multi_task_rt_bbc.py", ["--dev-size", "1000"], "--dev-size can be at most 427 for 'bbc'"),
+    ],
+)
+def test_sizes_larger_than_the_data_are_usage_errors(script: str, argv: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **BUILTINS_ONLY},
+        timeout=120,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

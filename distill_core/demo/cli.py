@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from distill_core.demo.assets import TEACHER_MODEL, MissingDependencyError, offline_hub, require_module
+from distill_core.demo.data import DEV_POOL, TRAIN_POOL
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "rt": {"train_size": 1000, "transfer_size": 10752, "dev_size": 2000, "max_length": 64, "batch_size": 32,
+    "rt": {"train_size": 1000, "transfer_size": TRAIN_POOL["rt"], "dev_size": 2000, "max_length": 64, "batch_size": 32,
            "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 200, "student_lr": 2e-4,
            "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
-    "bbc": {"train_size": 800, "transfer_size": 1698, "dev_size": 427, "max_length": 128, "batch_size": 16,
+    "bbc": {"train_size": 800, "transfer_size": TRAIN_POOL["bbc"], "dev_size": 427, "max_length": 128, "batch_size": 16,
             "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 150, "student_lr": 2e-4,
             "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
 }
@@ -102,6 +103,11 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("teacher_lr", "student_lr", "temperature"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name, pool, what in (("train_size", TRAIN_POOL, "train"), ("transfer_size", TRAIN_POOL, "train"),
+                             ("dev_size", DEV_POOL, "dev")):
+        if getattr(args, name) > pool[args.dataset]:
+            raise ValueError(f"--{name.replace('_', '-')} for {args.dataset!r} can be at most {pool[args.dataset]} "
+                             f"(its whole {what} pool), got {getattr(args, name)}")
     if args.transfer_size < args.train_size:
         raise ValueError(f"--transfer-size ({args.transfer_size}) must be at least --train-size ({args.train_size}): "
                          "the labelled texts are part of the transfer set")

@@ -28,6 +28,8 @@ from distill_core.demo.assets import BBC_NEWS, ROTTEN_TOMATOES
 
 SPLIT_SEED = 20240601
 DEV_POOL = {"rt": 2000, "bbc": 427}
+#: examples left for training once the dev pool is cut off (the tests check these against the data)
+TRAIN_POOL = {"rt": 10752, "bbc": 1698}
 RT_LABELS = ("rotten", "fresh")
 BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 
