@@ -26,6 +26,8 @@ import torch
 from distill_core.errors import AdaptorError
 
 ADAPTOR_KEYS = ("logits", "logits_mask", "losses", "hidden", "attention", "inputs_mask", "labels")
+#: adaptor keys that hold per-layer features a match can read
+FEATURE_KEYS = ("hidden", "attention")
 Adaptor = Callable[..., Mapping[str, Any]]
 
 

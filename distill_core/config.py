@@ -236,11 +236,38 @@ class TrainingConfig(_SerializableConfig):
     ckpt_steps: int | None = Field(None, ge=1)
     log_dir: str | None = None
     output_dir: str = "./saved_models"
-    device: str | None = Field(None, description="torch device; None picks cuda when available")
-    fp16: bool = Field(False, description="mixed precision (torch.autocast float16) on CUDA")
+    device: str | None = Field(
+        None, description="torch device; None picks cuda (cuda:<local rank> under torchrun) when available"
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description="autocast both models to float16 (with a GradScaler) or bfloat16, on CPU or CUDA; loss "
+        "terms stay float32",
+    )
+    fp16: bool = Field(False, description="the seed API's switch: same as mixed_precision='fp16' (CUDA)")
     fp16_opt_level: str = Field("O1", description="accepted for the seed API; only O1 (autocast) exists")
-    data_parallel: bool = Field(False, description="wrap models in torch.nn.DataParallel")
-    local_rank: int = Field(-1, ge=-1, description="rank of this process under torchrun; -1: not distributed")
+    data_parallel: bool = Field(False, description="wrap models in torch.nn.DataParallel (one process, several GPUs)")
+    local_rank: int = Field(
+        -1, ge=-1, description="rank of this process on its machine; -1: read LOCAL_RANK under torchrun"
+    )
+    fsdp: list[Literal["student", "teachers"]] = Field(
+        default_factory=list,
+        description="under torch.distributed, shard these models with FSDP2 (fully_shard per transformer "
+        "block) instead of replicating them; the student is otherwise wrapped in DistributedDataParallel",
+    )
+    find_unused_parameters: bool | None = Field(
+        None,
+        description="DistributedDataParallel's find_unused_parameters; None: only when a step may leave part of "
+        "the student unused (multi-task)",
+    )
+    distributed_sampler: Literal["auto", "off"] = Field(
+        "auto",
+        description="under torch.distributed, give a DataLoader without one a DistributedSampler ('auto'), or "
+        "read each rank's data as given ('off')",
+    )
+    callback_on_all_ranks: bool = Field(
+        False, description="run the callback on every rank, not rank 0 alone (always so for an FSDP student)"
+    )
     eval_steps: int | None = Field(
         None,
         ge=1,
@@ -280,6 +307,26 @@ class TrainingConfig(_SerializableConfig):
         if level != "O1":
             raise ValueError(f"only fp16_opt_level 'O1' (torch.autocast) is supported, got {level!r}")
         return level
+
+    @field_validator("fsdp")
+    @classmethod
+    def _unique_fsdp(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models):
+            raise ValueError(f"fsdp names a model twice: {models}")
+        return models
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainingConfig:
+        if self.fp16 and self.mixed_precision not in ("no", "fp16"):
+            raise ValueError(
+                f"fp16=True (the seed API's switch) conflicts with mixed_precision={self.mixed_precision!r}; "
+                f"set only mixed_precision"
+            )
+        return self
+
+    def precision_mode(self) -> str:
+        """The effective precision: ``mixed_precision``, or "fp16" when the seed's ``fp16`` is set."""
+        return "fp16" if self.fp16 else self.mixed_precision
 
 
 class DistillationConfig(_SerializableConfig):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distill_core.adaptors import (
+    FEATURE_KEYS,
     Adaptor,
     BoundAdaptor,
     as_list,
@@ -19,7 +20,7 @@ from distill_core.adaptors import (
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
 from distill_core.errors import AdaptorError, DistillError, PluginError, ShapeMismatchError
-from distill_core.loop import RunState, call_model
+from distill_core.loop import MicroBatch, RunState, StepInfo, call_model
 from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule
 from distill_core.registry import get_registry
 from distill_core.schedules import build_temperature_scheduler, weight_at
@@ -38,6 +39,26 @@ def _hard_label_loss(results: Mapping[str, Any], role: str) -> torch.Tensor:
     return total
 
 
+def _losses_for_check(results: Any, role: str, used: bool, setting: str) -> Any:
+    """The adaptor's dict as the first-step check should see it.
+
+    Unused ``losses`` (their weight is 0) are dropped, so unlabelled data, where Hugging Face models
+    return ``loss=None``, works with the usual ``{"losses": [outputs.loss]}`` adaptor. Used ones that
+    are None get a message naming the likely cause.
+    """
+    if not isinstance(results, Mapping) or "losses" not in results:
+        return results
+    if not used:
+        return {key: value for key, value in results.items() if key != "losses"}
+    for index, loss in enumerate(as_list(results["losses"])):
+        if loss is None:
+            raise AdaptorError(
+                f"{role}['losses'][{index}] is None: the model returned no loss, most likely because the batch has "
+                f"no labels. Add labels to the batch, or set {setting} (then distill ignores 'losses')"
+            )
+    return results
+
+
 class BasicTraining(BaseDistiller):
     """Plain supervised training of one model (e.g. the teacher) on its adaptor's ``losses``."""
 
@@ -49,11 +70,12 @@ class BasicTraining(BaseDistiller):
         return ["hard_label"]
 
     def compute_loss(
-        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, task = micro.batch, micro.task
         results = self.adaptor(batch, call_model(self.model_S, batch, model_args), task)
         if task not in self._checked_tasks:
-            check_adaptor_output(results, "adaptor")
+            check_adaptor_output(_losses_for_check(results, "adaptor", True, "labels in every batch"), "adaptor")
             self._checked_tasks.add(task)
         loss = _hard_label_loss(results, "adaptor")
         return loss, [loss]
@@ -208,6 +230,10 @@ class Distillation(BaseDistiller):
         """Which teachers this batch needs (all of them outside multi-task runs)."""
         return list(self.teachers)
 
+    def match_teacher(self, spec: Any, task: str | None) -> Any:
+        """The key of the teacher a match reads (its ``teacher`` index, default 0)."""
+        return self._teacher_key(spec)
+
     def teacher_outputs(
         self, batch: Any, task: str | None, model_args: Mapping[str, Any]
     ) -> dict[Any, Mapping[str, Any]]:
@@ -222,18 +248,115 @@ class Distillation(BaseDistiller):
     def student_adaptor(self, task: str | None) -> BoundAdaptor:
         return self.adaptors_S[None]
 
+    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> MicroBatch:
+        """Run the teachers on ``batch`` (before the step's first backward) and keep what the losses read."""
+        results_T = self.teacher_outputs(batch, task, model_args)
+        if task not in self._checked_tasks:
+            for key, results in results_T.items():
+                check_adaptor_output(_losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
+        micro = MicroBatch(batch=batch, task=task)
+        micro.teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
+        for bound in self.custom:  # custom-match features of the teachers, taken before the next batch runs
+            key = self.match_teacher(bound.spec, task)
+            capture_key = ("teacher", bound.spec.module_T, key)
+            micro.captured[capture_key] = self.capture.take(capture_key, bound.label).detach()
+        if self.use_kd:
+            micro.tokens = self._kd_positions(micro.teacher)
+        return micro
+
+    def _needed(self, key: Any, task: str | None, results: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of a teacher's adapted outputs that the configured losses read.
+
+        Feature lists keep their length (so layer indices still check) but drop the layers no match
+        reads: the teachers' outputs of a whole optimisation step are held at once.
+        """
+        if not isinstance(results, Mapping):
+            return results
+        wanted: dict[str, set[int]] = {}
+        for bound in self.matches:
+            if self.match_teacher(bound.spec, task) == key:
+                layers = bound.spec.layer_T if isinstance(bound.spec.layer_T, list) else [bound.spec.layer_T]
+                wanted.setdefault(bound.spec.feature, set()).update(layers)
+        kept: dict[str, Any] = {}
+        for name, value in results.items():
+            if name in FEATURE_KEYS:
+                if name in wanted and isinstance(value, (list, tuple)):
+                    kept[name] = [layer if index in wanted[name] else None for index, layer in enumerate(value)]
+                elif name in wanted:
+                    kept[name] = value
+            elif name != "losses":
+                kept[name] = value
+        return kept
+
+    def _kd_positions(self, results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor | None:
+        """Valid KD positions of a micro-batch for token-level (3-D) logits, from the teacher side; else None."""
+        results = next(iter(results_T.values()))
+        logits = as_list(results.get("logits"))
+        if not logits or logits[0].dim() != 3:
+            return None
+        mask = results.get("logits_mask")
+        if mask is None:
+            return torch.tensor(float(logits[0].shape[0] * logits[0].shape[1]), device=logits[0].device)
+        return (mask != 0).sum().to(torch.float32)
+
+    def step_tokens(self, micro_batches: list[MicroBatch]) -> torch.Tensor | None:
+        counts = [micro.tokens for micro in micro_batches]
+        if not counts or any(count is None for count in counts):
+            return None
+        return torch.stack(counts).sum() if len(counts) > 1 else counts[0].clone()
+
     def _first_step_checks(
         self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]], task: str | None
     ) -> None:
-        check_adaptor_output(results_S, "adaptor_S" if task is None else f"adaptor_S[{task!r}]")
+        role_S = "adaptor_S" if task is None else f"adaptor_S[{task!r}]"
+        setting = "DistillationConfig.hard_label_weight=0"
+        check_adaptor_output(_losses_for_check(results_S, role_S, self.use_hard_label, setting), role_S)
         for key, results in results_T.items():
-            check_adaptor_output(results, self._role_T(key))
             check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd)
+        if self.use_kd:
+            self._check_kd_masks(results_S, next(iter(results_T.values())), role_S, self._role_T(next(iter(results_T))))
+
+    @staticmethod
+    def _check_kd_masks(results_S: Mapping[str, Any], results_T: Mapping[str, Any], role_S: str, role_T: str) -> None:
+        """Token-level KD counts a step's positions from the teacher's mask, before the student runs."""
+        logits = as_list(results_S.get("logits"))
+        if not logits or logits[0].dim() != 3:
+            return
+        mask_S, mask_T = results_S.get("logits_mask"), results_T.get("logits_mask")
+        if mask_S is not None and mask_T is None:
+            raise AdaptorError(
+                f"{role_S} returns 'logits_mask' but {role_T} does not: token-level KD averages over the valid "
+                f"positions of the whole optimisation step, counted from the teacher's outputs before the student "
+                f"runs; return the same 'logits_mask' from {role_T}"
+            )
+        if mask_S is not None and not torch.equal(mask_S != 0, mask_T.to(mask_S.device) != 0):
+            raise AdaptorError(
+                f"{role_S} and {role_T} return different 'logits_mask' tensors; KD compares the same positions of "
+                f"both models, so return the same mask from both adaptors"
+            )
+
+    def _teacher_results(
+        self, results_T: dict[Any, Mapping[str, Any]], bound: BoundMatch, task: str | None
+    ) -> Mapping[str, Any]:
+        key = self.match_teacher(bound.spec, task)
+        try:
+            return results_T[key]
+        except KeyError:
+            raise DistillError(
+                f"{bound.label} reads teacher {key!r}, but this batch ran teachers {sorted(results_T, key=str)}; "
+                f"make teacher_keys() include it, or point the match at a teacher that runs"
+            ) from None
 
     def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
         return as_list(next(iter(results_T.values())).get("logits"))
 
-    def _kd_loss(self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor:
+    def _kd_loss(
+        self,
+        results_S: Mapping[str, Any],
+        results_T: dict[Any, Mapping[str, Any]],
+        micro: MicroBatch,
+        step: StepInfo,
+    ) -> torch.Tensor:
         config = self.distill_config
         logits_S = as_list(results_S.get("logits"))
         logits_T = self._kd_target(results_T)
@@ -269,12 +392,17 @@ class Distillation(BaseDistiller):
             total = loss if total is None else total + loss
         if total is None:
             raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
+        if micro.tokens is not None and step.tokens is not None:
+            # the plugin averaged over this micro-batch's positions; make it a share of the step's mean
+            # (the loop divides by the micro-batch count, DDP averages over ranks)
+            share = micro.tokens * float(step.micro_batches * step.world_size)
+            total = total * (share / step.tokens.clamp_min(1.0))
         return total
 
     def compute_loss(
-        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        results_T = self.teacher_outputs(batch, task, model_args)
+        batch, task, results_T = micro.batch, micro.task, micro.teacher
         outputs_S = call_model(self.model_S, batch, model_args)
         results_S = self.student_adaptor(task)(batch, outputs_S, task)
         check = task not in self._checked_tasks
@@ -283,14 +411,14 @@ class Distillation(BaseDistiller):
         weights = self.current_weights(state)
         terms: list[torch.Tensor] = []
         if self.use_kd:
-            terms.append(self._kd_loss(results_S, results_T))
+            terms.append(self._kd_loss(results_S, results_T, micro, step))
         if self.use_hard_label:
             terms.append(_hard_label_loss(results_S, "adaptor_S"))
         if self.matches:
             mask = results_S.get("inputs_mask")
             for bound in self.matches:
                 spec = bound.spec
-                teacher_results = results_T.get(self._teacher_key(spec), next(iter(results_T.values())))
+                teacher_results = self._teacher_results(results_T, bound, task)
                 feature_T = select_layers(
                     teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label
                 )
@@ -298,8 +426,7 @@ class Distillation(BaseDistiller):
                 match_mask = mask if mask is not None else teacher_results.get("inputs_mask")
                 terms.append(bound.compute(feature_S, feature_T, match_mask, check))
         for bound in self.custom:
-            key = self._teacher_key(bound.spec)
-            feature_T = self.capture.take(("teacher", bound.spec.module_T, key), bound.label).detach()
+            feature_T = micro.captured[("teacher", bound.spec.module_T, self.match_teacher(bound.spec, task))]
             feature_S = self.capture.take(("student", bound.spec.module_S), bound.label)
             terms.append(bound.compute(feature_S, feature_T, results_S.get("inputs_mask"), check))
         if self.custom:
