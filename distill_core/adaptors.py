@@ -107,10 +107,25 @@ def auto_adaptor(batch: Any, model_outputs: Any) -> dict[str, Any]:
 
 
 class BoundAdaptor:
-    """An adaptor with its call convention (``task`` or not) decided once."""
+    """An adaptor with its call convention (``task`` or not) decided once.
 
-    def __init__(self, adaptor: Adaptor | None, role: str) -> None:
+    :param model: when given and ``adaptor`` is None, the automatic adaptor is chosen by the
+        model's kind (:func:`distill_core.model_adaptors.auto_adaptor_for`); without it,
+        :func:`auto_adaptor`.
+    :param chunked: with ``model``: chunked token KD (causal LMs).
+
+    ``model_kwargs`` and ``model_batch(batch)`` say how to call the model for this adaptor (the
+    automatic adaptors' own; empty and unchanged for a user's function).
+    """
+
+    def __init__(
+        self, adaptor: Adaptor | None, role: str, *, model: nn.Module | None = None, chunked: bool = False
+    ) -> None:
         self.role = role
+        if adaptor is None and model is not None:
+            from distill_core.model_adaptors import auto_adaptor_for  # it builds on this module
+
+            adaptor = auto_adaptor_for(model, chunked=chunked)
         self.function = auto_adaptor if adaptor is None else adaptor
         if not callable(self.function):
             raise TypeError(f"{role} must be a callable adaptor(batch, model_outputs) or None, got {adaptor!r}")
@@ -119,6 +134,14 @@ class BoundAdaptor:
         except (TypeError, ValueError):
             parameters = {}
         self.takes_task = "task" in parameters
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(getattr(self.function, "model_kwargs", {}))
+
+    def model_batch(self, batch: Any) -> Any:
+        model_batch = getattr(self.function, "model_batch", None)
+        return batch if model_batch is None else model_batch(batch)
 
     def __call__(self, batch: Any, outputs: Any, task: str | None) -> Mapping[str, Any]:
         if self.takes_task:

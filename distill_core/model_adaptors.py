@@ -214,7 +214,7 @@ class CausalLMAdaptor(AutoAdaptor):
             parameters = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
             parameters = {}
-        # transformers >= 4.50 names it logits_to_keep; 4.45-4.49 num_logits_to_keep.
+        # Older transformers versions name it num_logits_to_keep.
         self.logits_to_keep_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in parameters), None)
         self.takes_use_cache = "use_cache" in parameters
         self._head_checked = False
@@ -274,7 +274,8 @@ class CausalLMAdaptor(AutoAdaptor):
                 f"and adaptor.model_batch(batch)"
             )
         with torch.no_grad():
-            expected = self.head(final[:, -1:]).float()
+            # Outside autocast the hidden states may be half while the head is float32.
+            expected = self.head(final[:, -1:].to(self.head.weight.dtype)).float()
             got = logits[:, -1:].float()
             error = float((expected - got).abs().max()) if expected.shape == got.shape else float("inf")
             bound = 1e-2 * float(got.abs().max()) + 1e-4  # loose enough for fp16/bf16 autocast

@@ -8,7 +8,14 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT2LMHeadModel
 
 from distill_core import AdaptorError, get_loss
-from distill_core.adaptors import auto_adaptor, check_adaptor_output, check_pair, feature_mask, select_layers
+from distill_core.adaptors import (
+    BoundAdaptor,
+    auto_adaptor,
+    check_adaptor_output,
+    check_pair,
+    feature_mask,
+    select_layers,
+)
 from distill_core.model_adaptors import (
     AutoAdaptor,
     CausalLMAdaptor,
@@ -320,6 +327,25 @@ def test_feature_mask_falls_back_to_inputs_mask() -> None:
     assert feature_mask({"inputs_mask": inputs_mask, "masks": {"decoder_hidden": decoder}}, "hidden") is inputs_mask
     assert feature_mask({"inputs_mask": inputs_mask, "masks": {"decoder_hidden": decoder}}, "decoder_hidden") is decoder
     assert feature_mask({}, "hidden") is None
+
+
+def test_bound_adaptor_chooses_by_model_and_passes_on_how_to_call_it() -> None:
+    model, batch = tiny_gpt2(), causal_batch()
+    bound = BoundAdaptor(None, "adaptor_S", model=model, chunked=True)
+    assert isinstance(bound.function, CausalLMAdaptor) and bound.function.chunked
+    assert bound.model_kwargs == {"output_hidden_states": True, "logits_to_keep": 1, "use_cache": False}
+    assert "labels" not in bound.model_batch(batch)
+    with torch.no_grad():
+        results = bound(batch, model(**bound.model_batch(batch), **bound.model_kwargs), None)
+    assert results["logits_hidden"].shape == (3, 7, 32)
+
+    def users(batch, model_outputs):
+        return {"logits": model_outputs.logits}
+
+    for plain in (BoundAdaptor(users, "adaptor_S", model=model), BoundAdaptor(None, "adaptor_S")):
+        assert plain.model_kwargs == {} and plain.model_batch(batch) is batch
+    assert BoundAdaptor(users, "adaptor_S", model=model).function is users
+    assert BoundAdaptor(None, "adaptor_S").function is auto_adaptor
 
 
 # -- with today's distiller -----------------------------------------------------------------------
