@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -28,6 +28,17 @@ from distill_core.errors import UnknownComponentError
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 
 LayerIndex = Union[int, list[int]]
+# The adaptor keys an intermediate match can read (distill_core.adaptors.FEATURE_KEYS).
+Feature = Literal[
+    "hidden",
+    "attention",
+    "encoder_hidden",
+    "decoder_hidden",
+    "encoder_attention",
+    "decoder_attention",
+    "cross_attention",
+]
+FEATURES: tuple[str, ...] = get_args(Feature)
 
 
 def _lookup(kind: str, name: str) -> Any:
@@ -171,7 +182,21 @@ class IntermediateMatch(_MatchBase):
 
     layer_T: LayerIndex
     layer_S: LayerIndex
-    feature: Literal["hidden", "attention"]
+    feature: Feature = Field(
+        description="the adaptor output matched; the encoder_*, decoder_* and cross_attention features come "
+        "from encoder-decoders (docs/adaptors.md)"
+    )
+
+    @field_validator("feature", mode="before")
+    @classmethod
+    def _known_feature(cls, feature: Any) -> Any:
+        if isinstance(feature, str) and feature not in FEATURES:
+            import difflib
+
+            close = difflib.get_close_matches(feature, FEATURES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown feature {feature!r}{hint} Known: {', '.join(FEATURES)}")
+        return feature
 
     @field_validator("layer_T", "layer_S")
     @classmethod
