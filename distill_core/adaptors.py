@@ -134,14 +134,20 @@ class BoundAdaptor:
         except (TypeError, ValueError):
             parameters = {}
         self.takes_task = "task" in parameters
+        self._model_kwargs = dict(getattr(self.function, "model_kwargs", {}))  # fixed once chosen
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
-        return dict(getattr(self.function, "model_kwargs", {}))
+        return dict(self._model_kwargs)
 
     def model_batch(self, batch: Any) -> Any:
         model_batch = getattr(self.function, "model_batch", None)
         return batch if model_batch is None else model_batch(batch)
+
+    def call_args(self, model_args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The keyword arguments of the model call: the user's, with the adaptor's own over them."""
+        extra = self._model_kwargs
+        return {**model_args, **extra} if extra else model_args
 
     def __call__(self, batch: Any, outputs: Any, task: str | None) -> Mapping[str, Any]:
         if self.takes_task:

@@ -366,6 +366,12 @@ class DistillationConfig(_SerializableConfig):
     kd_loss_weight_scheduler: str = "none"
     kd_loss_params: dict[str, Any] = Field(default_factory=dict)
     probability_shift: bool = False
+    kd_vocab_size: int | None = Field(
+        None,
+        ge=1,
+        description="for a padded vocabulary: KD compares only the first N logits (and tokenizer entries); "
+        "None: teacher and student output sizes must be equal",
+    )
     intermediate_matches: list[IntermediateMatch] = Field(default_factory=list)
 
     @field_validator("intermediate_matches", mode="before")

@@ -115,7 +115,7 @@ def test_a_match_never_reads_another_teachers_outputs(tmp_path) -> None:
                     "teacher": 1,
                     "proj": ["linear", 16, 32],
                 }
-            ]
+            ],
         ),
         teachers,
         student,

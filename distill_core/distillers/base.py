@@ -261,6 +261,7 @@ class BaseDistiller(abc.ABC):
         if entered_here:
             self.__enter__()
         try:
+            self.runtime.rebind_optimizer(optimizer)
             self._add_projection_groups(optimizer)
             scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
             resume = self.runtime.checkpointer(self).resolve(resume_from)

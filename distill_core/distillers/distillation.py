@@ -15,6 +15,7 @@ from distill_core.adaptors import (
     as_list,
     check_adaptor_output,
     check_pair,
+    feature_mask,
     select_layers,
 )
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
@@ -24,6 +25,7 @@ from distill_core.loop import MicroBatch, RunState, StepInfo, call_model
 from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule
 from distill_core.registry import get_registry
 from distill_core.schedules import build_temperature_scheduler, weight_at
+from distill_core.vocab import check_vocabularies
 
 
 def _hard_label_loss(results: Mapping[str, Any], role: str) -> torch.Tensor:
@@ -108,6 +110,8 @@ class Distillation(BaseDistiller):
         ``{"module_T": "bert.encoder.layer.5.attention.self.query", "module_S": "...", "loss":
         "relation_kl", "weight": 1, "proj": ..., "params": {...}}``; their outputs are captured with
         forward hooks while the distiller is in use.
+    :param tokenizer_T: with ``tokenizer_S``, the tokenizers of a token-level (language-model) run: their
+        vocabularies are compared at setup (see ``DistillationConfig.kd_vocab_size`` for a padded one).
     """
 
     def __init__(
@@ -119,9 +123,20 @@ class Distillation(BaseDistiller):
         adaptor_T: Adaptor | None,
         adaptor_S: Adaptor | None,
         custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None,
+        *,
+        tokenizer_T: Any = None,
+        tokenizer_S: Any = None,
     ) -> None:
         self._init_distillation(
-            train_config, distill_config, {0: model_T}, model_S, {0: adaptor_T}, {None: adaptor_S}, custom_matches
+            train_config,
+            distill_config,
+            {0: model_T},
+            model_S,
+            {0: adaptor_T},
+            {None: adaptor_S},
+            custom_matches,
+            tokenizer_T=tokenizer_T,
+            tokenizer_S=tokenizer_S,
         )
 
     # -- setup -----------------------------------------------------------------------------------
@@ -134,6 +149,8 @@ class Distillation(BaseDistiller):
         adaptors_T: dict[Any, Adaptor | None],
         adaptors_S: dict[Any, Adaptor | None],
         custom_matches: Sequence[dict[str, Any] | CustomMatch] | None,
+        tokenizer_T: Any = None,
+        tokenizer_S: Any = None,
     ) -> None:
         if distill_config is None:
             raise TypeError(f"{type(self).__name__} needs a distill_config (DistillationConfig)")
@@ -143,16 +160,25 @@ class Distillation(BaseDistiller):
             if not isinstance(teacher, nn.Module):
                 raise TypeError(f"teacher {key!r} must be a torch.nn.Module, got {type(teacher).__name__}")
         self.teachers = dict(teachers)
-        self.adaptors_T = {key: BoundAdaptor(a, self._role_T(key)) for key, a in adaptors_T.items()}
-        self.adaptors_S = {
-            key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]") for key, a in adaptors_S.items()
+        self.adaptors_T = {
+            key: BoundAdaptor(a, self._role_T(key), model=self.teachers[key]) for key, a in adaptors_T.items()
         }
+        self.adaptors_S = {
+            key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]", model=model_S)
+            for key, a in adaptors_S.items()
+        }
+        self.use_kd = config.kd_loss_weight > 0
+        self.kd_vocab_size = None
+        if self.use_kd:
+            for teacher in self.teachers.values():  # before any step: a vocabulary mismatch is a setup error
+                self.kd_vocab_size = check_vocabularies(
+                    teacher, model_S, tokenizer_T=tokenizer_T, tokenizer_S=tokenizer_S, vocab_size=config.kd_vocab_size
+                )
         registry = get_registry()
         self.kd_component = registry.get("kd_loss", config.kd_loss_type)
         self.kd_params = self.kd_component.validate_params(config.kd_loss_params)
         name, params = config.temperature_schedule()
         self.temperature_fn = None if name in ("none", "constant") else build_temperature_scheduler(name, params)
-        self.use_kd = config.kd_loss_weight > 0
         self.use_hard_label = config.hard_label_weight > 0
         self.matches: list[BoundMatch] = [bind_match(m, i, "match") for i, m in enumerate(config.intermediate_matches)]
         for bound in self.matches:
@@ -241,8 +267,9 @@ class Distillation(BaseDistiller):
         results = {}
         with torch.no_grad():
             for key in self.teacher_keys(task):
-                outputs = call_model(self.teachers[key], batch, model_args)
-                results[key] = self.adaptors_T[key](batch, outputs, task)
+                adaptor = self.adaptors_T[key]
+                outputs = call_model(self.teachers[key], adaptor.model_batch(batch), adaptor.call_args(model_args))
+                results[key] = adaptor(batch, outputs, task)
         return results
 
     def student_adaptor(self, task: str | None) -> BoundAdaptor:
@@ -312,7 +339,7 @@ class Distillation(BaseDistiller):
         setting = "DistillationConfig.hard_label_weight=0"
         check_adaptor_output(_losses_for_check(results_S, role_S, self.use_hard_label, setting), role_S)
         for key, results in results_T.items():
-            check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd)
+            check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd, vocab_size=self.kd_vocab_size)
         if self.use_kd:
             self._check_kd_masks(results_S, next(iter(results_T.values())), role_S, self._role_T(next(iter(results_T))))
 
@@ -367,7 +394,10 @@ class Distillation(BaseDistiller):
         if config.probability_shift and labels is None:
             raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
         total = None
+        vocab = self.kd_vocab_size
         for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
+            if vocab is not None and student.shape[-1] != vocab:  # a padded vocabulary: its shared first N
+                student, teacher = student[..., :vocab], teacher[..., :vocab]
             if labels is not None:
                 teacher = probability_shift(
                     teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
@@ -403,8 +433,9 @@ class Distillation(BaseDistiller):
         self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         batch, task, results_T = micro.batch, micro.task, micro.teacher
-        outputs_S = call_model(self.model_S, batch, model_args)
-        results_S = self.student_adaptor(task)(batch, outputs_S, task)
+        adaptor_S = self.student_adaptor(task)
+        outputs_S = call_model(self.model_S, adaptor_S.model_batch(batch), adaptor_S.call_args(model_args))
+        results_S = adaptor_S(batch, outputs_S, task)
         check = task not in self._checked_tasks
         if check:
             self._first_step_checks(results_S, results_T, task)
@@ -414,17 +445,15 @@ class Distillation(BaseDistiller):
             terms.append(self._kd_loss(results_S, results_T, micro, step))
         if self.use_hard_label:
             terms.append(_hard_label_loss(results_S, "adaptor_S"))
-        if self.matches:
-            mask = results_S.get("inputs_mask")
-            for bound in self.matches:
-                spec = bound.spec
-                teacher_results = self._teacher_results(results_T, bound, task)
-                feature_T = select_layers(
-                    teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label
-                )
-                feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
-                match_mask = mask if mask is not None else teacher_results.get("inputs_mask")
-                terms.append(bound.compute(feature_S, feature_T, match_mask, check))
+        for bound in self.matches:
+            spec = bound.spec
+            teacher_results = self._teacher_results(results_T, bound, task)
+            feature_T = select_layers(teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label)
+            feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
+            match_mask = feature_mask(results_S, spec.feature)  # the feature's own mask, else inputs_mask
+            if match_mask is None:
+                match_mask = feature_mask(teacher_results, spec.feature)
+            terms.append(bound.compute(feature_S, feature_T, match_mask, check))
         for bound in self.custom:
             feature_T = micro.captured[("teacher", bound.spec.module_T, self.match_teacher(bound.spec, task))]
             feature_S = self.capture.take(("student", bound.spec.module_S), bound.label)
@@ -478,6 +507,7 @@ class BasicDistillation(Distillation):
         model_S: nn.Module,
         adaptor_T: Adaptor | None,
         adaptor_S: Adaptor | None,
+        **tokenizers: Any,
     ) -> None:
         config = (
             distill_config
@@ -489,4 +519,4 @@ class BasicDistillation(Distillation):
                 "BasicDistillation does only logits KD and hard-label losses, but the config has "
                 f"{len(config.intermediate_matches)} intermediate_matches; use Distillation for those"
             )
-        super().__init__(train_config, config, model_T, model_S, adaptor_T, adaptor_S)
+        super().__init__(train_config, config, model_T, model_S, adaptor_T, adaptor_S, **tokenizers)

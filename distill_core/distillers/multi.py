@@ -36,6 +36,9 @@ class MultiTeacherDistillation(Distillation):
         adaptor_S: Adaptor | None,
         teacher_weights: Sequence[float] | None = None,
         custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None,
+        *,
+        tokenizer_T: Any = None,
+        tokenizer_S: Any = None,
     ) -> None:
         if isinstance(model_T, nn.Module) or not isinstance(model_T, Sequence) or not model_T:
             raise TypeError("MultiTeacherDistillation needs model_T as a non-empty list of teachers")
@@ -54,7 +57,15 @@ class MultiTeacherDistillation(Distillation):
             )
         self.teacher_weights = [w / sum(weights) for w in weights]
         self._init_distillation(
-            train_config, distill_config, teachers, model_S, adaptors, {None: adaptor_S}, custom_matches
+            train_config,
+            distill_config,
+            teachers,
+            model_S,
+            adaptors,
+            {None: adaptor_S},
+            custom_matches,
+            tokenizer_T=tokenizer_T,
+            tokenizer_S=tokenizer_S,
         )
 
     def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:

@@ -87,6 +87,7 @@ class Runtime:
         self.callback_on_every_rank = config.callback_on_all_ranks or self.student_sharded
         self._wrapped_student: tuple[nn.Module, nn.Module] | None = None  # (original, wrapper)
         self._shared_params: list[nn.Parameter] = []  # trained, but outside DDP/FSDP: averaged by hand
+        self._replaced_params: dict[int, nn.Parameter] = {}  # id(parameter before sharding) -> sharded one
         self._ddp = False
 
     # -- where this process stands ---------------------------------------------------------------
@@ -131,7 +132,12 @@ class Runtime:
         config, device = self.config, self.device
         student = distiller.model_S
         if self.student_sharded:
+            before = {name: param for name, param in student.named_parameters()}
             dist_utils.shard_fsdp2(student, device)
+            # FSDP2 registers new (sharded) parameters: an optimizer built before must be pointed at them
+            self._replaced_params = {
+                id(before[name]): param for name, param in student.named_parameters() if before.get(name) is not param
+            }
         else:
             student.to(device)
         student_dtype = _floating_dtype(distiller.student)
@@ -175,6 +181,22 @@ class Runtime:
             if isinstance(teacher, nn.DataParallel):
                 distiller.teachers[key] = teacher.module
         self._ddp = False
+
+    def rebind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Point an optimizer built before the student was sharded at the sharded parameters."""
+        if not self._replaced_params:
+            return
+        for group in optimizer.param_groups:
+            for index, param in enumerate(group["params"]):
+                new = self._replaced_params.get(id(param))
+                if new is None:
+                    continue
+                if optimizer.state.get(param):
+                    raise DistillError(
+                        "the optimizer already holds state for the student's parameters, which FSDP2 has replaced by "
+                        "sharded ones; pass a fresh optimizer (resume_from restores its state)"
+                    )
+                group["params"][index] = new
 
     # -- data ------------------------------------------------------------------------------------
     def shard_data(self, loader: Any, role: str, seed: int) -> Any:
