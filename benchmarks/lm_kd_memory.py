@@ -11,12 +11,16 @@ head are fixed. float32 on the CPU.
 Both optimise the mean over positions (the chunked sum divided by N), the value a training step uses.
 
 Each variant runs alone in its own child process (so neither inherits the other's heap): a warm-up
-on 64 rows (first-call costs), then the measured step on all rows. Memory: the peak resident set size of the child (``ru_maxrss``, which the
-kernel tracks exactly, so no short spike is missed) minus the resident size right after the inputs
-were allocated (``/proc/self/statm``): what the KD step itself adds, gradients (W_S.grad) included.
-Time: wall-clock of the measured forward + backward. Each child saves its loss and gradients; the
-parent reports the largest absolute difference between the two over the value, ``hidden_S.grad``
-and ``W_S.grad``.
+on 64 rows (first-call costs), then the measured step on all rows.
+
+Peak memory, as reported: the child's peak resident set size at the end (``ru_maxrss``, tracked by
+the kernel, so no short spike is missed, unlike a sampling thread) minus its resident size right
+after the inputs were allocated (``/proc/self/statm``): what the KD step adds on top of its inputs,
+the gradients (``W_S.grad``, ``hidden_S.grad``) and every temporary included. (``ru_maxrss`` is a
+high-water mark over the process's life; the step's peak is far above anything before it, so the
+difference is the step's own.) Time: wall-clock of the measured forward + backward. Each child
+saves its loss and gradients; the parent reports the largest absolute difference between the two
+over the value, ``hidden_S.grad`` and ``W_S.grad``.
 
     python benchmarks/lm_kd_memory.py            # readable summary
     python benchmarks/lm_kd_memory.py --json     # one JSON line
@@ -195,9 +199,8 @@ def main() -> None:
     print(f"{'chunked':<9}{chunked['peak_mb']:>18.0f}{chunked['seconds']:>22.2f}")
     print(f"ratio chunked/naive: memory {result['peak_ratio']:.3f}, time {result['time_ratio']:.3f}")
     print(
-        "largest absolute difference: loss {loss:.1e}, hidden grad {grad_hidden:.1e}, head grad {grad_weight:.1e}".format(
-            **diffs
-        )
+        f"largest absolute difference: loss {diffs['loss']:.1e}, hidden grad {diffs['grad_hidden']:.1e}, "
+        f"head grad {diffs['grad_weight']:.1e}"
     )
 
 

@@ -91,10 +91,15 @@ def kd_loss_for_rows(name: str, params: Any = None) -> RowKdLoss:
     The registry binds the name to its provider once, here; ``params`` (a mapping, a params model
     or None) is validated by the component's params model.
     """
+    from pydantic import ValidationError
+
     from distill_core.registry import get_registry  # the registry loads plugins; only on demand
 
     component = get_registry().get("kd_loss", name)
-    validated = component.validate_params(dict(params) if isinstance(params, Mapping) else params)
+    try:
+        validated = component.validate_params(dict(params) if isinstance(params, Mapping) else params)
+    except ValidationError as exc:
+        raise ValueError(f"invalid params for KD loss {name!r}: {exc}") from exc
 
     def kd_loss(logits_S: Tensor, logits_T: Tensor, temperature: float | Tensor) -> Tensor:
         return component.call(
@@ -329,7 +334,9 @@ def _check_inputs(
                 f"{tuple(temperature.shape)}"
             )
     elif isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"Expected argument `temperature` to be a number or a tensor but got {type(temperature).__name__}")
+        raise TypeError(
+            f"Expected argument `temperature` to be a number or a tensor but got {type(temperature).__name__}"
+        )
     elif not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"Expected argument `temperature` to be a positive finite number but got {temperature}")
     if chunk_size is not None and (

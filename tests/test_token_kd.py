@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from distill_core import ComponentInfo, hookimpl
-from distill_core.errors import ShapeMismatchError
+from distill_core.errors import ShapeMismatchError, UnknownComponentError
 from distill_core.token_kd import (
     DEFAULT_CHUNK_ELEMENTS,
     chunked_token_kd,
@@ -328,15 +328,30 @@ def test_bad_inputs_are_refused_clearly(overrides, error, message):
         _call(inputs, chunk_size=overrides.pop("chunk_size", 8), **overrides)
 
 
-def test_unknown_loss_name_gets_the_registry_error():
-    with pytest.raises(Exception, match="did you mean 'jsd'"):
+def test_unknown_loss_name_and_bad_params_get_the_registry_errors():
+    with pytest.raises(UnknownComponentError, match="did you mean 'jsd'"):
         kd_loss_for_rows("jds")
+    with pytest.raises(ValueError, match="(?s)invalid params for KD loss 'jsd'.*beta"):
+        kd_loss_for_rows("jsd", {"beta": 2.0})
 
 
 def test_benchmark_runs_and_agrees_on_a_tiny_problem():
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "lm_kd_memory.py"), "--json", "--rows", "48", "--vocab", "300",
-         "--hidden", "16", "--teacher-hidden", "24", "--chunk-size", "20"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "lm_kd_memory.py"),
+            "--json",
+            "--rows",
+            "48",
+            "--vocab",
+            "300",
+            "--hidden",
+            "16",
+            "--teacher-hidden",
+            "24",
+            "--chunk-size",
+            "20",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
