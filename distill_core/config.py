@@ -372,6 +372,15 @@ class DistillationConfig(_SerializableConfig):
         description="for a padded vocabulary: KD compares only the first N logits (and tokenizer entries); "
         "None: teacher and student output sizes must be equal",
     )
+    chunked_token_kd: bool | None = Field(
+        None,
+        description="token KD of causal LMs with the automatic adaptors from hidden states x head in chunks of "
+        "positions, never building (B*L, V) logits; None: when possible (not with a temperature scheduler or "
+        "probability_shift), True: required, False: the models' full logits",
+    )
+    token_kd_chunk_size: int | None = Field(
+        None, ge=1, description="positions per chunk of chunked token KD; None: about 25M logits per chunk"
+    )
     intermediate_matches: list[IntermediateMatch] = Field(default_factory=list)
 
     @field_validator("intermediate_matches", mode="before")

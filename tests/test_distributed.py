@@ -112,10 +112,13 @@ def test_rank_zero_alone_writes_checkpoints_logs_and_runs_the_callback(ddp) -> N
     assert saved["run_state"]["best_step"] == FINAL  # the callback's metric is the step: the best is the last
 
 
-def test_token_kd_under_ddp_averages_over_the_steps_tokens_on_all_ranks(tmp_path) -> None:
-    """GPT-2 token KD, padding that differs per example, accumulation 2: each rank's micro-batches hold
-    different numbers of valid tokens, and the step still equals one process over the same examples."""
-    torchrun(tmp_path / "ddp", "--workload", "gpt2", "--batch-size", "2", "--accumulation", "2")
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp-student"])
+def test_chunked_token_kd_averages_over_the_steps_tokens_on_all_ranks(tmp_path, sharding) -> None:
+    """GPT-2 token KD (chunked: hidden states x head, the default for causal LMs), padding that differs
+    per example, accumulation 2: each rank's micro-batches hold different numbers of valid tokens, and
+    the step still equals one process over the same examples, with the student in DDP or sharded."""
+    fsdp = ["--fsdp", "student"] if sharding == "fsdp-student" else []
+    torchrun(tmp_path / "ddp", "--workload", "gpt2", "--batch-size", "2", "--accumulation", "2", *fsdp)
     torch.manual_seed(0)
     worker.run(tmp_path / "single", "gpt2", batch_size=4, gradient_accumulation_steps=2)
     expected, actual = student_at(tmp_path / "single"), student_at(tmp_path / "ddp")

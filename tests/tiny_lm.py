@@ -1,4 +1,8 @@
-"""Tiny random-init generative Hugging Face models (2 layers, width 32, vocabulary 100) and batches."""
+"""Tiny random-init generative Hugging Face models (2 layers, width 32, vocabulary 100) and batches.
+
+Dropout is off, so a model in train mode computes what it computes in eval mode (tests compare the
+loop's values with hand computations).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ def tiny_gpt2(*, width: int = WIDTH, vocab: int = VOCAB, seed: int = 0) -> GPT2L
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=PAD,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
         attn_implementation="eager",
     )
     return GPT2LMHeadModel(config).eval()
@@ -64,6 +71,7 @@ def tiny_t5(*, width: int = WIDTH, vocab: int = VOCAB, seed: int = 0) -> T5ForCo
         decoder_start_token_id=PAD,
         pad_token_id=PAD,
         eos_token_id=1,
+        dropout_rate=0.0,
         attn_implementation="eager",
     )
     return T5ForConditionalGeneration(config).eval()
@@ -86,6 +94,9 @@ def tiny_bart(*, width: int = WIDTH, vocab: int = VOCAB, seed: int = 0) -> BartF
         eos_token_id=2,
         decoder_start_token_id=2,
         forced_eos_token_id=None,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
         attn_implementation="eager",
     )
     return BartForConditionalGeneration(config).eval()

@@ -1,4 +1,4 @@
-"""BasicTraining, BasicDistillation and Distillation: how each computes its loss."""
+"""Distillation and BasicDistillation: KD, hard labels, intermediate and custom matches."""
 
 from __future__ import annotations
 
@@ -20,87 +20,14 @@ from distill_core.adaptors import (
 )
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
-from distill_core.errors import AdaptorError, DistillError, PluginError, ShapeMismatchError
+from distill_core.distillers.basic import hard_label_loss, losses_for_check
+from distill_core.distillers.kd_term import KDTerm, is_chunked
+from distill_core.model_adaptors import model_kind
+from distill_core.errors import AdaptorError, DistillError, PluginError
 from distill_core.loop import MicroBatch, RunState, StepInfo, call_model
-from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule
-from distill_core.registry import get_registry
-from distill_core.schedules import build_temperature_scheduler, weight_at
+from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule, unwrap
+from distill_core.schedules import weight_at
 from distill_core.vocab import check_vocabularies
-
-
-def _hard_label_loss(results: Mapping[str, Any], role: str) -> torch.Tensor:
-    losses = as_list(results.get("losses"))
-    if not losses:
-        raise AdaptorError(
-            f"{role} returned no 'losses', but hard-label training needs them; return "
-            f"{{'losses': [outputs.loss], ...}} (and pass labels in the batch)"
-        )
-    total = losses[0].mean()  # .mean(): DataParallel returns one loss per device
-    for loss in losses[1:]:
-        total = total + loss.mean()
-    return total
-
-
-def _losses_for_check(results: Any, role: str, used: bool, setting: str) -> Any:
-    """The adaptor's dict as the first-step check should see it.
-
-    Unused ``losses`` (their weight is 0) are dropped, so unlabelled data, where Hugging Face models
-    return ``loss=None``, works with the usual ``{"losses": [outputs.loss]}`` adaptor. Used ones that
-    are None get a message naming the likely cause.
-    """
-    if not isinstance(results, Mapping) or "losses" not in results:
-        return results
-    if not used:
-        return {key: value for key, value in results.items() if key != "losses"}
-    for index, loss in enumerate(as_list(results["losses"])):
-        if loss is None:
-            raise AdaptorError(
-                f"{role}['losses'][{index}] is None: the model returned no loss, most likely because the batch has "
-                f"no labels. Add labels to the batch, or set {setting} (then distill ignores 'losses')"
-            )
-    return results
-
-
-class BasicTraining(BaseDistiller):
-    """Plain supervised training of one model (e.g. the teacher) on its adaptor's ``losses``."""
-
-    def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Adaptor | None) -> None:
-        super().__init__(train_config, model)
-        self.adaptor = BoundAdaptor(adaptor, "adaptor")
-
-    def term_names(self) -> list[str]:
-        return ["hard_label"]
-
-    def compute_loss(
-        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        batch, task = micro.batch, micro.task
-        results = self.adaptor(batch, call_model(self.model_S, batch, model_args), task)
-        if task not in self._checked_tasks:
-            check_adaptor_output(_losses_for_check(results, "adaptor", True, "labels in every batch"), "adaptor")
-            self._checked_tasks.add(task)
-        loss = _hard_label_loss(results, "adaptor")
-        return loss, [loss]
-
-
-def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Return a copy of ``logits`` with the true label's logit swapped with the largest one.
-
-    Positions whose label is negative (ignore index, e.g. -100) are left unchanged.
-    """
-    labels = labels.to(logits.device).long()
-    if labels.shape != logits.shape[:-1]:
-        raise AdaptorError(
-            f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of shape "
-            f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])})"
-        )
-    valid = labels >= 0
-    label_index = labels.clamp_min(0).unsqueeze(-1)
-    top_index = logits.argmax(dim=-1, keepdim=True)
-    label_value = logits.gather(-1, label_index)
-    top_value = logits.gather(-1, top_index)
-    shifted = logits.scatter(-1, label_index, top_value).scatter(-1, top_index, label_value)
-    return torch.where(valid.unsqueeze(-1), shifted, logits)
 
 
 class Distillation(BaseDistiller):
@@ -160,13 +87,6 @@ class Distillation(BaseDistiller):
             if not isinstance(teacher, nn.Module):
                 raise TypeError(f"teacher {key!r} must be a torch.nn.Module, got {type(teacher).__name__}")
         self.teachers = dict(teachers)
-        self.adaptors_T = {
-            key: BoundAdaptor(a, self._role_T(key), model=self.teachers[key]) for key, a in adaptors_T.items()
-        }
-        self.adaptors_S = {
-            key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]", model=model_S)
-            for key, a in adaptors_S.items()
-        }
         self.use_kd = config.kd_loss_weight > 0
         self.kd_vocab_size = None
         if self.use_kd:
@@ -174,11 +94,21 @@ class Distillation(BaseDistiller):
                 self.kd_vocab_size = check_vocabularies(
                     teacher, model_S, tokenizer_T=tokenizer_T, tokenizer_S=tokenizer_S, vocab_size=config.kd_vocab_size
                 )
-        registry = get_registry()
-        self.kd_component = registry.get("kd_loss", config.kd_loss_type)
-        self.kd_params = self.kd_component.validate_params(config.kd_loss_params)
-        name, params = config.temperature_schedule()
-        self.temperature_fn = None if name in ("none", "constant") else build_temperature_scheduler(name, params)
+        self.kd = KDTerm(config, self.kd_vocab_size)
+        chunk = self._chunk_plan(config, model_S, adaptors_T, adaptors_S)
+        self.adaptors_T = {
+            key: BoundAdaptor(a, self._role_T(key), model=self.teachers[key], chunked=chunk.get(("T", key), False))
+            for key, a in adaptors_T.items()
+        }
+        self.adaptors_S = {
+            key: BoundAdaptor(
+                a,
+                "adaptor_S" if key is None else f"adaptor_S[{key!r}]",
+                model=model_S,
+                chunked=chunk.get(("S", key), False),
+            )
+            for key, a in adaptors_S.items()
+        }
         self.use_hard_label = config.hard_label_weight > 0
         self.matches: list[BoundMatch] = [bind_match(m, i, "match") for i, m in enumerate(config.intermediate_matches)]
         for bound in self.matches:
@@ -205,6 +135,38 @@ class Distillation(BaseDistiller):
                 "nothing to train: kd_loss_weight and hard_label_weight are 0 and there are no matches; set "
                 "kd_loss_weight > 0, hard_label_weight > 0, or add intermediate_matches"
             )
+
+    def _chunk_plan(
+        self,
+        config: DistillationConfig,
+        model_S: nn.Module,
+        adaptors_T: dict[Any, Adaptor | None],
+        adaptors_S: dict[Any, Adaptor | None],
+    ) -> dict[tuple[str, Any], bool]:
+        """Which automatic adaptors run in chunked mode: causal LMs, when KD is on and nothing needs logits."""
+        wanted = config.chunked_token_kd
+        why_not = None if self.use_kd else "kd_loss_weight is 0"
+        why_not = why_not or self.kd.needs_full_logits
+        if wanted is False or (wanted is None and why_not):
+            return {}
+        if why_not:
+            raise DistillError(
+                f"DistillationConfig.chunked_token_kd=True, but {why_not}; set chunked_token_kd=None (chunk when "
+                f"possible) or False (the models' full logits)"
+            )
+        plan: dict[tuple[str, Any], bool] = {}
+        for key, adaptor in adaptors_S.items():
+            plan[("S", key)] = adaptor is None and model_kind(model_S) == "causal_lm"
+        for key, adaptor in adaptors_T.items():
+            plan[("T", key)] = adaptor is None and model_kind(self.teachers[key]) == "causal_lm"
+        if wanted and not all(plan[("S", key)] for key in adaptors_S):
+            raise DistillError(
+                "DistillationConfig.chunked_token_kd=True needs a causal-LM student with the automatic adaptor "
+                "(adaptor_S=None), or an adaptor_S that returns 'logits_hidden' and 'logits_head' itself; "
+                f"this student is {type(unwrap(model_S)).__name__} with "
+                f"{'a custom adaptor' if any(a is not None for a in adaptors_S.values()) else 'no causal-LM head'}"
+            )
+        return plan
 
     def _role_T(self, key: Any) -> str:
         return "adaptor_T" if key == 0 and len(self.teachers) == 1 else f"adaptor_T[{key!r}]"
@@ -280,7 +242,7 @@ class Distillation(BaseDistiller):
         results_T = self.teacher_outputs(batch, task, model_args)
         if task not in self._checked_tasks:
             for key, results in results_T.items():
-                check_adaptor_output(_losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
+                check_adaptor_output(losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
         micro = MicroBatch(batch=batch, task=task)
         micro.teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
         for bound in self.custom:  # custom-match features of the teachers, taken before the next batch runs
@@ -318,7 +280,7 @@ class Distillation(BaseDistiller):
     def _kd_positions(self, results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor | None:
         """Valid KD positions of a micro-batch for token-level (3-D) logits, from the teacher side; else None."""
         results = next(iter(results_T.values()))
-        logits = as_list(results.get("logits"))
+        logits = [results["logits_hidden"]] if is_chunked(results) else as_list(results.get("logits"))
         if not logits or logits[0].dim() != 3:
             return None
         mask = results.get("logits_mask")
@@ -337,7 +299,7 @@ class Distillation(BaseDistiller):
     ) -> None:
         role_S = "adaptor_S" if task is None else f"adaptor_S[{task!r}]"
         setting = "DistillationConfig.hard_label_weight=0"
-        check_adaptor_output(_losses_for_check(results_S, role_S, self.use_hard_label, setting), role_S)
+        check_adaptor_output(losses_for_check(results_S, role_S, self.use_hard_label, setting), role_S)
         for key, results in results_T.items():
             check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd, vocab_size=self.kd_vocab_size)
         if self.use_kd:
@@ -346,7 +308,7 @@ class Distillation(BaseDistiller):
     @staticmethod
     def _check_kd_masks(results_S: Mapping[str, Any], results_T: Mapping[str, Any], role_S: str, role_T: str) -> None:
         """Token-level KD counts a step's positions from the teacher's mask, before the student runs."""
-        logits = as_list(results_S.get("logits"))
+        logits = [results_S["logits_hidden"]] if is_chunked(results_S) else as_list(results_S.get("logits"))
         if not logits or logits[0].dim() != 3:
             return
         mask_S, mask_T = results_S.get("logits_mask"), results_T.get("logits_mask")
@@ -374,60 +336,13 @@ class Distillation(BaseDistiller):
                 f"make teacher_keys() include it, or point the match at a teacher that runs"
             ) from None
 
-    def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
-        return as_list(next(iter(results_T.values())).get("logits"))
+    def _kd_teachers(self, results_T: dict[Any, Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:
+        """The teachers whose logits make the KD target, with their weights (one teacher here)."""
+        return [(1.0, next(iter(results_T.values())))]
 
-    def _kd_loss(
-        self,
-        results_S: Mapping[str, Any],
-        results_T: dict[Any, Mapping[str, Any]],
-        micro: MicroBatch,
-        step: StepInfo,
-    ) -> torch.Tensor:
-        config = self.distill_config
-        logits_S = as_list(results_S.get("logits"))
-        logits_T = self._kd_target(results_T)
-        mask = results_S.get("logits_mask")
-        if mask is None:
-            mask = next(iter(results_T.values())).get("logits_mask")
-        labels = results_S.get("labels") if config.probability_shift else None
-        if config.probability_shift and labels is None:
-            raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
-        total = None
-        vocab = self.kd_vocab_size
-        for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
-            if vocab is not None and student.shape[-1] != vocab:  # a padded vocabulary: its shared first N
-                student, teacher = student[..., :vocab], teacher[..., :vocab]
-            if labels is not None:
-                teacher = probability_shift(
-                    teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
-                )
-            temperature: float | torch.Tensor = config.temperature
-            if self.temperature_fn is not None:
-                temperature = self.temperature_fn(student, teacher, config.temperature)
-                if isinstance(temperature, torch.Tensor) and temperature.dim() > 1:
-                    temperature = temperature.flatten(1).mean(dim=1)  # one temperature per example
-            self.last_temperature = temperature
-            try:
-                loss = self.kd_component.call(
-                    name=config.kd_loss_type,
-                    logits_S=student,
-                    logits_T=teacher,
-                    temperature=temperature,
-                    mask=mask if student.dim() == 3 else None,
-                    params=self.kd_params,
-                )
-            except ShapeMismatchError as exc:
-                raise ShapeMismatchError(f"kd_loss_type {config.kd_loss_type!r} on logits {index}: {exc}") from exc
-            total = loss if total is None else total + loss
-        if total is None:
-            raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
-        if micro.tokens is not None and step.tokens is not None:
-            # the plugin averaged over this micro-batch's positions; make it a share of the step's mean
-            # (the loop divides by the micro-batch count, DDP averages over ranks)
-            share = micro.tokens * float(step.micro_batches * step.world_size)
-            total = total * (share / step.tokens.clamp_min(1.0))
-        return total
+    def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
+        """The dense KD target of a batch: the (averaged) teachers' logits."""
+        return KDTerm.target(self._kd_teachers(results_T))
 
     def compute_loss(
         self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
@@ -441,10 +356,17 @@ class Distillation(BaseDistiller):
             self._first_step_checks(results_S, results_T, task)
         weights = self.current_weights(state)
         terms: list[torch.Tensor] = []
+        token_ce = None
         if self.use_kd:
-            terms.append(self._kd_loss(results_S, results_T, micro, step))
+            # a chunked student builds no full logits, so its hard-label loss comes from the same chunks
+            chunked_labels = self.use_hard_label and is_chunked(results_S) and results_S.get("losses") is None
+            kd, token_ce = self.kd.compute(
+                results_S, self._kd_teachers(results_T), micro, step, hard_labels=chunked_labels
+            )
+            self.last_temperature = self.kd.last_temperature
+            terms.append(kd)
         if self.use_hard_label:
-            terms.append(_hard_label_loss(results_S, "adaptor_S"))
+            terms.append(token_ce if token_ce is not None else hard_label_loss(results_S, "adaptor_S"))
         for bound in self.matches:
             spec = bound.spec
             teacher_results = self._teacher_results(results_T, bound, task)
@@ -477,7 +399,7 @@ class Distillation(BaseDistiller):
         """
         sources: list[tuple[str, Any]] = []
         if self.use_kd:
-            sources.append((f"kd_loss_type {self.distill_config.kd_loss_type!r}", self.kd_component))
+            sources.append((f"kd_loss_type {self.distill_config.kd_loss_type!r}", self.kd.component))
         if self.use_hard_label:
             sources.append(("the hard-label loss", None))
         sources.extend((bound.label, bound.component) for bound in self.matches + self.custom)

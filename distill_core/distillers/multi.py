@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill_core.adaptors import Adaptor, as_list
+from distill_core.adaptors import Adaptor
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.distillation import Distillation
 from distill_core.errors import DistillError
@@ -68,15 +68,8 @@ class MultiTeacherDistillation(Distillation):
             tokenizer_S=tokenizer_S,
         )
 
-    def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
-        per_teacher = [as_list(results_T[key].get("logits")) for key in self.teachers]
-        averaged = []
-        for tensors in zip(*per_teacher):
-            target = tensors[0] * self.teacher_weights[0]
-            for weight, tensor in zip(self.teacher_weights[1:], tensors[1:]):
-                target = target + tensor * weight
-            averaged.append(target)
-        return averaged
+    def _kd_teachers(self, results_T: dict[Any, Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:
+        return [(weight, results_T[key]) for weight, key in zip(self.teacher_weights, self.teachers)]
 
 
 #: the seed's other spelling
