@@ -26,6 +26,7 @@ from pydantic import (
 
 from distill_core.errors import UnknownComponentError
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
+from distill_core.teacher_cache.config import TeacherCacheConfig
 
 LayerIndex = Union[int, list[int]]
 # The adaptor keys an intermediate match can read (distill_core.adaptors.FEATURE_KEYS).
@@ -382,6 +383,11 @@ class DistillationConfig(_SerializableConfig):
         None, ge=1, description="positions per chunk of chunked token KD; None: about 25M logits per chunk"
     )
     intermediate_matches: list[IntermediateMatch] = Field(default_factory=list)
+    teacher_cache: TeacherCacheConfig | None = Field(
+        None,
+        description="store the teachers' outputs (in memory or in a directory) so later epochs and runs skip "
+        "the teacher forward; None: off (docs/teacher-cache.md)",
+    )
 
     @field_validator("intermediate_matches", mode="before")
     @classmethod
@@ -412,6 +418,25 @@ class DistillationConfig(_SerializableConfig):
     def _kd_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         name = info.data.get("kd_loss_type")
         return params if name is None else _validated_params("kd_loss", name, params)
+
+    @model_validator(mode="after")
+    def _top_k_needs_fixed_logits(self) -> DistillationConfig:
+        cache = self.teacher_cache
+        if cache is None or cache.top_k is None:
+            return self
+        name, _ = self.temperature_schedule()
+        if name not in ("none", "constant"):
+            raise ValueError(
+                f"teacher_cache.top_k={cache.top_k} stores log-probabilities at the fixed temperature "
+                f"{self.temperature:g}, but temperature_scheduler {name!r} picks the temperature from the logits at "
+                f"each step; use a dense cache (top_k=None), which is exact for any temperature, or no scheduler"
+            )
+        if self.probability_shift:
+            raise ValueError(
+                f"teacher_cache.top_k={cache.top_k} keeps the k largest teacher entries, but probability_shift=True "
+                f"swaps the true label's logit with the largest one, which needs them all; use top_k=None"
+            )
+        return self
 
     def temperature_schedule(self) -> tuple[str, dict[str, Any]]:
         """Return the temperature scheduler's name and validated params."""

@@ -18,7 +18,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,6 +30,7 @@ from distill_core.runtime import move_to_device
 if TYPE_CHECKING:
     from distill_core.distillers import BaseDistiller
     from distill_core.runtime import Runtime
+    from distill_core.teacher_cache.keys import ExampleKeys, KeyedLoader
     from distill_core.tracking import Tracker
 
 __all__ = [
@@ -107,10 +108,15 @@ def call_model(model: torch.nn.Module, batch: Any, model_args: Mapping[str, Any]
 
 
 class BatchSource:
-    """Yields ``(task, batch)`` pairs epoch by epoch; ``task`` is None outside multi-task runs."""
+    """Yields ``(task, batch, keys)`` epoch by epoch.
+
+    ``task`` is None outside multi-task runs; ``keys`` says which examples the batch holds when the
+    distiller asked for them (:meth:`record_example_keys`, for the teacher cache), else None.
+    """
 
     def __init__(self, dataloader: Any) -> None:
         self.dataloader = dataloader
+        self.keyed: KeyedLoader | None = None
 
     def batches_per_epoch(self) -> int | None:
         try:
@@ -127,9 +133,22 @@ class BatchSource:
 
         set_sampler_epoch(self.dataloader, epoch)
 
-    def epoch(self) -> Iterator[tuple[str | None, Any]]:
+    def record_example_keys(self) -> None:
+        """Yield each batch's example keys from now on (after :meth:`shard`: the keys are dataset indices)."""
+        from distill_core.teacher_cache.keys import KeyedLoader
+
+        self.keyed = KeyedLoader(self.dataloader, "the dataloader")
+        self.dataloader = self.keyed.loader
+
+    def epoch(self) -> Iterator[tuple[str | None, Any, ExampleKeys | None]]:
+        if self.keyed is not None:
+            from distill_core.teacher_cache.keys import ExampleKeys
+
+            for batch, ids in self.keyed:
+                yield None, batch, ExampleKeys(ids, self.keyed.kind, batch)
+            return
         for batch in self.dataloader:
-            yield None, batch
+            yield None, batch, None
 
 
 class NonFiniteGuard:
@@ -278,6 +297,8 @@ class TrainingLoop:
             state.data_seed = runtime.shared_seed()
         if runtime.distributed:
             self.source.shard(runtime, state.data_seed)
+        if distiller.wants_example_keys:
+            self.source.record_example_keys()
         self._count_steps()
         self._ckpt_positions = self._checkpoint_positions()
         if resume is not None:
@@ -303,7 +324,7 @@ class TrainingLoop:
             tracker.close()
         return state
 
-    def _epoch_iterator(self, resuming: bool) -> Iterator[tuple[str | None, Any]]:
+    def _epoch_iterator(self, resuming: bool) -> Iterator[tuple[str | None, Any, ExampleKeys | None]]:
         state = self.state
         self.source.set_epoch(state.epoch)
         if not resuming:
@@ -339,17 +360,19 @@ class TrainingLoop:
             raise ValueError("the dataloader yielded no batches")
         return False
 
-    def _run_step(self, group: list[tuple[str | None, Any]], tracker: Tracker) -> bool:
+    def _run_step(self, group: list[tuple[str | None, Any, ExampleKeys | None]], tracker: Tracker) -> bool:
         """Forward and backward of one step's micro-batches, then the optimizer step."""
         distiller, runtime = self.distiller, self.runtime
         postprocess = self.batch_postprocessor
+        micro = []
         with runtime.autocast():
-            micro = [
-                distiller.prepare(
-                    runtime.to_device(batch if postprocess is None else postprocess(batch)), task, self.model_args
-                )
-                for task, batch in group
-            ]
+            for task, batch, keys in group:
+                host = batch if postprocess is None else postprocess(batch)
+                if keys is None:
+                    micro.append(distiller.prepare(runtime.to_device(host), task, self.model_args))
+                    continue
+                examples = keys if postprocess is None else replace(keys, host_batch=host)
+                micro.append(distiller.prepare(runtime.to_device(host), task, self.model_args, examples))
         tokens = distiller.step_tokens(micro)
         if tokens is not None:
             tokens = runtime.sum_across_ranks(tokens)
@@ -421,4 +444,5 @@ class TrainingLoop:
             lrs=[group["lr"] for group in self.optimizer.param_groups],
             temperature=distiller.last_temperature,
             stacked=stacked,
+            extra=distiller.log_scalars(),
         )

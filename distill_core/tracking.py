@@ -77,11 +77,13 @@ class Tracker:
         lrs: list[float],
         temperature: float | torch.Tensor | None,
         stacked: torch.Tensor | None = None,
+        extra: dict[str, float] | None = None,
     ) -> list[float] | None:
         """Write the interval's means at ``global_step`` and start a new interval.
 
-        ``stacked``: :meth:`interval`, if the caller already has it. Returns the means that were read
-        (total first), or None when the interval was empty.
+        ``stacked``: :meth:`interval`, if the caller already has it. ``extra``: more scalars (host
+        values, e.g. ``teacher_cache/hit_rate``), also shown in the progress bar. Returns the means that
+        were read (total first), or None when the interval was empty.
         """
         if stacked is None:
             stacked = self.interval()
@@ -106,8 +108,11 @@ class Tracker:
                 self.writer.add_scalar(f"lr/group{index}", lr, global_step)
             if temperature is not None:
                 self.writer.add_scalar("temperature", temperature, global_step)
+            for tag, value in (extra or {}).items():
+                self.writer.add_scalar(tag, value, global_step)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{total:.4g}", lr=f"{lrs[0]:.3g}" if lrs else "-", refresh=False)
+            shown = {tag.rsplit("/", 1)[-1]: f"{value:.3g}" for tag, value in (extra or {}).items()}
+            self.bar.set_postfix(loss=f"{total:.4g}", lr=f"{lrs[0]:.3g}" if lrs else "-", **shown, refresh=False)
         return values
 
     def scalars(self, tag_values: dict[str, float], global_step: int) -> None:

@@ -39,6 +39,8 @@ class BaseDistiller(abc.ABC):
     teachers: dict[Any, nn.Module]
     #: whether a step may leave some student parameters without gradient (DDP must then look for them)
     uses_part_of_student_per_step: bool = False
+    #: whether ``prepare`` needs each batch's example keys (the teacher cache)
+    wants_example_keys: bool = False
 
     def __init__(
         self, train_config: TrainingConfig, student: nn.Module, distill_config: DistillationConfig | None = None
@@ -117,9 +119,19 @@ class BaseDistiller(abc.ABC):
         self.runtime.detach(self)
 
     # -- the step, as the loop sees it -----------------------------------------------------------
-    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> MicroBatch:
-        """What the step needs of ``batch`` before any backward: the teachers' outputs (none here)."""
+    def prepare(
+        self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: Any = None
+    ) -> MicroBatch:
+        """What the step needs of ``batch`` before any backward: the teachers' outputs (none here).
+
+        ``examples``: the batch's example keys (:class:`~distill_core.teacher_cache.keys.ExampleKeys`),
+        given when :attr:`wants_example_keys` is true.
+        """
         return MicroBatch(batch=batch, task=task)
+
+    def log_scalars(self) -> dict[str, float]:
+        """Extra scalars to write at logging points (host values only), e.g. the teacher cache's hit rate."""
+        return {}
 
     def step_tokens(self, micro_batches: list[MicroBatch]) -> torch.Tensor | None:
         """The number of valid KD positions in a step's micro-batches (this rank), or None if not token KD."""

@@ -21,16 +21,18 @@ from distill_core.adaptors import (
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
 from distill_core.distillers.basic import hard_label_loss, losses_for_check
+from distill_core.distillers.cached import TeacherCacheSupport
 from distill_core.distillers.kd_term import KDTerm, is_chunked
 from distill_core.model_adaptors import model_kind
 from distill_core.errors import AdaptorError, DistillError, PluginError
 from distill_core.loop import MicroBatch, RunState, StepInfo, call_model
 from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule, unwrap
 from distill_core.schedules import weight_at
+from distill_core.teacher_cache.keys import ExampleKeys
 from distill_core.vocab import check_vocabularies
 
 
-class Distillation(BaseDistiller):
+class Distillation(TeacherCacheSupport, BaseDistiller):
     """KD on logits, hard-label losses, intermediate matches with projections, and custom matches.
 
     :param custom_matches: matches between any two submodules, by dotted path:
@@ -39,6 +41,10 @@ class Distillation(BaseDistiller):
         forward hooks while the distiller is in use.
     :param tokenizer_T: with ``tokenizer_S``, the tokenizers of a token-level (language-model) run: their
         vocabularies are compared at setup (see ``DistillationConfig.kd_vocab_size`` for a padded one).
+
+    With ``DistillationConfig.teacher_cache`` the teachers' outputs are stored per example and read
+    back instead of running the teachers again (docs/teacher-cache.md); ``build_teacher_cache()``
+    fills the cache before training.
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class Distillation(BaseDistiller):
                 "nothing to train: kd_loss_weight and hard_label_weight are 0 and there are no matches; set "
                 "kd_loss_weight > 0, hard_label_weight > 0, or add intermediate_matches"
             )
+        self.teacher_cache = None if config.teacher_cache is None else self._make_cache(config)
 
     def _chunk_plan(
         self,
@@ -223,12 +230,16 @@ class Distillation(BaseDistiller):
         return self._teacher_key(spec)
 
     def teacher_outputs(
-        self, batch: Any, task: str | None, model_args: Mapping[str, Any]
+        self, batch: Any, task: str | None, model_args: Mapping[str, Any], keys: list[Any] | None = None
     ) -> dict[Any, Mapping[str, Any]]:
-        """Run the needed teachers without gradient and adapt their outputs (one place: a cache can stand in)."""
+        """Run the needed teachers (or ``keys``) without gradient and adapt their outputs.
+
+        The one place teacher outputs are computed; with ``DistillationConfig.teacher_cache`` the
+        cache calls it only for the teachers that miss an example of the batch.
+        """
         results = {}
         with torch.no_grad():
-            for key in self.teacher_keys(task):
+            for key in self.teacher_keys(task) if keys is None else keys:
                 adaptor = self.adaptors_T[key]
                 outputs = call_model(self.teachers[key], adaptor.model_batch(batch), adaptor.call_args(model_args))
                 results[key] = adaptor(batch, outputs, task)
@@ -237,21 +248,48 @@ class Distillation(BaseDistiller):
     def student_adaptor(self, task: str | None) -> BoundAdaptor:
         return self.adaptors_S[None]
 
-    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> MicroBatch:
-        """Run the teachers on ``batch`` (before the step's first backward) and keep what the losses read."""
-        results_T = self.teacher_outputs(batch, task, model_args)
-        if task not in self._checked_tasks:
-            for key, results in results_T.items():
-                check_adaptor_output(losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
-        micro = MicroBatch(batch=batch, task=task)
-        micro.teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
-        for bound in self.custom:  # custom-match features of the teachers, taken before the next batch runs
-            key = self.match_teacher(bound.spec, task)
-            capture_key = ("teacher", bound.spec.module_T, key)
-            micro.captured[capture_key] = self.capture.take(capture_key, bound.label).detach()
+    def prepare(
+        self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: ExampleKeys | None = None
+    ) -> MicroBatch:
+        """The teachers' outputs for ``batch`` (before the step's first backward), only what the losses read.
+
+        With the teacher cache they come from stored entries where the batch's ``examples`` have
+        them, and the teachers run only on misses.
+        """
+        keys = self.teacher_keys(task)
+        if self.teacher_cache is None:
+            teacher, captured = self._run_teachers(batch, task, model_args, keys)
+        else:
+            if examples is None:
+                raise DistillError(
+                    "DistillationConfig.teacher_cache is set, but prepare() got no example keys; the training loop "
+                    "passes them (examples=ExampleKeys(...)) when the distiller is trained with train()"
+                )
+            self._open_cache(model_args, examples.kind)
+            teacher, captured = self.teacher_cache.outputs(
+                examples, keys, lambda missing: self._run_teachers(batch, task, model_args, missing), self.device
+            )
+        micro = MicroBatch(batch=batch, task=task, teacher=teacher, captured=captured)
         if self.use_kd:
             micro.tokens = self._kd_positions(micro.teacher)
         return micro
+
+    def _run_teachers(
+        self, batch: Any, task: str | None, model_args: Mapping[str, Any], keys: list[Any]
+    ) -> tuple[dict[Any, Mapping[str, Any]], dict[tuple, torch.Tensor]]:
+        """Fresh outputs of the teachers ``keys`` (checked on the first step) and their custom-match features."""
+        results_T = self.teacher_outputs(batch, task, model_args, keys)
+        if task not in self._checked_tasks:
+            for key, results in results_T.items():
+                check_adaptor_output(losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
+        teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
+        captured = {}
+        for bound in self.custom:  # custom-match features of the teachers, taken before the next batch runs
+            key = self.match_teacher(bound.spec, task)
+            if key in teacher:
+                capture_key = ("teacher", bound.spec.module_T, key)
+                captured[capture_key] = self.capture.take(capture_key, bound.label).detach()
+        return teacher, captured
 
     def _needed(self, key: Any, task: str | None, results: Mapping[str, Any]) -> dict[str, Any]:
         """The part of a teacher's adapted outputs that the configured losses read.
@@ -280,6 +318,8 @@ class Distillation(BaseDistiller):
     def _kd_positions(self, results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor | None:
         """Valid KD positions of a micro-batch for token-level (3-D) logits, from the teacher side; else None."""
         results = next(iter(results_T.values()))
+        if results.get("cached_logits") is not None:  # token logits from the teacher cache: always with a mask
+            return results["cached_logits"].mask.sum().to(torch.float32)
         logits = [results["logits_hidden"]] if is_chunked(results) else as_list(results.get("logits"))
         if not logits or logits[0].dim() != 3:
             return None
@@ -301,7 +341,10 @@ class Distillation(BaseDistiller):
         setting = "DistillationConfig.hard_label_weight=0"
         check_adaptor_output(losses_for_check(results_S, role_S, self.use_hard_label, setting), role_S)
         for key, results in results_T.items():
-            check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd, vocab_size=self.kd_vocab_size)
+            if self.use_kd or self.teacher_cache is None:  # a cache keeps no logits that KD does not read
+                check_pair(
+                    results_S, results, self._role_T(key), needs_logits=self.use_kd, vocab_size=self.kd_vocab_size
+                )
         if self.use_kd:
             self._check_kd_masks(results_S, next(iter(results_T.values())), role_S, self._role_T(next(iter(results_T))))
 

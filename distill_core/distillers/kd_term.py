@@ -3,6 +3,10 @@
 Dense: the adaptors return ``logits`` (B, C) or (B, L, V); the configured plugin compares them (the
 teachers' logits averaged for several teachers) with the adaptor's ``logits_mask``.
 
+A teacher's token logits may also come from the teacher cache (``cached_logits``, a
+:class:`~distill_core.teacher_cache.topk.TeacherRows`): dense (B, L, V) on the first path, chunks of
+rows on the second.
+
 Chunked (DESIGN §9): the student's adaptor returns ``logits_hidden`` (B, L, D) and ``logits_head``
 instead of logits (the automatic causal-LM adaptor does); the valid positions are gathered and
 :func:`distill_core.token_kd.chunked_token_kd` runs the same plugin over chunks of rows, so neither
@@ -64,7 +68,10 @@ def _head_params(head: Any, vocab: int | None) -> tuple[torch.Tensor, torch.Tens
 
 
 def dense_teacher_logits(results: Mapping[str, Any]) -> list[torch.Tensor]:
-    """A teacher's logits, from its head when its adaptor gave hidden states (no gradient)."""
+    """A teacher's logits, from its head when its adaptor gave hidden states, or from the teacher cache (no gradient)."""
+    cached = results.get("cached_logits")
+    if cached is not None:  # token logits of the teacher cache: dense, or top-k densified (B, L, V)
+        return [cached.dense()]
     if is_chunked(results):
         with torch.no_grad():
             weight, bias = _head_params(results["logits_head"], None)
@@ -226,7 +233,10 @@ class KDTerm:
     def _teacher_chunks(self, teachers: Teachers, keep: torch.Tensor) -> TeacherChunk:
         chunks: list[tuple[float, TeacherChunk]] = []
         for weight, results in teachers:
-            if is_chunked(results):
+            cached = results.get("cached_logits")
+            if cached is not None:  # the teacher cache's rows: the positions of the same mask, in the same order
+                chunk = cached.chunk
+            elif is_chunked(results):
                 weight_T, bias_T = _head_params(results["logits_head"], self.vocab_size)
                 chunk = teacher_logits_from_head(results["logits_hidden"].to(keep.device)[keep], weight_T, bias_T)
             else:

@@ -14,6 +14,7 @@ from distill_core.distillers.distillation import Distillation
 from distill_core.errors import DistillError
 from distill_core.loop import BatchSource, MicroBatch, RunState, StepInfo
 from distill_core.matching import BoundMatch
+from distill_core.teacher_cache.keys import ExampleKeys
 
 
 class MultiTeacherDistillation(Distillation):
@@ -101,6 +102,7 @@ class MultiTaskSource(BatchSource):
             raise ValueError(f"every task dataloader must be non-empty, sizes were {dict(zip(self.tasks, sizes))}")
         weights = torch.tensor(sizes, dtype=torch.float64) ** tau
         self.probabilities = weights / weights.sum()
+        self.keyed: dict[str, Any] = {}
 
     def batches_per_epoch(self) -> int | None:
         return None  # tasks are sampled without end: train with num_steps
@@ -117,7 +119,19 @@ class MultiTaskSource(BatchSource):
         for loader in self.dataloaders.values():
             set_sampler_epoch(loader, epoch)
 
-    def epoch(self) -> Iterator[tuple[str | None, Any]]:
+    def record_example_keys(self) -> None:
+        from distill_core.teacher_cache.keys import KeyedLoader
+
+        self.keyed = {task: KeyedLoader(loader, f"dataloaders[{task!r}]") for task, loader in self.dataloaders.items()}
+        self.dataloaders = {task: keyed.loader for task, keyed in self.keyed.items()}
+
+    def _iterate(self, task: str) -> Iterator[tuple[Any, ExampleKeys | None]]:
+        keyed = self.keyed.get(task) if self.keyed else None
+        if keyed is None:
+            return ((batch, None) for batch in self.dataloaders[task])
+        return ((batch, ExampleKeys(ids, keyed.kind, batch)) for batch, ids in keyed)
+
+    def epoch(self) -> Iterator[tuple[str | None, Any, ExampleKeys | None]]:
         # Task draws and the (re)starts of task loaders, whose shuffling seeds itself from torch's
         # global RNG, use a private RNG seeded once at the epoch's start. Interleaved with dropout
         # they would otherwise depend on the training's own draws, and a resumed run could not
@@ -129,14 +143,15 @@ class MultiTaskSource(BatchSource):
         while True:
             task = self.tasks[int(torch.multinomial(self.probabilities, 1, generator=generator))]
             iterator = iterators.get(task)
-            batch = _USED_UP if iterator is None else next(iterator, _USED_UP)
-            if batch is _USED_UP:  # first use, or this task's data is used up: start it over
+            item = _USED_UP if iterator is None else next(iterator, _USED_UP)
+            if item is _USED_UP:  # first use, or this task's data is used up: start it over
                 with torch.random.fork_rng(devices=[]):
                     torch.set_rng_state(private_rng)
-                    iterator = iterators[task] = iter(self.dataloaders[task])
-                    batch = next(iterator)
+                    iterator = iterators[task] = self._iterate(task)
+                    item = next(iterator)
                     private_rng = torch.get_rng_state()
-            yield task, batch
+            batch, keys = item
+            yield task, batch, keys
 
 
 class MultiTaskDistillation(Distillation):
@@ -192,6 +207,9 @@ class MultiTaskDistillation(Distillation):
 
     def teacher_keys(self, task: str | None) -> list[Any]:
         return [task]
+
+    def _teacher_task(self, key: Any) -> str | None:
+        return key  # each task's batches go to its own teacher
 
     def match_teacher(self, spec: Any, task: str | None) -> Any:
         return task  # each batch's teacher is its task's

@@ -1,0 +1,370 @@
+"""Where entries live: a dict in memory, or append-only memory-mapped files in a directory.
+
+On disk, one folder per teacher holds ``meta.json`` (fingerprint and layout) and, per rank that
+wrote entries, two append-only files: ``rank-NNNNN.data`` (the entries' arrays, back to back,
+8-byte aligned) and ``rank-NNNNN.index`` (one 64-byte record per entry: key, offset, size, length,
+rows, content digest, a checksum of the payload and one of the record). Writing an entry appends
+its payload, fsyncs the data file, then appends its record: an entry exists once its record does,
+so a process killed at any moment leaves a consistent cache (at worst an unrecorded payload, cut
+away when its writer reopens the files, or a torn last record, dropped with a warning). Reads map
+the data file (``mmap``), so a cache larger than memory works; each payload's checksum is verified
+the first time a process reads it. A data file shorter than its records say, or a checksum that
+does not match, is an error naming the file.
+
+Each rank appends to its own files only (a lock guards them against a second writer); with keys
+that are dataset indices, a rank also reads the other ranks' files, so an example cached by one
+rank is never computed again by another when a ``DistributedSampler`` reshuffles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_core.errors import DistillError
+from distill_core.teacher_cache.layout import Entry, Layout
+
+FORMAT = "distill-teacher-cache"
+VERSION = 1
+_HEADER = 64  # bytes before the first record / payload; records then stay inside 4 KiB pages
+_INDEX_MAGIC = b"DTC-INDEX-1"
+_DATA_MAGIC = b"DTC-DATA-1"
+RECORD = struct.Struct("<qqqii16s8s8s")  # key, offset, nbytes, length, rows, digest, payload sum, record sum
+_ALIGN = 8
+
+
+def _checksum(data: Any) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+def _rebuild_hint(path: Path) -> str:
+    return f"delete {path} (or the whole cache directory) to rebuild it, or point teacher_cache.location elsewhere"
+
+
+@dataclass(frozen=True)
+class Record:
+    key: int
+    offset: int
+    nbytes: int
+    length: int
+    rows: int
+    digest: bytes
+    checksum: bytes
+
+
+def read_records(path: Path, *, torn_tail: str = "ignore") -> tuple[list[Record], int]:
+    """The complete records of an index file and the byte size they end at.
+
+    A partial or torn last record is left out (``torn_tail="warn"`` also warns); a bad record before
+    the last is an error.
+    """
+    data = path.read_bytes()
+    if len(data) < _HEADER or not data.startswith(_INDEX_MAGIC):
+        raise DistillError(f"{path} is not a teacher-cache index (bad or missing header); {_rebuild_hint(path.parent)}")
+    records: list[Record] = []
+    end = _HEADER
+    count = (len(data) - _HEADER) // RECORD.size
+    for number in range(count):
+        start = _HEADER + number * RECORD.size
+        raw = data[start : start + RECORD.size]
+        fields = RECORD.unpack(raw)
+        if _checksum(raw[:-8]) != fields[-1]:
+            if number == count - 1:
+                break  # torn by a kill (or still being written by another rank)
+            raise DistillError(f"{path}: record {number} is corrupt (checksum mismatch); {_rebuild_hint(path.parent)}")
+        records.append(Record(*fields[:-1]))
+        end = start + RECORD.size
+    if end != len(data) and torn_tail == "warn":
+        warnings.warn(
+            f"{path}: dropping an incomplete last record ({len(data) - end} bytes, left by a run killed while "
+            f"writing it); its example will be computed again",
+            UserWarning,
+            stacklevel=3,
+        )
+    return records, end
+
+
+class MemoryStore:
+    """Entries in a dict of this process (lost when it ends)."""
+
+    location = "memory"
+
+    def __init__(self) -> None:
+        self.entries: dict[int, Entry] = {}
+        self.layout: Layout | None = None
+
+    def get(self, key: int) -> tuple[Entry, str] | None:
+        entry = self.entries.get(key)
+        return None if entry is None else (entry, "memory")
+
+    def put_many(self, items: list[tuple[int, Entry]]) -> None:
+        self.entries.update(items)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "entries": len(self.entries),
+            "bytes": sum(entry.nbytes for entry in self.entries.values()),
+            "rows": sum(entry.rows for entry in self.entries.values()),
+            "positions": sum(entry.length for entry in self.entries.values()),
+        }
+
+    def close(self) -> None:
+        self.entries.clear()
+
+
+class _Shard:
+    """One rank's index and data files: its records by key, and reads of their payloads."""
+
+    def __init__(self, folder: Path, rank: int) -> None:
+        self.index_path = folder / f"rank-{rank:05d}.index"
+        self.data_path = folder / f"rank-{rank:05d}.data"
+        self.records: dict[int, Record] = {}
+        self.index_end = _HEADER
+        self._map: mmap.mmap | None = None
+        self._verified: set[int] = set()
+
+    def load(self, records: list[Record], end: int) -> None:
+        size = self.data_path.stat().st_size if self.data_path.exists() else 0
+        for record in records:
+            if record.offset + record.nbytes > size:
+                raise DistillError(
+                    f"{self.data_path} is truncated: the entry of example {record.key} ends at byte "
+                    f"{record.offset + record.nbytes} but the file has {size} bytes (the cache was damaged after it "
+                    f"was written; a killed run never leaves this); {_rebuild_hint(self.data_path.parent)}"
+                )
+            self.records[record.key] = record  # a later record of a key (a rebuilt entry) wins
+        self.index_end = end
+
+    def refresh(self) -> None:
+        """Read the records another rank appended since the last look."""
+        if not self.index_path.exists():
+            return
+        with open(self.index_path, "rb") as handle:
+            handle.seek(self.index_end)
+            data = handle.read()
+        complete = len(data) - len(data) % RECORD.size
+        new = []
+        for start in range(0, complete, RECORD.size):
+            raw = data[start : start + RECORD.size]
+            fields = RECORD.unpack(raw)
+            if _checksum(raw[:-8]) != fields[-1]:
+                break  # being written: look again later
+            new.append(Record(*fields[:-1]))
+        if new:
+            self.load(new, self.index_end + len(new) * RECORD.size)
+
+    def read(self, record: Record, layout: Layout) -> list[torch.Tensor]:
+        end = record.offset + record.nbytes
+        if self._map is None or len(self._map) < end:
+            with open(self.data_path, "rb") as handle:
+                # copy-on-write pages: writable for torch.frombuffer, never written back
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        if record.offset not in self._verified:
+            if _checksum(memoryview(self._map)[record.offset : end]) != record.checksum:
+                raise DistillError(
+                    f"{self.data_path}: the entry of example {record.key} at byte {record.offset} is corrupt (checksum "
+                    f"mismatch); {_rebuild_hint(self.data_path.parent)}"
+                )
+            self._verified.add(record.offset)
+        arrays = []
+        offset = record.offset
+        for dtype, shape in layout.stored(record.length, record.rows):
+            size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            if size == 0:
+                arrays.append(torch.empty(shape, dtype=dtype))
+            else:
+                raw = torch.frombuffer(self._map, dtype=torch.uint8, count=size, offset=offset)
+                arrays.append(raw.view(dtype).reshape(shape))
+            offset += size + (-size) % _ALIGN
+        return arrays
+
+
+class DiskStore:
+    """Entries of one teacher in ``folder``: this rank appends to its own shard and may read the others'.
+
+    :param share: read the other ranks' shards too (keys are dataset indices, the same on every rank).
+    """
+
+    def __init__(self, folder: Path, rank: int, *, share: bool) -> None:
+        self.folder = folder
+        self.location = str(folder)
+        self.share = share
+        self.layout: Layout | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.own = _Shard(folder, rank)
+        self._lock_file = open(self.own.index_path, "ab")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise DistillError(
+                f"{self.own.index_path} is being written by another process (another run using the same "
+                f"teacher_cache.location with the same rank); use another location for concurrent runs"
+            ) from None
+        self._open_own()
+        self.others = [
+            _Shard(folder, int(path.stem.split("-")[1]))
+            for path in sorted(folder.glob("rank-*.index"))
+            if path != self.own.index_path
+        ]
+        if share:
+            for shard in self.others:
+                shard.load(*read_records(shard.index_path))
+
+    def _open_own(self) -> None:
+        own = self.own
+        for path, magic in ((own.index_path, _INDEX_MAGIC), (own.data_path, _DATA_MAGIC)):
+            if not path.exists() or path.stat().st_size == 0:
+                with open(path, "wb") as handle:
+                    handle.write(magic.ljust(_HEADER, b"\0"))
+        records, end = read_records(own.index_path, torn_tail="warn")
+        if end != own.index_path.stat().st_size:
+            os.truncate(own.index_path, end)
+        own.load(records, end)
+        # payloads written after the last record (a kill between the two writes) are cut away
+        used = max([_HEADER] + [r.offset + r.nbytes + (-r.nbytes) % _ALIGN for r in records])
+        if own.data_path.stat().st_size > used:
+            os.truncate(own.data_path, used)
+        self._data_end = used
+        self._data = open(own.data_path, "r+b")
+        self._index = open(own.index_path, "r+b")
+
+    def get(self, key: int) -> tuple[Entry, str] | None:
+        found = self._find(key)
+        if found is None and self.share and self.others:
+            for shard in self.others:
+                shard.refresh()
+            self._adopt_new_shards()
+            found = self._find(key)
+        if found is None:
+            return None
+        shard, record = found
+        arrays = shard.read(record, self.layout)
+        return Entry(arrays, record.length, record.rows, record.digest), str(shard.data_path)
+
+    def _find(self, key: int) -> tuple[_Shard, Record] | None:
+        record = self.own.records.get(key)
+        if record is not None:
+            return self.own, record
+        if self.share:
+            for shard in self.others:
+                record = shard.records.get(key)
+                if record is not None:
+                    return shard, record
+        return None
+
+    def _adopt_new_shards(self) -> None:
+        known = {shard.index_path for shard in self.others} | {self.own.index_path}
+        for path in sorted(self.folder.glob("rank-*.index")):
+            if path not in known:
+                shard = _Shard(self.folder, int(path.stem.split("-")[1]))
+                shard.refresh()
+                self.others.append(shard)
+
+    def put_many(self, items: list[tuple[int, Entry]]) -> None:
+        """Append the entries' payloads, fsync, then their records (the commit)."""
+        if not items:
+            return
+        payloads, records = [], []
+        offset = self._data_end
+        for key, entry in items:
+            parts = []
+            for array in entry.arrays:
+                raw = array.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                parts.append(raw + b"\0" * ((-len(raw)) % _ALIGN))
+            payload = b"".join(parts)
+            record = (key, offset, len(payload), entry.length, entry.rows, entry.digest, _checksum(payload))
+            packed = RECORD.pack(*record, b"\0" * 8)
+            records.append(packed[:-8] + _checksum(packed[:-8]))
+            payloads.append(payload)
+            offset += len(payload)
+        self._data.seek(self._data_end)
+        self._data.write(b"".join(payloads))
+        self._data.flush()
+        os.fsync(self._data.fileno())
+        self._index.seek(self.own.index_end)
+        self._index.write(b"".join(records))
+        self._index.flush()
+        for packed in records:
+            record = Record(*RECORD.unpack(packed)[:-1])
+            self.own.records[record.key] = record
+        self.own.index_end += len(records) * RECORD.size
+        self._data_end = offset
+
+    def summary(self) -> dict[str, int]:
+        shards = [self.own, *self.others] if self.share else [self.own]
+        latest: dict[int, Record] = {}
+        for shard in shards:
+            latest.update(shard.records)
+        size = sum(
+            path.stat().st_size for shard in shards for path in (shard.index_path, shard.data_path) if path.exists()
+        )
+        return {
+            "entries": len(latest),
+            "bytes": size,
+            "rows": sum(r.rows for r in latest.values()),
+            "positions": sum(r.length for r in latest.values()),
+        }
+
+    def close(self) -> None:
+        for handle in (self._data, self._index, self._lock_file):
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
+# -- the directory ---------------------------------------------------------------------------------
+def open_directory(location: str) -> Path:
+    """The cache directory, created with its ``cache.json`` marker; refuses a non-empty folder that is no cache."""
+    root = Path(location).expanduser()
+    marker = root / "cache.json"
+    if root.exists() and not marker.exists() and any(root.iterdir()):
+        raise DistillError(
+            f"teacher_cache.location={location!r} is a non-empty directory without a teacher cache (no cache.json); "
+            f"choose an empty or new directory, so nothing else in it is overwritten"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        from distill_core.config import write_text_atomic
+
+        write_text_atomic(marker, json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
+    else:
+        meta = read_json(marker)
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise DistillError(
+                f"{marker} is a teacher cache of format {meta.get('format')!r} version {meta.get('version')!r}; this "
+                f"distill reads {FORMAT!r} version {VERSION}; {_rebuild_hint(root)}"
+            )
+    return root
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DistillError(f"{path} cannot be read ({exc}); {_rebuild_hint(path.parent)}") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{path} does not hold a JSON object; {_rebuild_hint(path.parent)}")
+    return data
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    from distill_core.config import write_text_atomic
+
+    write_text_atomic(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def clear_folder(folder: Path) -> None:
+    """Remove a teacher's entries (only the files a cache writes there)."""
+    for path in [folder / "meta.json", *folder.glob("rank-*.index"), *folder.glob("rank-*.data")]:
+        path.unlink(missing_ok=True)
