@@ -1,4 +1,4 @@
-"""The ``distill`` command: ``plugins``, ``validate``, ``schema`` and ``demo``."""
+"""The ``distill`` command: ``plugins``, ``validate``, ``schema``, ``cache info`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -145,6 +145,19 @@ def _inject_enums(schema: dict[str, Any], registry: Any) -> None:
         defs["ProjectionSpec"]["properties"]["name"]["enum"] = registry.names("projection")
 
 
+def _cache_info(args: argparse.Namespace) -> int:
+    from distill_core.errors import DistillError
+    from distill_core.teacher_cache.info import describe_cache, format_cache
+
+    try:
+        summary = describe_cache(args.directory, verify=args.verify)
+    except DistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2) if args.json else format_cache(summary))
+    return 0
+
+
 def _demo(demo_args: Sequence[str]) -> int:
     """``distill demo ...``: the options are the demo's own (``distill demo --help`` lists them)."""
     try:
@@ -168,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
     schema = sub.add_parser("schema", help="print the JSON schema of the configs with the live registry's names")
     schema.set_defaults(func=_schema)
+    cache = sub.add_parser("cache", help="inspect a teacher-output cache directory").add_subparsers(
+        dest="cache_command", required=True
+    )
+    info = cache.add_parser("info", help="entries, bytes, bytes per token and fingerprint of a cache directory")
+    info.add_argument("directory", help="the teacher_cache.location of a run")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--verify", action="store_true", help="also read every entry and check its checksum")
+    info.set_defaults(func=_cache_info)
     # listed for `distill --help`; main() hands everything after "demo" to the demo's own parser
     sub.add_parser("demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)")
     return parser

@@ -8,9 +8,12 @@ clipping, a checkpoint every 2 steps and a callback that returns a metric.
 As a script::
 
     python tests/_resume_worker.py OUTPUT_DIR [--resume] [--block-at STEP --marker FILE]
+        [--teacher-cache DIR [--batch-delay SECONDS]]
 
 ``--block-at`` makes the callback of that checkpoint write ``--marker`` and then sleep, so the
 parent can kill the process at a known point (every earlier checkpoint is complete on disk).
+``--teacher-cache`` stores the teacher's outputs in DIR (tests/test_teacher_cache.py kills such a
+run while it builds the cache; ``--batch-delay`` slows each batch so the kill lands mid-epoch).
 """
 
 from __future__ import annotations
@@ -86,7 +89,12 @@ def adaptor(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, Any]:
 
 
 def build(
-    output_dir: str | Path, *, student_hidden: int = 16, match: dict[str, Any] | None = None, **training: Any
+    output_dir: str | Path,
+    *,
+    student_hidden: int = 16,
+    match: dict[str, Any] | None = None,
+    teacher_cache: Any = None,
+    **training: Any,
 ) -> tuple[Any, torch.optim.Optimizer, torch.utils.data.DataLoader]:
     """The distiller, the student's optimizer and the shuffled loader, the same in every process."""
     from distill_core import Distillation
@@ -101,7 +109,9 @@ def build(
         **training,
     }
     match = dict(MATCH, proj=["linear", student_hidden, 32, {"lr": 3e-3}]) if match is None else match
-    distill_config = DistillationConfig(temperature=4, hard_label_weight=0.5, intermediate_matches=[match])
+    distill_config = DistillationConfig(
+        temperature=4, hard_label_weight=0.5, intermediate_matches=[match], teacher_cache=teacher_cache
+    )
     teacher = tiny_bert(32, 3, 2, seed=0)
     student = tiny_bert(student_hidden, 2, 2, seed=1)
     distiller = Distillation(TrainingConfig(**options), distill_config, teacher, student, adaptor, adaptor)
@@ -123,10 +133,15 @@ def run(
     resume_from: str | None = None,
     block_at: int | None = None,
     marker: str | Path | None = None,
+    batch_delay: float = 0.0,
     **training: Any,
 ) -> Any:
     """Train (or resume) the run in ``output_dir``; returns the final RunState."""
     distiller, optimizer, loader = build(output_dir, **training)
+
+    def slow(batch: Any) -> Any:
+        time.sleep(batch_delay)
+        return batch
 
     def callback(model: torch.nn.Module, step: int) -> float:
         print(f"callback at step {step}", flush=True)
@@ -148,6 +163,7 @@ def run(
             callback=callback,
             max_grad_norm=1.0,
             resume_from=resume_from,
+            batch_postprocessor=slow if batch_delay else None,
             output_hidden_states=True,
         )
 
@@ -158,10 +174,17 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--block-at", type=int)
     parser.add_argument("--marker")
+    parser.add_argument("--teacher-cache")
+    parser.add_argument("--batch-delay", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in tests/test_checkpoint.py: same numerics, no contention on a busy machine
     state = run(
-        args.output_dir, resume_from="latest" if args.resume else None, block_at=args.block_at, marker=args.marker
+        args.output_dir,
+        resume_from="latest" if args.resume else None,
+        block_at=args.block_at,
+        marker=args.marker,
+        batch_delay=args.batch_delay,
+        teacher_cache=args.teacher_cache,
     )
     print(f"finished at step {state.global_step}")
 

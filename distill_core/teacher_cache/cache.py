@@ -189,6 +189,7 @@ class TeacherCache:
         for key, (folder, current, layout, _, selection) in plans.items():
             if key in self._kept:
                 self.teachers[key] = self._kept[key]
+                self.teachers[key].stats = CacheStats()  # counts are per session
                 continue
             encoder = Encoder(
                 selection, config, temperature=self.temperature, vocab_size=self.vocab_size, chunk_rows=self.chunk_rows
@@ -261,8 +262,7 @@ class TeacherCache:
 
     def _lookup(self, teacher: _Teacher, batch: BatchExamples) -> list[Entry | None]:
         entries: list[Entry | None] = []
-        for key, digest in zip(batch.ids, batch.digests):
-            got = teacher.store.get(key)
+        for key, digest, got in zip(batch.ids, batch.digests, teacher.store.get_many(batch.ids)):
             if got is not None and got[0].digest != digest:
                 if self.config.on_stale == "error":
                     raise DistillError(

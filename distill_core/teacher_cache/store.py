@@ -108,6 +108,9 @@ class MemoryStore:
         entry = self.entries.get(key)
         return None if entry is None else (entry, "memory")
 
+    def get_many(self, keys: tuple[int, ...]) -> list[tuple[Entry, str] | None]:
+        return [self.get(key) for key in keys]
+
     def put_many(self, items: list[tuple[int, Entry]]) -> None:
         self.entries.update(items)
 
@@ -241,17 +244,25 @@ class DiskStore:
         self._index = open(own.index_path, "r+b")
 
     def get(self, key: int) -> tuple[Entry, str] | None:
-        found = self._find(key)
-        if found is None and self.share and self.others:
+        return self.get_many((key,))[0]
+
+    def get_many(self, keys: tuple[int, ...]) -> list[tuple[Entry, str] | None]:
+        """The entries of ``keys`` (None where absent); other ranks' new records are read once if any is missing."""
+        found = [self._find(key) for key in keys]
+        if self.share and any(item is None for item in found):
             for shard in self.others:
                 shard.refresh()
             self._adopt_new_shards()
-            found = self._find(key)
-        if found is None:
-            return None
-        shard, record = found
-        arrays = shard.read(record, self.layout)
-        return Entry(arrays, record.length, record.rows, record.digest), str(shard.data_path)
+            found = [item if item is not None else self._find(key) for key, item in zip(keys, found)]
+        results: list[tuple[Entry, str] | None] = []
+        for item in found:
+            if item is None:
+                results.append(None)
+                continue
+            shard, record = item
+            arrays = shard.read(record, self.layout)
+            results.append((Entry(arrays, record.length, record.rows, record.digest), str(shard.data_path)))
+        return results
 
     def _find(self, key: int) -> tuple[_Shard, Record] | None:
         record = self.own.records.get(key)
