@@ -318,7 +318,8 @@ def _kd_outputs(results: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...], 
     """Per KD output: (description, row shape, vocabulary size); chunked or cached token logits count as one."""
     cached = results.get("cached_logits")  # a teacher's token logits read from the teacher cache
     if cached is not None:
-        return [(f"cached token logits at positions {cached.positions} of {cached.vocab} entries", cached.positions, cached.vocab)]
+        what = f"cached token logits at positions {cached.positions} of {cached.vocab} entries"
+        return [(what, cached.positions, cached.vocab)]
     if results.get("logits_hidden") is not None and results.get("logits_head") is not None:
         hidden, head = results["logits_hidden"], results["logits_head"]
         return [
@@ -356,7 +357,9 @@ def check_pair(
         )
     if len(outputs_S) != len(outputs_T):
         raise AdaptorError(f"adaptor_S returned {len(outputs_S)} logits tensors but {role_T} returned {len(outputs_T)}")
-    chunked = any(results.get(key) is not None for results in (results_S, results_T) for key in ("logits_hidden", "cached_logits"))
+    chunked = any(
+        results.get(key) is not None for results in (results_S, results_T) for key in ("logits_hidden", "cached_logits")
+    )
     if not chunked and vocab_size is None:
         pairs = zip(as_list(results_S.get("logits")), as_list(results_T.get("logits")))
         for index, (student, teacher) in enumerate(pairs):

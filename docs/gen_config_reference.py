@@ -22,6 +22,7 @@ from distill_core.config import (  # noqa: E402
     TrainingConfig,
 )
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS  # noqa: E402
+from distill_core.teacher_cache import TeacherCacheConfig  # noqa: E402
 
 TARGET = Path(__file__).with_name("config.md")
 
@@ -77,6 +78,7 @@ def render() -> str:
         (IntermediateMatch, IntermediateMatch.__doc__),
         (CustomMatch, CustomMatch.__doc__),
         (ProjectionSpec, ProjectionSpec.__doc__),
+        (TeacherCacheConfig, TeacherCacheConfig.__doc__),
     ):
         doc = " ".join(line.strip() for line in (intro or "").strip().splitlines())
         sections += ["", f"## {model.__name__}", "", doc, "", table(model)]

@@ -13,6 +13,10 @@ processes with batch 4 see, step by step, the same examples as one process with 
 
     torchrun --standalone --nproc_per_node 2 tests/_distributed_worker.py OUT --workload bert \\
         [--fsdp student|teachers] [--resume] [--block-at STEP --marker FILE]
+        [--shuffle] [--teacher-cache DIR]
+
+``--shuffle`` shuffles the DataLoader (under torchrun: a reshuffling DistributedSampler);
+``--teacher-cache DIR`` stores the teacher's outputs there and prints each rank's cache counts.
 """
 
 from __future__ import annotations
@@ -108,7 +112,16 @@ def bert_adaptor(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, Any]
     return {"logits": outputs.logits, "hidden": outputs.hidden_states}
 
 
-def build(output_dir: str | Path, workload: str, *, batch_size: int, fsdp: list[str], **training: Any) -> tuple:
+def build(
+    output_dir: str | Path,
+    workload: str,
+    *,
+    batch_size: int,
+    fsdp: list[str],
+    shuffle: bool = False,
+    teacher_cache: str | None = None,
+    **training: Any,
+) -> tuple:
     options = {
         "output_dir": str(output_dir),
         "log_dir": str(Path(output_dir) / "logs"),
@@ -127,13 +140,14 @@ def build(output_dir: str | Path, workload: str, *, batch_size: int, fsdp: list[
             intermediate_matches=[
                 {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "proj": ["linear", 16, 32]}
             ],
+            teacher_cache=teacher_cache,
         )
         distiller = Distillation(TrainingConfig(**options), config, teacher, student, bert_adaptor, bert_adaptor)
     else:
         teacher, student = gpt2_models()
-        config = DistillationConfig(temperature=1, kd_loss_type="kl")
+        config = DistillationConfig(temperature=1, kd_loss_type="kl", teacher_cache=teacher_cache)
         distiller = Distillation(TrainingConfig(**options), config, teacher, student, None, None)
-    loader = torch.utils.data.DataLoader(examples(workload), batch_size=batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(examples(workload), batch_size=batch_size, shuffle=shuffle)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2)
     return distiller, optimizer, loader
 
@@ -147,10 +161,20 @@ def run(
     resume: bool = False,
     block_at: int | None = None,
     marker: str | None = None,
+    shuffle: bool = False,
+    teacher_cache: str | None = None,
     **training: Any,
 ) -> Any:
     """Train (or resume) in ``output_dir``; returns the final RunState."""
-    distiller, optimizer, loader = build(output_dir, workload, batch_size=batch_size, fsdp=fsdp or [], **training)
+    distiller, optimizer, loader = build(
+        output_dir,
+        workload,
+        batch_size=batch_size,
+        fsdp=fsdp or [],
+        shuffle=shuffle,
+        teacher_cache=teacher_cache,
+        **training,
+    )
 
     def callback(model: torch.nn.Module, step: int) -> float:
         print(f"rank {os.environ.get('RANK', '0')}: callback at step {step}", flush=True)
@@ -163,7 +187,7 @@ def run(
     numpy.random.seed(13)
     torch.manual_seed(1234)
     with distiller:
-        return distiller.train(
+        state = distiller.train(
             optimizer,
             None,
             loader,
@@ -173,6 +197,11 @@ def run(
             resume_from="latest" if resume else None,
             output_hidden_states=workload == "bert",
         )
+    if distiller.teacher_cache is not None:
+        summary = distiller.teacher_cache.last_summary["0"]
+        counts = " ".join(f"{name}={summary[name]}" for name in ("hits", "misses", "stored", "entries"))
+        print(f"rank {os.environ.get('RANK', '0')}: teacher cache {counts}", flush=True)
+    return state
 
 
 def main() -> None:
@@ -185,6 +214,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--block-at", type=int)
     parser.add_argument("--marker")
+    parser.add_argument("--shuffle", action="store_true")
+    parser.add_argument("--teacher-cache")
     args = parser.parse_args()
     torch.set_num_threads(1)
     state = run(
@@ -196,6 +227,8 @@ def main() -> None:
         block_at=args.block_at,
         marker=args.marker,
         gradient_accumulation_steps=args.accumulation,
+        shuffle=args.shuffle,
+        teacher_cache=args.teacher_cache,
     )
     print(f"rank {os.environ.get('RANK', '0')}: finished at step {state.global_step}", flush=True)
 

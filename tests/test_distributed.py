@@ -175,6 +175,24 @@ def test_sigkill_of_the_group_after_its_second_checkpoint_then_resume_equals_the
         _assert_identical(expected[key], actual[key], key)
 
 
+def test_teacher_cache_under_ddp_each_rank_caches_its_own_examples_once_and_changes_nothing(tmp_path) -> None:
+    """A reshuffling DistributedSampler: in epoch 1 each rank stores the 16 examples it sees, in its own
+    files; in epoch 2 it reads the others' examples from the other rank's files (no miss), and the
+    student equals the uncached run's."""
+    from distill_core.teacher_cache.store import read_records
+
+    cache = tmp_path / "cache"
+    done = torchrun(tmp_path / "cached", "--workload", "bert", "--shuffle", "--teacher-cache", str(cache))
+    torchrun(tmp_path / "plain", "--workload", "bert", "--shuffle")
+    for rank in (0, 1):
+        half = worker.EXAMPLES // 2
+        assert f"rank {rank}: teacher cache hits={half} misses={half} stored={half}" in done.stdout
+    indexes = [cache / "teacher-0" / f"rank-0000{rank}.index" for rank in (0, 1)]
+    keys = [{record.key for record in read_records(index)[0]} for index in indexes]
+    assert not keys[0] & keys[1] and keys[0] | keys[1] == set(range(worker.EXAMPLES))
+    assert_close(student_at(tmp_path / "plain"), student_at(tmp_path / "cached"), TOLERANCE)
+
+
 def test_resuming_with_another_world_size_is_refused_naming_both_sizes(ddp, tmp_path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(ddp.out, copy)

@@ -96,7 +96,10 @@ def test_bits_round_trip_any_mask_dtype() -> None:
 
 # -- the files -------------------------------------------------------------------------------------------
 LAYOUT = Layout(
-    fields=(FieldSpec(("hidden", 0), "tensor", "float32", ("L", 3)), FieldSpec(("logits", 0), "tensor", "bfloat16", (2,))),
+    fields=(
+        FieldSpec(("hidden", 0), "tensor", "float32", ("L", 3)),
+        FieldSpec(("logits", 0), "tensor", "bfloat16", (2,)),
+    ),
     layers=(("hidden", 1),),
     logits_list=False,
     vocab=None,

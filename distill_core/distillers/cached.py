@@ -136,7 +136,7 @@ class TeacherCacheSupport:
                         self.teacher_cache.outputs(
                             examples,
                             self.teacher_keys(task),
-                            lambda missing, b=device_batch: self._run_teachers(b, task, model_args, missing),
+                            lambda missing, b=device_batch, t=task: self._run_teachers(b, t, model_args, missing),
                             self.device,
                             assemble=False,
                         )
@@ -157,7 +157,9 @@ class TeacherCacheSupport:
                 raise TypeError("build_teacher_cache() takes dataloader= or dataloaders=, not both")
             unknown = set(dataloaders) - set(self.teachers)
             if unknown:
-                raise ValueError(f"dataloaders names tasks {sorted(unknown)} without a teacher; tasks: {sorted(self.teachers)}")
+                raise ValueError(
+                    f"dataloaders names tasks {sorted(unknown)} without a teacher; tasks: {sorted(self.teachers)}"
+                )
             return {task: (f"dataloaders[{task!r}]", loader) for task, loader in dataloaders.items()}
         if dataloader is None:
             raise TypeError("build_teacher_cache() needs the training data: dataloader= (or dataloaders= per task)")

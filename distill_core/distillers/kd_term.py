@@ -68,7 +68,7 @@ def _head_params(head: Any, vocab: int | None) -> tuple[torch.Tensor, torch.Tens
 
 
 def dense_teacher_logits(results: Mapping[str, Any]) -> list[torch.Tensor]:
-    """A teacher's logits, from its head when its adaptor gave hidden states, or from the teacher cache (no gradient)."""
+    """A teacher's logits: its own, from its head (hidden states given), or from the teacher cache (no gradient)."""
     cached = results.get("cached_logits")
     if cached is not None:  # token logits of the teacher cache: dense, or top-k densified (B, L, V)
         return [cached.dense()]

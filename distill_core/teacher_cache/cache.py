@@ -176,7 +176,7 @@ class TeacherCache:
             plans[key] = (folder, current, layout, clear, selection)
         runtime.barrier()  # every rank has read the stored fingerprints before rank 0 changes them
         if runtime.is_main:
-            for folder, current, layout, clear, _ in plans.values():
+            for folder, current, _, clear, _ in plans.values():
                 if folder is None:
                     continue
                 if clear:

@@ -27,7 +27,12 @@ def describe_cache(location: str | Path, *, verify: bool = False) -> dict[str, A
     teachers = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists()):
         teachers[folder.name] = _describe_teacher(folder, verify)
-    return {"location": str(root), "format": header.get("format", FORMAT), "version": header.get("version"), "teachers": teachers}
+    return {
+        "location": str(root),
+        "format": header.get("format", FORMAT),
+        "version": header.get("version"),
+        "teachers": teachers,
+    }
 
 
 def _describe_teacher(folder: Path, verify: bool) -> dict[str, Any]:
@@ -43,7 +48,7 @@ def _describe_teacher(folder: Path, verify: bool) -> dict[str, Any]:
         records, _ = read_records(index)
         data_size = data.stat().st_size if data.exists() else 0
         size += index.stat().st_size + data_size
-        for number, record in enumerate(records):
+        for record in records:
             if record.offset + record.nbytes > data_size:
                 raise DistillError(
                     f"{data} is truncated: the entry of example {record.key} ends at byte "

@@ -21,7 +21,7 @@ masked losses never read.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +115,9 @@ class Layout:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "fields": [{"path": list(f.path), "kind": f.kind, "dtype": f.dtype, "dims": list(f.dims)} for f in self.fields],
+            "fields": [
+                {"path": list(f.path), "kind": f.kind, "dtype": f.dtype, "dims": list(f.dims)} for f in self.fields
+            ],
             "layers": dict(self.layers),
             "logits_list": self.logits_list,
             "vocab": self.vocab,
@@ -123,9 +125,7 @@ class Layout:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Layout:
-        fields = tuple(
-            FieldSpec(tuple(f["path"]), f["kind"], f["dtype"], tuple(f["dims"])) for f in data["fields"]
-        )
+        fields = tuple(FieldSpec(tuple(f["path"]), f["kind"], f["dtype"], tuple(f["dims"])) for f in data["fields"])
         return cls(fields, tuple(data["layers"].items()), bool(data["logits_list"]), data["vocab"])
 
     def stored(self, length: int, rows: int) -> list[tuple[torch.dtype, tuple[int, ...]]]:
@@ -322,14 +322,16 @@ class Encoder:
                 )
             entries[row].rows = int(counts[row])
         parts: list[dict[str, Tensor]] = []
-        for chunk in self._logits_chunks(results, keep):
-            if self.config.top_k is None:
-                parts.append({"logits": chunk.to("cpu")})
-            else:
-                values, indices, mass = encode_top_k(
-                    chunk, self.config.top_k, self.temperature, self.config.value_dtype
-                )
-                parts.append({"values": values.cpu(), "indices": indices.cpu(), "mass": mass.cpu()})
+        # logits as the model's head computes them (its dtype), whatever autocast region this runs in
+        with torch.no_grad(), torch.autocast(device_type=keep.device.type, enabled=False):
+            for chunk in self._logits_chunks(results, keep):
+                if self.config.top_k is None:
+                    parts.append({"logits": chunk.to("cpu")})
+                else:
+                    values, indices, mass = encode_top_k(
+                        chunk, self.config.top_k, self.temperature, self.config.value_dtype
+                    )
+                    parts.append({"values": values.cpu(), "indices": indices.cpu(), "mass": mass.cpu()})
         names = [f.path[1] for f in self.layout.fields if f.kind == "rows"]
         joined = {name: torch.cat([part[name] for part in parts]) if parts else None for name in names}
         by_example: dict[int, dict[str, Tensor]] = {}
@@ -348,24 +350,23 @@ class Encoder:
         dtype, shape = field.stored(0, 0)
         return torch.empty(shape, dtype=dtype)
 
-    def _logits_chunks(self, results: Mapping[str, Any], keep: Tensor) -> Any:
+    def _logits_chunks(self, results: Mapping[str, Any], keep: Tensor) -> Iterator[Tensor]:
+        """The teacher's token logits at the ``keep`` positions, a chunk of rows at a time (first V entries)."""
         from distill_core.token_kd import default_chunk_size
 
         vocab = self.layout.vocab
         chunk = self.chunk_rows or default_chunk_size(vocab)
-        with torch.no_grad(), torch.autocast(device_type=keep.device.type, enabled=False):
-            if results.get("logits_hidden") is not None:
-                head = results["logits_head"]
-                weight, bias = head.weight[:vocab], getattr(head, "bias", None)
-                bias = None if bias is None else bias[:vocab]
-                hidden = results["logits_hidden"].to(keep.device)[keep]
-                for start in range(0, hidden.shape[0], chunk):
-                    rows = hidden[start : start + chunk].to(weight.dtype)
-                    yield torch.nn.functional.linear(rows, weight, bias)
-            else:
-                logits = as_list(results["logits"])[0].to(keep.device)[keep][:, :vocab]
-                for start in range(0, logits.shape[0], chunk):
-                    yield logits[start : start + chunk]
+        if results.get("logits_hidden") is not None:
+            head = results["logits_head"]
+            weight, bias = head.weight[:vocab], getattr(head, "bias", None)
+            bias = None if bias is None else bias[:vocab]
+            hidden = results["logits_hidden"].to(keep.device)[keep]
+            for start in range(0, hidden.shape[0], chunk):
+                yield torch.nn.functional.linear(hidden[start : start + chunk].to(weight.dtype), weight, bias)
+        else:
+            logits = as_list(results["logits"])[0].to(keep.device)[keep][:, :vocab]
+            for start in range(0, logits.shape[0], chunk):
+                yield logits[start : start + chunk]
 
     # -- entries -> a batch's outputs ------------------------------------------------------------
     def assemble(

@@ -33,9 +33,7 @@ def index_dtype(vocab: int) -> torch.dtype:
     return torch.uint16 if vocab <= 2**16 else torch.int32
 
 
-def encode_top_k(
-    logits: Tensor, k: int, temperature: float, value_dtype: str
-) -> tuple[Tensor, Tensor, Tensor]:
+def encode_top_k(logits: Tensor, k: int, temperature: float, value_dtype: str) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(values (n, k), indices (n, k), mass (n,))`` of rows of teacher logits (n, V).
 
     ``values`` are the top-k log-probabilities of ``softmax(logits / T)``, ``mass`` the probability
@@ -50,9 +48,7 @@ def encode_top_k(
     return values, top.indices.to(index_dtype(logits.shape[-1])), rest.sum(-1).to(dtype)
 
 
-def densify(
-    values: Tensor, indices: Tensor, mass: Tensor, vocab: int, temperature: float, missing_mass: str
-) -> Tensor:
+def densify(values: Tensor, indices: Tensor, mass: Tensor, vocab: int, temperature: float, missing_mass: str) -> Tensor:
     """Return the (n, V) float32 logits ``T · log p̃`` of stored top-k rows (see the module doc)."""
     rows, k = values.shape
     rest = vocab - k
@@ -114,25 +110,6 @@ class TeacherRows:
         full = torch.zeros((*self.positions, self.vocab), dtype=rows.dtype, device=rows.device)
         full[self.mask] = rows
         return full
-
-    def to(self, device: torch.device, *, non_blocking: bool = False) -> TeacherRows:
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return TeacherRows(
-            move(self.mask),
-            vocab=self.vocab,
-            rows=None if self.rows is None else move(self.rows),
-            top_k=None if self.top_k is None else tuple(move(t) for t in self.top_k),
-            temperature=self.temperature,
-            missing_mass=self.missing_mass,
-        )
-
-
-def bytes_per_row(vocab: int, k: int | None, value_dtype: str, logits_dtype: torch.dtype) -> int:
-    """Payload bytes of one stored row: V logits, or k values + k indices + the mass."""
-    if k is None:
-        return vocab * torch.empty((), dtype=logits_dtype).element_size()
-    value = _DTYPES[value_dtype].itemsize
-    return k * (value + torch.empty((), dtype=index_dtype(vocab)).element_size()) + value
 
 
 def is_shift_invariant(row_loss: object, temperature: float) -> bool:
