@@ -21,6 +21,7 @@ import torch
 from distill_core import Distillation, DistillationConfig, DistillError, TrainingConfig
 from distill_core import checkpoint as ckpt
 from tests import _resume_worker as worker
+from tests.test_no_sync import host_reads  # noqa: F401 (a fixture)
 from tests.tiny_lm import PAD, VOCAB, tiny_gpt2
 
 WORKER = Path(worker.__file__)
@@ -538,3 +539,21 @@ def test_cache_info_prints_entries_bytes_per_token_and_fingerprint(tmp_path, cap
     assert info["outputs"]["top_k"] == 8 and info["fingerprint"]
     assert main(["cache", "info", str(tmp_path / "nothing")]) == 1
     assert "holds no teacher cache" in capsys.readouterr().err
+
+
+def test_cache_hits_read_only_the_host_batch(tmp_path, host_reads) -> None:  # noqa: F811 (the fixture)
+    """Epoch 2 reads every batch from the cache. The only tensor values read to the host then are the
+    batch's own (lengths and content digests, tests/test_no_sync.py's recorder sees them in keys.py),
+    taken before it moves to the device; nothing reads the losses or the teacher's rebuilt outputs."""
+    distiller, optimizer, loader = worker.build(tmp_path, teacher_cache="memory", log_steps=100, ckpt_steps=100)
+    marks: list[int] = []
+
+    def mark(batch):
+        marks.append(len(host_reads))
+        return batch
+
+    torch.manual_seed(0)
+    distiller.train(optimizer, None, loader, num_epochs=2, batch_postprocessor=mark, output_hidden_states=True)
+    epoch_2 = host_reads[marks[9] : marks[-1]]  # from the first batch of epoch 2 to the last one
+    assert epoch_2, "the recorder saw nothing: the test would prove nothing"
+    assert all("teacher_cache/keys.py" in read for read in epoch_2), epoch_2

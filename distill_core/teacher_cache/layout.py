@@ -379,6 +379,7 @@ class Encoder:
         logits: dict[int, Tensor] = {}
         rows: dict[str, list[Tensor]] = {}
         pin = device.type == "cuda"
+        host_mask = None
         for index, field in enumerate(layout.fields):
             arrays = [entry.arrays[index] for entry in entries]
             if field.kind == "rows":
@@ -394,6 +395,8 @@ class Encoder:
                     array = unpack_bits(array, example, dtype)
                 out[row][tuple(slice(0, size) for size in example)] = array
             tensor = out.to(device, non_blocking=pin)
+            if field.path == ("logits_mask",):
+                host_mask = out
             head, *rest = field.path
             if head == "captured":
                 captured[rest[0]] = tensor
@@ -410,11 +413,14 @@ class Encoder:
             results["logits"] = ordered if layout.logits_list else ordered[0]
         if rows:
             joined = {name: torch.cat(parts) for name, parts in rows.items()}
+            # where the rows go in (B·L): known on the host, so placing them reads nothing from the device
+            joined["positions"] = (host_mask != 0).reshape(-1).nonzero().squeeze(1)
             if pin:
                 joined = {name: t.pin_memory() for name, t in joined.items()}
             joined = {name: t.to(device, non_blocking=pin) for name, t in joined.items()}
             results["cached_logits"] = TeacherRows(
                 results["logits_mask"] != 0,
+                positions=joined["positions"],
                 vocab=layout.vocab,
                 rows=joined.get("logits"),
                 top_k=(joined["values"], joined["indices"], joined["mass"]) if "values" in joined else None,

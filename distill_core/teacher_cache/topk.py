@@ -68,6 +68,8 @@ class TeacherRows:
     chunked token-KD path gathers the student's rows. Dense rows are returned as stored; top-k rows
     are densified one chunk at a time, so (B·L, V) is never held on that path.
 
+    :param positions: (N,) the rows' flat indices into (B·L), or None to take them from ``mask``
+        (a boolean index, which reads the device on CUDA).
     :param rows: dense (N, V) logits, or None for top-k.
     :param top_k: ``(values, indices, mass)`` of the top-k rows, or None for dense.
     """
@@ -77,12 +79,14 @@ class TeacherRows:
         mask: Tensor,
         *,
         vocab: int,
+        positions: Tensor | None = None,
         rows: Tensor | None = None,
         top_k: tuple[Tensor, Tensor, Tensor] | None = None,
         temperature: float = 1.0,
         missing_mass: str = "spread",
     ) -> None:
         self.mask = mask
+        self.flat_positions = positions
         self.vocab = vocab
         self.rows = rows
         self.top_k = top_k
@@ -108,7 +112,10 @@ class TeacherRows:
         """(B, L, V) logits: the rows at their positions, zeros (a uniform row) where ``mask`` is False."""
         rows = self.rows if self.rows is not None else self.chunk(0, len(self))
         full = torch.zeros((*self.positions, self.vocab), dtype=rows.dtype, device=rows.device)
-        full[self.mask] = rows
+        if self.flat_positions is None:
+            full[self.mask] = rows
+        else:
+            full.view(-1, self.vocab).index_copy_(0, self.flat_positions, rows)
         return full
 
 
