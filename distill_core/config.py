@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Literal, Union
 
 from pydantic import (
@@ -24,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from distill_core.atomic import write_text_atomic
 from distill_core.errors import UnknownComponentError
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 
@@ -71,22 +70,6 @@ class _SerializableConfig(_Model):
     def to_json_file(self, path: str | os.PathLike[str]) -> None:
         """Write the config as JSON, atomically (a crash never leaves a half-written file)."""
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ProjectionSpec(_Model):
