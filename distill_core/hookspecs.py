@@ -36,8 +36,10 @@ def declare_components() -> list[ComponentInfo]:
     """Return the components this plugin provides.
 
     Each :class:`~distill_core.ComponentInfo` names a component of kind ``"kd_loss"``,
-    ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``) and a one-line
-    summary. All plugins' results are collected; a name declared twice is an error.
+    ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``), a one-line
+    summary and optionally ``aliases`` (other names configs may use; the compute hooks are then
+    called with the canonical name). All plugins' results are collected; a name or alias declared
+    twice is an error.
     """
 
 
