@@ -439,3 +439,13 @@ def test_broken_plugin_cli_reports_and_fails(tmp_path) -> None:
     assert "Traceback" not in result.stderr
     result = run_cli("validate", str(config), env={**env, "DISTILL_BLOCK_PLUGINS": "broken_loss"})
     assert result.returncode == 0, result.stderr
+
+
+def test_dead_helpers_stay_removed() -> None:
+    """Issue 14: unused helpers were removed so nobody builds on them (PluginLoadError replaced check_failures)."""
+    from distill_core import matching
+    from distill_core.plugins import DistillPluginManager
+
+    assert not hasattr(matching, "layer_list")
+    assert not hasattr(matching.OutputCapture, "attached")
+    assert not hasattr(DistillPluginManager, "check_failures")
