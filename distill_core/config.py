@@ -16,17 +16,29 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from distill_core.atomic import write_text_atomic
 from distill_core.errors import UnknownComponentError
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 
 LayerIndex = Union[int, list[int]]
+
+#: TextBrewer ``DistillationConfig`` options distill does not take, and what replaces each; a config
+#: that still has one gets this pointer instead of a bare "extra inputs are not permitted"
+TEXTBREWER_REPLACED: dict[str, str] = {
+    "is_caching_logits": (
+        "`is_caching_logits` is TextBrewer's option; distill's teacher-output cache replaces it and is "
+        "configured with `DistillationConfig.teacher_cache` (stored teacher outputs stand in for the teacher "
+        "forward, for every distiller). Remove `is_caching_logits`"
+    ),
+}
 
 
 def _lookup(kind: str, name: str) -> Any:
@@ -46,7 +58,9 @@ def _validated_params(kind: str, name: str, params: dict[str, Any] | None) -> di
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: a temperature or weight of inf/NaN passes `gt=0`/`ge=0` but breaks the
+    # first training step, so every float field must be finite
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class _SerializableConfig(_Model):
@@ -266,7 +280,13 @@ class TrainingConfig(_SerializableConfig):
 
 
 class DistillationConfig(_SerializableConfig):
-    """What to distil: KD loss, temperature, weights, schedules and intermediate matches."""
+    """What to distil: KD loss, temperature, weights, schedules and intermediate matches.
+
+    Every number must be finite (a temperature or weight of inf or NaN is refused here, not at the
+    first step). Coming from TextBrewer: the field names are TextBrewer's; its ``is_caching_logits``
+    is replaced by the teacher-output cache (``teacher_cache``), and a config that sets it is
+    refused with that pointer.
+    """
 
     temperature: float = Field(4.0, gt=0)
     temperature_scheduler: str | list[Any] | dict[str, Any] = "none"
@@ -278,6 +298,24 @@ class DistillationConfig(_SerializableConfig):
     kd_loss_params: dict[str, Any] = Field(default_factory=dict)
     probability_shift: bool = False
     intermediate_matches: list[IntermediateMatch] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _point_textbrewer_options_to_their_replacement(cls, data: Any) -> Any:
+        found = [key for key in TEXTBREWER_REPLACED if isinstance(data, dict) and key in data]
+        if found:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("textbrewer_option", TEXTBREWER_REPLACED[key]),
+                        loc=(key,),
+                        input=data[key],
+                    )
+                    for key in found
+                ],
+            )
+        return data
 
     @field_validator("intermediate_matches", mode="before")
     @classmethod
