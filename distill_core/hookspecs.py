@@ -81,7 +81,10 @@ def compute_match_loss(
     :param feature_S: the student feature (already projected), or a list of them when the match
         names several layers.
     :param feature_T: the teacher feature, or a list of them.
-    :param mask: the adaptor's ``inputs_mask`` (B, L), 1 = keep, or None.
+    :param mask: 1 = keep, or None. Usually the adaptor's ``inputs_mask`` (B, L); for attention
+        maps it may also be a (B, Lq, Lk) pair mask (entry (i, j) kept where it is 1), which is how
+        cross-attention maps (B, H, L_dec, L_enc) of encoder-decoders are masked. A loss that cannot
+        use the mask it is given raises ``ShapeMismatchError`` naming both shapes.
     :param params: the validated params model instance, or None.
     """
 
