@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from distill_core.demo import cache
+from distill_core.demo import teacher_store
 from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy, latency_ms
@@ -56,11 +56,11 @@ def _drop_checkpoints(args: argparse.Namespace, settings: TrainSettings) -> None
 def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
                    dev_loader: Any) -> tuple[Any, dict[str, Any]]:
     """Load the fine-tuned teacher from the cache, or fine-tune (and cache) it."""
-    root = cache.cache_root(args.cache_dir)
-    key = cache.teacher_key(dataset=args.dataset, train_size=args.train_size, max_length=args.max_length,
+    root = teacher_store.cache_root(args.cache_dir)
+    key = teacher_store.teacher_key(dataset=args.dataset, train_size=args.train_size, max_length=args.max_length,
                             seed=args.teacher_seed, steps=args.teacher_steps, lr=args.teacher_lr,
                             batch_size=args.batch_size)
-    folder = None if args.no_cache else cache.cached_teacher(root, key)
+    folder = None if args.no_cache else teacher_store.cached_teacher(root, key)
     if folder is not None:
         _say(f"[teacher] using the cached fine-tuned teacher {folder}")
         info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
@@ -80,7 +80,7 @@ def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
     _drop_checkpoints(args, settings)
     info = {"key": key, "train_seconds": round(time.perf_counter() - start, 1), "source": str(TEACHER_SOURCE)}
     if not args.no_cache:
-        cache.store_teacher(root, key, teacher, info)
+        teacher_store.store_teacher(root, key, teacher, info)
     return teacher, {**info, "cached": False}
 
 
