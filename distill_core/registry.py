@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from distill_core.components import COMPONENT_KINDS, ComponentInfo
-from distill_core.errors import DuplicateComponentError, PluginError, PluginLoadError, UnknownComponentError
+from distill_core.errors import DuplicateComponentError, PluginError, UnknownComponentError
 from distill_core.plugins import BLOCK_ENV, DistillPluginManager, get_plugin_manager
 
 #: which hook computes each kind of component

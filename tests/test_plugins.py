@@ -390,7 +390,8 @@ def test_a_name_equal_to_another_components_alias_is_a_duplicate(register_plugin
 
 def test_component_info_positional_form_still_works_and_checks_aliases() -> None:
     info = ComponentInfo("match_loss", "x_loss", None, "one line")
-    assert (info.kind, info.name, info.params, info.summary, info.aliases) == ("match_loss", "x_loss", None, "one line", ())
+    assert (info.kind, info.name, info.params, info.summary) == ("match_loss", "x_loss", None, "one line")
+    assert info.aliases == ()
     with pytest.raises(ValueError, match="alias"):
         ComponentInfo(kind="match_loss", name="x", aliases=("has space",))
     with pytest.raises(ValueError, match="differ from its name"):
