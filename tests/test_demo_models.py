@@ -61,6 +61,15 @@ def test_accuracy_and_latency(tiny_bert):
     assert latency_ms(tiny_bert, [[1, 2, 3]] * 4, warmup=1) > 0
 
 
+def test_accuracy_can_show_its_progress(tiny_bert, capsys):
+    batch = {"input_ids": torch.tensor([[1, 2], [3, 4]]), "attention_mask": torch.ones(2, 2, dtype=torch.long),
+             "labels": torch.tensor([0, 1])}
+    value = accuracy(tiny_bert, [batch, batch], progress="dev accuracy at step 7")
+    assert value == accuracy(tiny_bert, [batch, batch])
+    err = capsys.readouterr().err
+    assert "dev accuracy at step 7" in err
+
+
 def test_the_teacher_store_is_not_named_cache():
     """Issue 14: ``demo/cache.py`` kept teacher models; the name is left to the teacher-output cache."""
     import importlib.util
