@@ -108,6 +108,9 @@ def test_store_then_find_a_teacher(tmp_path, tiny_bert):
     reloaded = transformers.BertForSequenceClassification.from_pretrained(folder)
     assert torch.equal(reloaded.classifier.weight, tiny_bert.classifier.weight)
     assert [p.name for p in (tmp_path / "teachers").iterdir()] == ["k"]  # no staging folder left behind
+    teacher_store.update_info(folder, {"train_seconds": 1.0, "dev_accuracy": {"2000": 0.75}})
+    assert json.loads((folder / "info.json").read_text())["dev_accuracy"] == {"2000": 0.75}
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
 
 
 def _rows(teacher, distilled, alone):

@@ -74,9 +74,11 @@ def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
         teacher = load_saved(str(folder))
         freeze_embeddings(teacher)
         dev_accuracy = info.get("dev_accuracy", {}).get(dev_key)
-        if dev_accuracy is None:
+        if dev_accuracy is None:  # stored before accuracies were kept, or another dev-set size
             dev_accuracy = accuracy(teacher, dev_loader,
                                     progress=None if args.no_progress else "teacher dev accuracy")
+            info["dev_accuracy"] = {**info.get("dev_accuracy", {}), dev_key: dev_accuracy}
+            teacher_store.update_info(folder, info)
         seconds = time.perf_counter() - start
         _say(f"[teacher] dev accuracy {dev_accuracy:.1%} (loaded from the cache in {seconds:.0f} s; fine-tuning it "
              f"took {info.get('train_seconds', float('nan')):.0f} s)")

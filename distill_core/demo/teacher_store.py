@@ -67,3 +67,10 @@ def store_teacher(root: Path, key: str, model: Any, info: dict[str, Any]) -> Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def update_info(folder: Path, info: dict[str, Any]) -> None:
+    """Rewrite a stored teacher's ``info.json`` (atomically: the teacher stays complete if this is interrupted)."""
+    from distill_core.atomic import write_text_atomic
+
+    write_text_atomic(folder / "info.json", json.dumps(info, indent=2) + "\n")
