@@ -8,6 +8,10 @@ same from code):
 - ``DISTILL_PLUGIN_DISTRIBUTIONS``: comma-separated distribution names; only their entry points are
   loaded (tests use ``distill`` to run against the built-ins alone).
 
+An entry point that fails to import is recorded here (``manager.failures``) and raised as
+:class:`~distill_core.PluginLoadError` when the registry is built, naming the entry point, its
+distribution, the error and the remedies; nothing runs with a plugin silently missing.
+
 Scripts and tests may add plugin objects with ``get_plugin_manager().register(obj, name=...)`` and
 remove them with ``unregister``; the registry notices and rebuilds itself.
 """
