@@ -1,15 +1,28 @@
-"""The adaptor contract, its first-step check, and the automatic adaptor for Hugging Face outputs.
+"""The adaptor contract, its first-step checks, and the automatic adaptor for Hugging Face outputs.
 
 An adaptor is ``adaptor(batch, model_outputs) -> dict`` (it may also take a ``task`` argument in
 multi-task runs). The dict's keys, all optional:
 
 - ``logits``: a tensor (B, C) or (B, L, C), or a list of them (e.g. start and end logits).
-- ``logits_mask``: (B, L), 1 = keep; for 3-D logits, the positions KD averages over.
+- ``logits_mask``: (B, L), 1 = keep; for 3-D logits (or ``logits_hidden``), the positions KD
+  averages over.
+- ``logits_hidden`` and ``logits_head`` (chunked token KD, instead of ``logits``): the final hidden
+  states (B, L, D) whose logits are ``logits_head(logits_hidden)``, and the output head, an
+  ``nn.Module`` with a 2-D ``weight`` (V, D) (an ``nn.Linear``: ``F.linear(h, weight, bias)``). The
+  loss builds logits a chunk of rows at a time, so (B·L, V) is never held at once.
 - ``losses``: a scalar tensor or a list of them (hard-label losses, summed).
-- ``hidden``: a list/tuple of (B, L, D) tensors, one per layer (Hugging Face's ``hidden_states``).
-- ``attention``: a list/tuple of (B, H, L, L) tensors (``attentions``).
+- ``labels``: class ids, used by ``probability_shift``; token ids (B, L) aligned with the logits,
+  -100 = ignore, for token-level outputs.
+- Features, each a list/tuple with one tensor per layer:
+  ``hidden`` (B, L, D) and ``attention`` (B, H, L, L) (Hugging Face's ``hidden_states`` and
+  ``attentions``); for encoder-decoders ``encoder_hidden``, ``decoder_hidden`` (B, L_enc|L_dec, D),
+  ``encoder_attention``, ``decoder_attention`` (B, H, L, L) and ``cross_attention``
+  (B, H, L_dec, L_enc).
 - ``inputs_mask``: (B, L), 1 = real token; masks the intermediate matches.
-- ``labels``: class ids, used by ``probability_shift``.
+- ``masks``: ``{feature name: mask}``, a mask per feature where ``inputs_mask`` does not fit (an
+  encoder-decoder's decoder features); (B, L) for hidden states and self-attention, (B, L_q, L_k)
+  pair masks for attention maps (``cross_attention`` needs one). A feature not in ``masks`` is
+  masked by ``inputs_mask`` (:func:`feature_mask`).
 
 Masks may be bool, integer or float 0/1 tensors.
 """
@@ -22,10 +35,35 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from distill_core.errors import AdaptorError
 
-ADAPTOR_KEYS = ("logits", "logits_mask", "losses", "hidden", "attention", "inputs_mask", "labels")
+HIDDEN_FEATURES = ("hidden", "encoder_hidden", "decoder_hidden")
+ATTENTION_FEATURES = ("attention", "encoder_attention", "decoder_attention", "cross_attention")
+FEATURE_KEYS = HIDDEN_FEATURES + ATTENTION_FEATURES
+ENCODER_DECODER_FEATURES = HIDDEN_FEATURES[1:] + ATTENTION_FEATURES[1:]
+ADAPTOR_KEYS = (
+    "logits",
+    "logits_mask",
+    "logits_hidden",
+    "logits_head",
+    "losses",
+    *FEATURE_KEYS,
+    "inputs_mask",
+    "masks",
+    "labels",
+)
+# Where each feature comes from in a Hugging Face ModelOutput, and the flag that asks for it.
+HF_OUTPUT_NAMES = {
+    "hidden": "hidden_states",
+    "attention": "attentions",
+    "encoder_hidden": "encoder_hidden_states",
+    "decoder_hidden": "decoder_hidden_states",
+    "encoder_attention": "encoder_attentions",
+    "decoder_attention": "decoder_attentions",
+    "cross_attention": "cross_attentions",
+}
 Adaptor = Callable[..., Mapping[str, Any]]
 
 
@@ -33,11 +71,18 @@ def _shape(tensor: Any) -> str:
     return str(tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
 
 
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def auto_adaptor(batch: Any, model_outputs: Any) -> dict[str, Any]:
     """Map a Hugging Face ``ModelOutput`` to the adaptor dict.
 
     ``logits`` (or ``start_logits``/``end_logits``), ``hidden_states``, ``attentions`` and ``loss``
-    are taken when present; ``inputs_mask`` is the batch's ``attention_mask``.
+    are taken when present; ``inputs_mask`` is the batch's ``attention_mask``. For causal LMs and
+    encoder-decoders, :func:`distill_core.model_adaptors.auto_adaptor_for` picks an adaptor that
+    also shifts and masks the token logits.
     """
     if not isinstance(model_outputs, Mapping):
         raise AdaptorError(
@@ -62,10 +107,25 @@ def auto_adaptor(batch: Any, model_outputs: Any) -> dict[str, Any]:
 
 
 class BoundAdaptor:
-    """An adaptor with its call convention (``task`` or not) decided once."""
+    """An adaptor with its call convention (``task`` or not) decided once.
 
-    def __init__(self, adaptor: Adaptor | None, role: str) -> None:
+    :param model: when given and ``adaptor`` is None, the automatic adaptor is chosen by the
+        model's kind (:func:`distill_core.model_adaptors.auto_adaptor_for`); without it,
+        :func:`auto_adaptor`.
+    :param chunked: with ``model``: chunked token KD (causal LMs).
+
+    ``model_kwargs`` and ``model_batch(batch)`` say how to call the model for this adaptor (the
+    automatic adaptors' own; empty and unchanged for a user's function).
+    """
+
+    def __init__(
+        self, adaptor: Adaptor | None, role: str, *, model: nn.Module | None = None, chunked: bool = False
+    ) -> None:
         self.role = role
+        if adaptor is None and model is not None:
+            from distill_core.model_adaptors import auto_adaptor_for  # it builds on this module
+
+            adaptor = auto_adaptor_for(model, chunked=chunked)
         self.function = auto_adaptor if adaptor is None else adaptor
         if not callable(self.function):
             raise TypeError(f"{role} must be a callable adaptor(batch, model_outputs) or None, got {adaptor!r}")
@@ -74,6 +134,20 @@ class BoundAdaptor:
         except (TypeError, ValueError):
             parameters = {}
         self.takes_task = "task" in parameters
+        self._model_kwargs = dict(getattr(self.function, "model_kwargs", {}))  # fixed once chosen
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(self._model_kwargs)
+
+    def model_batch(self, batch: Any) -> Any:
+        model_batch = getattr(self.function, "model_batch", None)
+        return batch if model_batch is None else model_batch(batch)
+
+    def call_args(self, model_args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The keyword arguments of the model call: the user's, with the adaptor's own over them."""
+        extra = self._model_kwargs
+        return {**model_args, **extra} if extra else model_args
 
     def __call__(self, batch: Any, outputs: Any, task: str | None) -> Mapping[str, Any]:
         if self.takes_task:
@@ -90,6 +164,18 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def feature_mask(results: Mapping[str, Any], feature: str) -> torch.Tensor | None:
+    """Return the mask for ``feature``: ``results['masks'][feature]`` when given, else ``inputs_mask``.
+
+    None when the adaptor returned neither (the match then runs unmasked).
+    """
+    masks = results.get("masks")
+    if masks and masks.get(feature) is not None:
+        return masks[feature]
+    return results.get("inputs_mask")
+
+
+# -- first-step checks -----------------------------------------------------------------------------
 def check_adaptor_output(results: Any, role: str) -> None:
     """Check one adaptor's dict on the first step: keys, types and mask shapes.
 
@@ -102,37 +188,38 @@ def check_adaptor_output(results: Any, role: str) -> None:
         )
     for key in results:
         if key not in ADAPTOR_KEYS:
-            close = difflib.get_close_matches(str(key), ADAPTOR_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise AdaptorError(f"{role} returned unknown key {key!r}{hint} Allowed keys: {', '.join(ADAPTOR_KEYS)}")
-    for key in ("logits", "losses", "hidden", "attention"):
+            raise AdaptorError(
+                f"{role} returned unknown key {key!r}{_did_you_mean(key, ADAPTOR_KEYS)} "
+                f"Allowed keys: {', '.join(ADAPTOR_KEYS)}"
+            )
+    for key in ("logits", "losses", *FEATURE_KEYS):
         if key in results and results[key] is not None:
-            items = as_list(results[key])
-            for index, item in enumerate(items):
+            for index, item in enumerate(as_list(results[key])):
                 if not isinstance(item, torch.Tensor):
                     raise AdaptorError(
                         f"{role}[{key!r}] must be a tensor or a list/tuple of tensors, but item {index} is "
                         f"{type(item).__name__}"
                     )
-    for key in ("hidden", "attention"):
+    for key in FEATURE_KEYS:
         if key in results and isinstance(results[key], torch.Tensor):
             raise AdaptorError(
                 f"{role}[{key!r}] must be a list/tuple with one tensor per layer, got a single "
                 f"tensor of shape {_shape(results[key])}; wrap it: [tensor]"
             )
-    for key in ("losses",):
-        for index, loss in enumerate(as_list(results.get(key))):
-            if loss.dim() > 1:
-                raise AdaptorError(
-                    f"{role}['losses'][{index}] must be a scalar (or a vector averaged per device), "
-                    f"got shape {_shape(loss)}"
-                )
-    for key in ("logits_mask", "inputs_mask", "labels"):
+    for index, loss in enumerate(as_list(results.get("losses"))):
+        if loss.dim() > 1:
+            raise AdaptorError(
+                f"{role}['losses'][{index}] must be a scalar (or a vector averaged per device), "
+                f"got shape {_shape(loss)}"
+            )
+    for key in ("logits_mask", "inputs_mask", "labels", "logits_hidden"):
         if key in results and results[key] is not None and not isinstance(results[key], torch.Tensor):
             raise AdaptorError(f"{role}[{key!r}] must be a tensor, got {type(results[key]).__name__}")
     mask = results.get("inputs_mask")
     if mask is not None and mask.dim() != 2:
         raise AdaptorError(f"{role}['inputs_mask'] must be (batch, length), got shape {_shape(mask)}")
+    _check_masks(results, role)
+    _check_chunked(results, role)
     logits_mask = results.get("logits_mask")
     if logits_mask is not None:
         for index, logits in enumerate(as_list(results.get("logits"))):
@@ -143,22 +230,156 @@ def check_adaptor_output(results: Any, role: str) -> None:
                 )
 
 
-def check_pair(results_S: Mapping[str, Any], results_T: Mapping[str, Any], role_T: str, needs_logits: bool) -> None:
-    """Check that student and teacher logits pair up (same count and shapes)."""
-    logits_S, logits_T = as_list(results_S.get("logits")), as_list(results_T.get("logits"))
-    if needs_logits and (not logits_S or not logits_T):
-        missing = "adaptor_S" if not logits_S else role_T
+def _expected_mask_shape(feature: str, mask: torch.Tensor, layer: torch.Tensor) -> tuple[int, ...] | None:
+    """The mask shape that fits ``layer`` (one layer of ``feature``), or None if the layer's rank is unusual."""
+    if feature in HIDDEN_FEATURES:
+        return tuple(layer.shape[:2]) if layer.dim() == 3 else None
+    if layer.dim() not in (3, 4):  # (B, H, Lq, Lk) or heads already reduced (B, Lq, Lk)
+        return None
+    batch, queries, keys = layer.shape[0], layer.shape[-2], layer.shape[-1]
+    if mask.dim() == 3:
+        return (batch, queries, keys)
+    return (batch, queries) if queries == keys else (batch, queries, keys)
+
+
+def _check_masks(results: Mapping[str, Any], role: str) -> None:
+    masks = results.get("masks")
+    if masks is None:
+        return
+    if not isinstance(masks, Mapping):
+        raise AdaptorError(
+            f"{role}['masks'] must be a dict {{feature name: mask}}, e.g. "
+            f"{{'decoder_hidden': batch['decoder_attention_mask']}}, got {type(masks).__name__}"
+        )
+    for feature, mask in masks.items():
+        if feature not in FEATURE_KEYS:
+            raise AdaptorError(
+                f"{role}['masks'] has key {feature!r}{_did_you_mean(feature, FEATURE_KEYS)} Its keys must be "
+                f"feature names: {', '.join(FEATURE_KEYS)}"
+            )
+        where = f"{role}['masks'][{feature!r}]"
+        if not isinstance(mask, torch.Tensor):
+            raise AdaptorError(f"{where} must be a tensor, got {type(mask).__name__}")
+        if feature == "cross_attention":
+            layouts = {3: "(B, L_dec, L_enc): decoder mask ⊗ encoder mask, e.g. dec[:, :, None] & enc[:, None, :]"}
+        elif feature in ATTENTION_FEATURES:
+            layouts = {2: "(B, L)", 3: "(B, L, L)"}
+        else:
+            layouts = {2: "(B, L)"}
+        if mask.dim() not in layouts:
+            raise AdaptorError(f"{where} must be {' or '.join(layouts.values())}, got shape {_shape(mask)}")
+        layers = as_list(results.get(feature))
+        if not layers:
+            continue
+        expected = _expected_mask_shape(feature, mask, layers[0])
+        if expected is not None and tuple(mask.shape) != expected:
+            raise AdaptorError(
+                f"{where} of shape {_shape(mask)} does not fit {role}[{feature!r}][0] of shape {_shape(layers[0])}: "
+                f"expected {expected}; build it from the mask of the sequence that feature runs over"
+            )
+
+
+def _check_chunked(results: Mapping[str, Any], role: str) -> None:
+    hidden, head = results.get("logits_hidden"), results.get("logits_head")
+    if hidden is None and head is None:
+        return
+    if hidden is None or head is None:
+        given, missing = ("logits_hidden", "logits_head") if head is None else ("logits_head", "logits_hidden")
+        raise AdaptorError(
+            f"{role} returned {given!r} without {missing!r}; chunked token KD needs both: the final hidden "
+            f"states (B, L, D) and the output head (model.get_output_embeddings())"
+        )
+    if hidden.dim() != 3:
+        raise AdaptorError(
+            f"{role}['logits_hidden'] must be the final hidden states (B, L, D), got shape {_shape(hidden)}"
+        )
+    weight = getattr(head, "weight", None)
+    if not isinstance(head, nn.Module) or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise AdaptorError(
+            f"{role}['logits_head'] must be the output head, an nn.Module with a 2-D weight (V, D) such as "
+            f"model.get_output_embeddings(), got {type(head).__name__}"
+            + ("" if not isinstance(weight, torch.Tensor) else f" with weight of shape {_shape(weight)}")
+        )
+    if weight.shape[1] != hidden.shape[-1]:
+        raise AdaptorError(
+            f"{role}['logits_head'] has weight of shape {_shape(weight)} (V, D), which does not fit "
+            f"'logits_hidden' of width {hidden.shape[-1]} (shape {_shape(hidden)}); return the hidden states "
+            f"that enter this head (after the final norm)"
+        )
+    logits_mask = results.get("logits_mask")
+    if logits_mask is not None and tuple(logits_mask.shape) != tuple(hidden.shape[:2]):
+        raise AdaptorError(
+            f"{role}['logits_mask'] of shape {_shape(logits_mask)} must match the first two dimensions of "
+            f"'logits_hidden' (B, L, D) of shape {_shape(hidden)}"
+        )
+
+
+def _kd_outputs(results: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
+    """Per KD output: (description, row shape, vocabulary size); chunked outputs count as one."""
+    if results.get("logits_hidden") is not None and results.get("logits_head") is not None:
+        hidden, head = results["logits_hidden"], results["logits_head"]
+        return [
+            (
+                f"logits_hidden {_shape(hidden)} with logits_head of {head.weight.shape[0]} outputs",
+                tuple(hidden.shape[:-1]),
+                int(head.weight.shape[0]),
+            )
+        ]
+    return [(f"logits {_shape(t)}", tuple(t.shape[:-1]), int(t.shape[-1])) for t in as_list(results.get("logits"))]
+
+
+def check_pair(
+    results_S: Mapping[str, Any],
+    results_T: Mapping[str, Any],
+    role_T: str,
+    needs_logits: bool,
+    *,
+    vocab_size: int | None = None,
+) -> None:
+    """Check that student and teacher KD outputs pair up: same count, rows and classes.
+
+    Dense logits must have equal shapes. When either side is chunked (``logits_hidden`` with
+    ``logits_head``), the hidden widths may differ; the rows (B, L) and the vocabulary sizes (the
+    heads' output counts) must match. With ``vocab_size=N`` (a padded vocabulary) both sides need
+    at least N outputs and only the first N are compared.
+    """
+    outputs_S, outputs_T = _kd_outputs(results_S), _kd_outputs(results_T)
+    if needs_logits and (not outputs_S or not outputs_T):
+        missing = "adaptor_S" if not outputs_S else role_T
         raise AdaptorError(
             f"{missing} returned no 'logits', but kd_loss_weight > 0 needs them; return "
-            f"{{'logits': outputs.logits, ...}} or set kd_loss_weight=0"
+            f"{{'logits': outputs.logits, ...}} (or 'logits_hidden' and 'logits_head' for chunked token KD) "
+            f"or set kd_loss_weight=0"
         )
-    if len(logits_S) != len(logits_T):
-        raise AdaptorError(f"adaptor_S returned {len(logits_S)} logits tensors but {role_T} returned {len(logits_T)}")
-    for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
-        if student.shape != teacher.shape:
+    if len(outputs_S) != len(outputs_T):
+        raise AdaptorError(f"adaptor_S returned {len(outputs_S)} logits tensors but {role_T} returned {len(outputs_T)}")
+    chunked = results_S.get("logits_hidden") is not None or results_T.get("logits_hidden") is not None
+    if not chunked and vocab_size is None:
+        pairs = zip(as_list(results_S.get("logits")), as_list(results_T.get("logits")))
+        for index, (student, teacher) in enumerate(pairs):
+            if student.shape != teacher.shape:
+                raise AdaptorError(
+                    f"logits {index}: student shape {_shape(student)} differs from teacher ({role_T}) shape "
+                    f"{_shape(teacher)}; KD needs the same classes in the same order"
+                )
+        return
+    for index, ((what_S, rows_S, size_S), (what_T, rows_T, size_T)) in enumerate(zip(outputs_S, outputs_T)):
+        if rows_S != rows_T:
             raise AdaptorError(
-                f"logits {index}: student shape {_shape(student)} differs from teacher ({role_T}) shape "
-                f"{_shape(teacher)}; KD needs the same classes in the same order"
+                f"logits {index}: the student's positions {rows_S} ({what_S}) differ from the teacher's "
+                f"({role_T}) {rows_T} ({what_T}); both models must see the same batch"
+            )
+        if vocab_size is None and size_S != size_T:
+            raise AdaptorError(
+                f"logits {index}: the student has {size_S} outputs ({what_S}) but the teacher ({role_T}) has "
+                f"{size_T} ({what_T}); KD needs the same vocabulary in the same order (for a padded vocabulary, "
+                f"compare only the shared first N entries with vocab_size=N)"
+            )
+        if vocab_size is not None and min(size_S, size_T) < vocab_size:
+            side, size = ("student", size_S) if size_S < vocab_size else (f"teacher ({role_T})", size_T)
+            raise AdaptorError(
+                f"logits {index}: vocab_size={vocab_size} but the {side} has only {size} outputs; vocab_size "
+                f"can be at most {min(size_S, size_T)}"
             )
 
 
@@ -166,12 +387,16 @@ def select_layers(results: Mapping[str, Any], feature: str, layer: int | Sequenc
     """Return ``results[feature][layer]`` (or a list of them), with an error naming the match."""
     layers = results.get(feature)
     if layers is None:
-        raise AdaptorError(
-            f"{match} needs {feature!r} from {role}, but it returned keys {sorted(results)}; return "
-            f"{{'{feature}': outputs.{'hidden_states' if feature == 'hidden' else 'attentions'}, ...}} "
-            f"(and call the model with output_{'hidden_states' if feature == 'hidden' else 'attentions'}=True)"
-        )
+        raise AdaptorError(_missing_feature_message(results, feature, role, match))
     wanted = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if len(layers) == 0:
+        hint = (
+            "; Hugging Face returns no attention maps with attn_implementation='sdpa' or 'flash_attention_2': "
+            "load the model with attn_implementation='eager'"
+            if feature in ATTENTION_FEATURES
+            else ""
+        )
+        raise AdaptorError(f"{match}: {role}[{feature!r}] is empty (0 layers){hint}")
     for index in wanted:
         if index >= len(layers):
             raise AdaptorError(
@@ -181,3 +406,30 @@ def select_layers(results: Mapping[str, Any], feature: str, layer: int | Sequenc
     if isinstance(layer, (list, tuple)):
         return [layers[index] for index in wanted]
     return layers[layer]
+
+
+def _missing_feature_message(results: Mapping[str, Any], feature: str, role: str, match: str) -> str:
+    returned = [key for key in FEATURE_KEYS if results.get(key) is not None]
+    head = (
+        f"{match} needs {feature!r} from {role}, but it returned keys {sorted(results)} "
+        f"(features: {', '.join(returned) if returned else 'none'})"
+    )
+    encoder_decoder = [key for key in returned if key in ENCODER_DECODER_FEATURES]
+    if encoder_decoder and feature in ("hidden", "attention"):
+        names = [key for key in ENCODER_DECODER_FEATURES if key.endswith(feature)]
+        return (
+            f"{head}. This is an encoder-decoder: its features are named {', '.join(ENCODER_DECODER_FEATURES)}; "
+            f"set the match's feature to {' or '.join(repr(name) for name in names)}"
+        )
+    flag = "output_hidden_states" if feature in HIDDEN_FEATURES else "output_attentions"
+    hint = f"return {{'{feature}': outputs.{HF_OUTPUT_NAMES[feature]}, ...}}" if feature in HF_OUTPUT_NAMES else ""
+    if not hint:
+        return head
+    if any(key in returned for key in (HIDDEN_FEATURES if flag == "output_hidden_states" else ATTENTION_FEATURES)):
+        # The model was asked for this kind of output; this adaptor does not return this feature.
+        return f"{head}; {hint}" + (
+            f" (an encoder-only or decoder-only model has no {feature!r}; use 'hidden' or 'attention')"
+            if feature in ENCODER_DECODER_FEATURES and not encoder_decoder
+            else ""
+        )
+    return f"{head}; {hint} (and call the model with {flag}=True)"

@@ -4,7 +4,10 @@ Layout under ``output_dir``:
 
 - ``gs{step}.pkl``: the student's ``state_dict`` alone, for deployment (TextBrewer's file name).
 - ``checkpoints/step-{step:08d}.pt``: the full state (student, projections, optimizer, scheduler,
-  run state, RNG states, configs, versions, plugin state) that ``resume_from`` reads.
+  run state, RNG states, configs, versions, plugin state) that ``resume_from`` reads. It is written
+  before the callback of its step runs.
+- ``checkpoints/step-{step:08d}.eval.json``: what that step's evaluation (the callback's metric)
+  changed in the run state: best metric and step, patience, early stop. Reading a full state merges it.
 - ``best.pkl`` + ``best.json``: the student at the best metric the callback returned.
 
 Every file is written through :mod:`distill_core.atomic` (a temporary file in the same folder,
@@ -116,6 +119,8 @@ def prune(output_dir: str | os.PathLike[str], *, current_step: int, keep_last: i
         for step, path in older[:-keep_last]:
             if step not in keep:
                 path.unlink(missing_ok=True)
+                if path.suffix == ".pt":
+                    evaluation_path(path).unlink(missing_ok=True)
 
 
 def metric_from(result: Any) -> float | None:
@@ -145,11 +150,16 @@ def is_better(metric: float, best: float | None, mode: str) -> bool:
 
 
 def save_best(
-    student: torch.nn.Module, output_dir: str | os.PathLike[str], *, step: int, metric: float, mode: str
+    student: torch.nn.Module | dict[str, Any],
+    output_dir: str | os.PathLike[str],
+    *,
+    step: int,
+    metric: float,
+    mode: str,
 ) -> None:
-    """Write the student's ``state_dict`` as ``best.pkl``, then ``best.json`` (step, metric, mode)."""
+    """Write the student's ``state_dict`` (or the given one) as ``best.pkl``, then ``best.json``."""
     folder = Path(output_dir)
-    save_atomic(student.state_dict(), folder / BEST_STUDENT)
+    save_atomic(student.state_dict() if isinstance(student, torch.nn.Module) else student, folder / BEST_STUDENT)
     info = {"step": step, "metric": metric, "mode": mode, "file": BEST_STUDENT}
     write_text_atomic(folder / BEST_INFO, json.dumps(info, indent=2) + "\n")
 
@@ -180,4 +190,39 @@ def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[
             f"checkpoint {str(path)!r} has format version {state['format_version']}, newer than this distill "
             f"reads ({FORMAT_VERSION}); upgrade distill"
         )
+    evaluation = read_evaluation(path)
+    if evaluation is not None:
+        state["run_state"] = {**state["run_state"], **evaluation}
     return state
+
+
+#: the run-state fields an evaluation changes (written beside the full state of its step)
+EVALUATION_FIELDS = ("best_metric", "best_step", "evals_without_improvement", "stopped_early", "pending_evaluation")
+
+
+def evaluation_path(state_file: str | os.PathLike[str]) -> Path:
+    """Where the evaluation record of the full state ``state_file`` lives."""
+    path = Path(state_file)
+    return path.with_name(path.stem + ".eval.json")
+
+
+def write_evaluation(state_file: str | os.PathLike[str], run_state: dict[str, Any]) -> None:
+    """Record (atomically) what the evaluation at the step of ``state_file`` changed in the run state."""
+    record = {key: run_state[key] for key in EVALUATION_FIELDS}
+    write_text_atomic(evaluation_path(state_file), json.dumps(record, indent=2) + "\n")
+
+
+def read_evaluation(state_file: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The evaluation record of ``state_file``, or None when its evaluation never finished (or none ran)."""
+    path = evaluation_path(state_file)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"evaluation record {str(path)!r} is unreadable ({exc}); delete it to re-evaluate"
+        ) from exc
+    if not isinstance(record, dict) or set(record) != set(EVALUATION_FIELDS):
+        raise CheckpointError(f"evaluation record {str(path)!r} is not one distill wrote; delete it to re-evaluate")
+    return record

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,17 @@ from distill_core.errors import UnknownComponentError
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 
 LayerIndex = Union[int, list[int]]
+# The adaptor keys an intermediate match can read (distill_core.adaptors.FEATURE_KEYS).
+Feature = Literal[
+    "hidden",
+    "attention",
+    "encoder_hidden",
+    "decoder_hidden",
+    "encoder_attention",
+    "decoder_attention",
+    "cross_attention",
+]
+FEATURES: tuple[str, ...] = get_args(Feature)
 
 #: TextBrewer ``DistillationConfig`` options distill does not take, and what replaces each; a config
 #: that still has one gets this pointer instead of a bare "extra inputs are not permitted"
@@ -168,7 +179,21 @@ class IntermediateMatch(_MatchBase):
 
     layer_T: LayerIndex
     layer_S: LayerIndex
-    feature: Literal["hidden", "attention"]
+    feature: Feature = Field(
+        description="the adaptor output matched; the encoder_*, decoder_* and cross_attention features come "
+        "from encoder-decoders (docs/adaptors.md)"
+    )
+
+    @field_validator("feature", mode="before")
+    @classmethod
+    def _known_feature(cls, feature: Any) -> Any:
+        if isinstance(feature, str) and feature not in FEATURES:
+            import difflib
+
+            close = difflib.get_close_matches(feature, FEATURES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown feature {feature!r}{hint} Known: {', '.join(FEATURES)}")
+        return feature
 
     @field_validator("layer_T", "layer_S")
     @classmethod
@@ -233,11 +258,38 @@ class TrainingConfig(_SerializableConfig):
     ckpt_steps: int | None = Field(None, ge=1)
     log_dir: str | None = None
     output_dir: str = "./saved_models"
-    device: str | None = Field(None, description="torch device; None picks cuda when available")
-    fp16: bool = Field(False, description="mixed precision (torch.autocast float16) on CUDA")
+    device: str | None = Field(
+        None, description="torch device; None picks cuda (cuda:<local rank> under torchrun) when available"
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description="autocast both models to float16 (with a GradScaler) or bfloat16, on CPU or CUDA; loss "
+        "terms stay float32",
+    )
+    fp16: bool = Field(False, description="the seed API's switch: same as mixed_precision='fp16' (CUDA)")
     fp16_opt_level: str = Field("O1", description="accepted for the seed API; only O1 (autocast) exists")
-    data_parallel: bool = Field(False, description="wrap models in torch.nn.DataParallel")
-    local_rank: int = Field(-1, ge=-1, description="rank of this process under torchrun; -1: not distributed")
+    data_parallel: bool = Field(False, description="wrap models in torch.nn.DataParallel (one process, several GPUs)")
+    local_rank: int = Field(
+        -1, ge=-1, description="rank of this process on its machine; -1: read LOCAL_RANK under torchrun"
+    )
+    fsdp: list[Literal["student", "teachers"]] = Field(
+        default_factory=list,
+        description="under torch.distributed, shard these models with FSDP2 (fully_shard per transformer "
+        "block) instead of replicating them; the student is otherwise wrapped in DistributedDataParallel",
+    )
+    find_unused_parameters: bool | None = Field(
+        None,
+        description="DistributedDataParallel's find_unused_parameters; None: only when a step may leave part of "
+        "the student unused (multi-task)",
+    )
+    distributed_sampler: Literal["auto", "off"] = Field(
+        "auto",
+        description="under torch.distributed, give a DataLoader without one a DistributedSampler ('auto'), or "
+        "read each rank's data as given ('off')",
+    )
+    callback_on_all_ranks: bool = Field(
+        False, description="run the callback on every rank, not rank 0 alone (always so for an FSDP student)"
+    )
     eval_steps: int | None = Field(
         None,
         ge=1,
@@ -278,6 +330,26 @@ class TrainingConfig(_SerializableConfig):
             raise ValueError(f"only fp16_opt_level 'O1' (torch.autocast) is supported, got {level!r}")
         return level
 
+    @field_validator("fsdp")
+    @classmethod
+    def _unique_fsdp(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models):
+            raise ValueError(f"fsdp names a model twice: {models}")
+        return models
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainingConfig:
+        if self.fp16 and self.mixed_precision not in ("no", "fp16"):
+            raise ValueError(
+                f"fp16=True (the seed API's switch) conflicts with mixed_precision={self.mixed_precision!r}; "
+                f"set only mixed_precision"
+            )
+        return self
+
+    def precision_mode(self) -> str:
+        """The effective precision: ``mixed_precision``, or "fp16" when the seed's ``fp16`` is set."""
+        return "fp16" if self.fp16 else self.mixed_precision
+
 
 class DistillationConfig(_SerializableConfig):
     """What to distil: KD loss, temperature, weights, schedules and intermediate matches.
@@ -297,6 +369,21 @@ class DistillationConfig(_SerializableConfig):
     kd_loss_weight_scheduler: str = "none"
     kd_loss_params: dict[str, Any] = Field(default_factory=dict)
     probability_shift: bool = False
+    kd_vocab_size: int | None = Field(
+        None,
+        ge=1,
+        description="for a padded vocabulary: KD compares only the first N logits (and tokenizer entries); "
+        "None: teacher and student output sizes must be equal",
+    )
+    chunked_token_kd: bool | None = Field(
+        None,
+        description="token KD of causal LMs with the automatic adaptors from hidden states x head in chunks of "
+        "positions, never building (B*L, V) logits; None: when possible (not with a temperature scheduler or "
+        "probability_shift), True: required, False: the models' full logits",
+    )
+    token_kd_chunk_size: int | None = Field(
+        None, ge=1, description="positions per chunk of chunked token KD; None: about 25M logits per chunk"
+    )
     intermediate_matches: list[IntermediateMatch] = Field(default_factory=list)
 
     @model_validator(mode="before")

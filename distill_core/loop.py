@@ -1,13 +1,20 @@
 """The one training loop every distiller shares.
 
-A distiller supplies ``compute_loss(batch, task, state, model_args) -> (total, terms)`` and the
-modules it trains; this module owns everything else: device placement of batches, gradient
-accumulation, clipping, optimizer and scheduler steps, logging, checkpoint cadence, the callback,
-and the run's state (one object, saved and restored whole so a resumed run continues exactly).
+A distiller prepares each micro-batch (its teachers' outputs) and computes its loss; the runtime
+(:mod:`distill_core.runtime`) owns device, precision, processes, logs and checkpoints. This module
+owns the order of things: gradient accumulation, optimizer and scheduler steps, the cadence of logs,
+checkpoints and evaluations, the non-finite guard, and the run's state (one object, saved and
+restored whole so a resumed run continues exactly).
+
+One optimisation step takes ``gradient_accumulation_steps`` micro-batches. The teachers see all of
+them first (under ``no_grad``), so the step's number of valid tokens is known before the first
+backward: a token-level KD term is a mean over the valid tokens of the whole step (on every rank
+together), not a mean of per-micro-batch means.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -18,9 +25,23 @@ import torch
 
 from distill_core.checkpoint import capture_rng, restore_rng
 from distill_core.errors import NonFiniteLossError
+from distill_core.runtime import move_to_device
 
 if TYPE_CHECKING:
     from distill_core.distillers import BaseDistiller
+    from distill_core.runtime import Runtime
+    from distill_core.tracking import Tracker
+
+__all__ = [
+    "BatchSource",
+    "MicroBatch",
+    "NonFiniteGuard",
+    "RunState",
+    "StepInfo",
+    "TrainingLoop",
+    "call_model",
+    "move_to_device",
+]
 
 
 @dataclass
@@ -38,6 +59,8 @@ class RunState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False  # early stopping ended the run (a resume of it trains no further)
+    pending_evaluation: bool = False  # the callback of this checkpoint's step had not finished when it was saved
+    data_seed: int | None = None  # the seed of the data order under torch.distributed (DistributedSampler)
     epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
 
     def progress(self) -> float:
@@ -54,17 +77,24 @@ class RunState:
                 setattr(self, key, value)
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) batch to ``device``; other values pass through."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {key: move_to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(value, device) for value in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(value, device) for value in batch)
-    return batch
+@dataclass
+class MicroBatch:
+    """One micro-batch, with what the distiller prepared for it before the step's first backward."""
+
+    batch: Any
+    task: str | None
+    teacher: dict[Any, Mapping[str, Any]] = field(default_factory=dict)  # adapted outputs per teacher key
+    captured: dict[Any, torch.Tensor] = field(default_factory=dict)  # custom-match teacher features
+    tokens: torch.Tensor | None = None  # valid KD positions (token-level KD), a device tensor
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """The optimisation step a micro-batch belongs to, for losses averaged over the whole step."""
+
+    micro_batches: int
+    world_size: int
+    tokens: torch.Tensor | None  # valid KD positions of the step on all ranks together
 
 
 def call_model(model: torch.nn.Module, batch: Any, model_args: Mapping[str, Any]) -> Any:
@@ -88,65 +118,73 @@ class BatchSource:
         except TypeError:
             return None
 
+    def shard(self, runtime: Runtime, seed: int) -> None:
+        """Give each rank its share of the data (under torch.distributed)."""
+        self.dataloader = runtime.shard_data(self.dataloader, "the dataloader", seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        from distill_core.runtime.distributed import set_sampler_epoch
+
+        set_sampler_epoch(self.dataloader, epoch)
+
     def epoch(self) -> Iterator[tuple[str | None, Any]]:
         for batch in self.dataloader:
             yield None, batch
 
 
 class NonFiniteGuard:
-    """Watches every micro-batch's loss terms for NaN/inf: the one place the loop checks them.
+    """Checks the loss terms for NaN/inf: the one place the loop does.
 
-    Per term, the first optimisation step whose loss was not finite is kept in a small tensor on
-    the loss's device, updated without a host-device sync. Under policy ``"raise"`` it is checked at
-    logging points, from the loss means the tracker reads there anyway (the tensor itself is read
-    only when a mean is not finite), and before each checkpoint (one read). Under ``"skip"`` it is
-    read once per optimisation step, which must know before updating. The same path runs on every
-    device, so CPU tests exercise what runs on a GPU.
+    Under policy ``"raise"`` the check uses the per-step loss vectors the tracker keeps: at logging
+    points from the means the tracker reads anyway (the vectors themselves are read only when a mean
+    is not finite, to name the first bad step), and before each checkpoint or evaluation (one read).
+    Under ``"skip"`` each step's vector is read once, since the step must know before updating. Under
+    torch.distributed the vectors are summed over ranks first, so every rank takes the same decision.
     """
 
     def __init__(self, names: list[str], policy: str) -> None:
         self.names = ["total", *names]
         self.policy = policy
-        self._first: torch.Tensor | None = None  # per term: first bad step, -1 while finite
 
-    def observe(self, stacked: torch.Tensor, state: RunState) -> None:
-        """Record one micro-batch's losses, the vector ``[total, *terms]`` (no sync)."""
-        step = state.global_step + 1  # the step this micro-batch contributes to
-        if self._first is None or self._first.device != stacked.device:
-            self._first = torch.full(stacked.shape, -1, dtype=torch.long, device=stacked.device)
-        self._first = torch.where(~torch.isfinite(stacked) & (self._first < 0), step, self._first)
+    def check(
+        self, stacked: torch.Tensor | None, steps: list[int], state: RunState, means: list[float] | None = None
+    ) -> None:
+        """Raise NonFiniteLossError (policy "raise") if a step of ``stacked`` (steps x terms) was not finite.
 
-    def check(self, state: RunState, logged: list[float] | None = None) -> None:
-        """Under policy "raise", raise NonFiniteLossError if any term was not finite.
-
-        ``logged``: the means of the logging interval that ends here, as the tracker read them; when
-        all are finite, no micro-batch since the previous check was bad, and nothing is read.
+        ``means``: the interval's means as the tracker read them; when all are finite, nothing is read.
         """
-        if self.policy != "raise" or self._first is None:
+        if self.policy != "raise" or stacked is None:
             return
-        if logged is not None and all(math.isfinite(value) for value in logged):
+        if means is not None and all(math.isfinite(value) for value in means):
             return
-        first = self._first.tolist()
-        if max(first) < 0:
+        bad = ~torch.isfinite(stacked)
+        if means is None and not bool(bad.any()):
             return
-        bad = [index for index, step in enumerate(first) if step >= 0]
-        named = [index for index in bad if index > 0] or bad  # name the terms, "total" only if no term is bad
-        step = min(first[index] for index in named)
+        flags = bad.tolist()
+        bad_terms = sorted({index for row in flags for index, is_bad in enumerate(row) if is_bad})
+        if not bad_terms:
+            return
+        named = [index for index in bad_terms if index > 0] or bad_terms  # "total" only if no term is bad
+        first = min(steps[row] for row, values in enumerate(flags) if any(values[index] for index in named))
         plural = len(named) > 1
         raise NonFiniteLossError(
             f"loss term{'s' if plural else ''} {', '.join(repr(self.names[index]) for index in named)} "
-            f"{'were' if plural else 'was'} NaN or infinite at optimisation step {step} (found at step "
+            f"{'were' if plural else 'was'} NaN or infinite at optimisation step {first} (found at step "
             f"{state.global_step}: the check runs at logging points and checkpoints); lower the learning rate, "
             f"check the inputs and the loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
         )
 
-    def take_skip(self) -> bool:
-        """Under policy "skip": whether the step being finished saw a non-finite loss (then reset)."""
-        if self.policy != "skip" or self._first is None:
+    def skip(self, values: torch.Tensor, runtime: Runtime) -> bool:
+        """Under policy "skip": whether this step saw a non-finite loss on any rank (one read per step)."""
+        if self.policy != "skip":
             return False
-        skip = bool((self._first >= 0).any())  # one sync per optimisation step, only in "skip" mode
-        self._first = None
-        return skip
+        return runtime.any_rank(~torch.isfinite(values).all())
+
+
+def _loss_vector(total: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+    """``[total, *terms]`` as one float32 vector outside the graph (for the guard and the logs)."""
+    with torch.no_grad():  # one stack, no per-term detach
+        return torch.stack([t if t.dtype == torch.float32 else t.float() for t in (total, *terms)])
 
 
 class TrainingLoop:
@@ -155,6 +193,7 @@ class TrainingLoop:
     def __init__(
         self,
         distiller: BaseDistiller,
+        runtime: Runtime,
         *,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
@@ -167,6 +206,8 @@ class TrainingLoop:
         model_args: dict[str, Any],
     ) -> None:
         self.distiller = distiller
+        self.runtime = runtime
+        self.checkpoints = runtime.checkpointer(distiller)
         self.config = distiller.train_config
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -179,21 +220,25 @@ class TrainingLoop:
         self.state = RunState()
         self.step_mode = num_steps is not None
         self.num_epochs = num_epochs
-        batches = source.batches_per_epoch()
-        if self.step_mode:
-            self.state.total_steps = num_steps
-            self.state.steps_per_epoch = math.ceil(batches / self.accumulation) if batches else 0
-        else:
-            if not batches:
-                raise ValueError(
-                    "the dataloader has no length (or is empty), so epochs cannot be counted; pass num_steps= "
-                    "instead of num_epochs="
-                )
-            self.state.steps_per_epoch = math.ceil(batches / self.accumulation)
-            self.state.total_steps = self.state.steps_per_epoch * num_epochs
-        self._ckpt_positions = self._checkpoint_positions()
+        self._num_steps = num_steps
         self._clip_params = [p for module in distiller.trainable_modules() for p in module.parameters()]
         self.guard = NonFiniteGuard(distiller.term_names(), self.config.nonfinite_policy)
+        self._applied_weights: list[float] = []
+
+    def _count_steps(self) -> None:
+        batches = self.source.batches_per_epoch()
+        state = self.state
+        if self.step_mode:
+            state.total_steps = self._num_steps
+            state.steps_per_epoch = math.ceil(batches / self.accumulation) if batches else 0
+            return
+        if not batches:
+            raise ValueError(
+                "the dataloader has no length (or is empty), so epochs cannot be counted; pass num_steps= "
+                "instead of num_epochs="
+            )
+        state.steps_per_epoch = math.ceil(batches / self.accumulation)
+        state.total_steps = state.steps_per_epoch * self.num_epochs
 
     # -- cadence ---------------------------------------------------------------------------------
     def _checkpoint_positions(self) -> set[int]:
@@ -226,11 +271,26 @@ class TrainingLoop:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: dict[str, Any] | None = None) -> RunState:
-        distiller, state = self.distiller, self.state
+        distiller, state, runtime = self.distiller, self.state, self.runtime
+        if resume is not None and resume["run_state"].get("data_seed") is not None:
+            state.data_seed = resume["run_state"]["data_seed"]  # shard the data as the saved run did
+        elif runtime.distributed:
+            state.data_seed = runtime.shared_seed()
+        if runtime.distributed:
+            self.source.shard(runtime, state.data_seed)
+        self._count_steps()
+        self._ckpt_positions = self._checkpoint_positions()
         if resume is not None:
-            distiller.restore_checkpoint(resume, self.optimizer, self.scheduler, state)
-        tracker = distiller.make_tracker(state)
+            self.checkpoints.restore(resume, self.optimizer, self.scheduler, state)
+        tracker = runtime.make_tracker(distiller.term_names(), state.total_steps, state.global_step)
         try:
+            if state.pending_evaluation:
+                # killed while the callback of the checkpoint we resume from ran: evaluate it again
+                if self.callback is not None and self.checkpoints.evaluate(
+                    state, self.callback, tracker, checkpointed=True
+                ):
+                    return state
+                state.pending_evaluation = False
             while state.global_step < state.total_steps and not state.stopped_early:
                 if not self.step_mode and state.epoch >= self.num_epochs:
                     break
@@ -238,12 +298,14 @@ class TrainingLoop:
                 resume = None
                 if finished:
                     break
+            self._log(tracker, tracker.interval())  # the last, partial logging interval
         finally:
             tracker.close()
         return state
 
     def _epoch_iterator(self, resuming: bool) -> Iterator[tuple[str | None, Any]]:
         state = self.state
+        self.source.set_epoch(state.epoch)
         if not resuming:
             state.epoch_start_rng = capture_rng()
             return self.source.epoch()
@@ -257,78 +319,106 @@ class TrainingLoop:
         restore_rng(current)
         return iterator
 
-    def _run_epoch(self, tracker: Any, resuming: bool) -> bool:
-        state, distiller = self.state, self.distiller
-        micro = 0
-        for task, batch in self._epoch_iterator(resuming):
-            state.batch_in_epoch += 1
-            if self.batch_postprocessor is not None:
-                batch = self.batch_postprocessor(batch)
-            batch = move_to_device(batch, distiller.device)
-            with distiller.autocast():
-                total, terms = distiller.compute_loss(batch, task, state, self.model_args)
-            # one detached vector of [total, *terms] serves both the NaN guard and the logging sums
-            values = torch.stack([total.detach().float().reshape(()), *[t.detach().float().reshape(()) for t in terms]])
-            self.guard.observe(values, state)
-            scaled = total / self.accumulation if self.accumulation > 1 else total
-            distiller.backward(scaled)
-            tracker.add(values)
-            micro += 1
-            if micro == self.accumulation:
-                micro = 0
-                if self._optimizer_step(tracker):
-                    return True
-        if micro:  # a last, partial accumulation at the epoch's end still gets its step
-            scale = self.accumulation / micro
-            for param in self._clip_params:
-                if param.grad is not None:
-                    param.grad.mul_(scale)
-            if self._optimizer_step(tracker):
+    def _run_epoch(self, tracker: Tracker, resuming: bool) -> bool:
+        state = self.state
+        iterator = self._epoch_iterator(resuming)
+        took_any = False
+        while True:
+            # the last accumulation of an epoch may be partial: it still makes a step
+            group = list(itertools.islice(iterator, self.accumulation))
+            if not group:
+                break
+            took_any = True
+            state.batch_in_epoch += len(group)
+            if self._run_step(group, tracker):
                 return True
         state.epoch += 1
         state.batch_in_epoch = 0
         state.step_in_epoch = 0
-        if state.steps_per_epoch == 0 and micro == 0 and state.global_step == 0:
+        if state.steps_per_epoch == 0 and not took_any and state.global_step == 0:
             raise ValueError("the dataloader yielded no batches")
         return False
 
-    def _optimizer_step(self, tracker: Any) -> bool:
-        """Clip, step, schedule, log, checkpoint. Returns True when training is complete."""
-        state, distiller = self.state, self.distiller
-        if self.guard.take_skip():
+    def _run_step(self, group: list[tuple[str | None, Any]], tracker: Tracker) -> bool:
+        """Forward and backward of one step's micro-batches, then the optimizer step."""
+        distiller, runtime = self.distiller, self.runtime
+        postprocess = self.batch_postprocessor
+        with runtime.autocast():
+            micro = [
+                distiller.prepare(
+                    runtime.to_device(batch if postprocess is None else postprocess(batch)), task, self.model_args
+                )
+                for task, batch in group
+            ]
+        tokens = distiller.step_tokens(micro)
+        if tokens is not None:
+            tokens = runtime.sum_across_ranks(tokens)
+        count = len(micro)
+        step = StepInfo(count, runtime.world_size, tokens)
+        values = None
+        for index in range(count):
+            item = micro[index]
+            micro[index] = None  # let this micro-batch's teacher outputs go once it is done
+            with runtime.micro_batch(distiller, last=index == count - 1):
+                with runtime.autocast():
+                    total, terms = distiller.compute_loss(item, self.state, self.model_args, step)
+                runtime.backward(total / count if count > 1 else total)
+            vector = _loss_vector(total, terms)
+            values = vector if values is None else values + vector
+        return self._optimizer_step(tracker, values / count if count > 1 else values)
+
+    def _optimizer_step(self, tracker: Tracker, values: torch.Tensor) -> bool:
+        """Step, schedule, log, checkpoint, evaluate. Returns True when training is complete."""
+        state, distiller, runtime = self.state, self.distiller, self.runtime
+        if self.guard.skip(values, runtime):
             # a non-finite loss under nonfinite_policy="skip": the step counts (schedules advance) but
             # changes no weight and no optimizer state
             state.skipped_steps += 1
         else:
-            if self.max_grad_norm is not None:
-                distiller.unscale_gradients(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self._clip_params, self.max_grad_norm)
-            distiller.optimizer_step(self.optimizer)
+            runtime.finish_gradients(self.optimizer, self._clip_params, self.max_grad_norm)
+            runtime.optimizer_step(self.optimizer)
         if self.scheduler is not None:
             with warnings.catch_warnings():
                 # with fp16 the scaler may skip a step; torch then warns about the order of steps
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        applied_weights = distiller.current_weights(state)  # the weights this step's losses were scaled by
+        self._applied_weights = distiller.current_weights(state)  # the weights this step's losses were scaled by
         state.global_step += 1
         state.step_in_epoch += 1
+        tracker.add_step(state.global_step, values)
         checkpoint_now = self._is_checkpoint_step()
-        logged = tracker.step(
-            state.global_step,
-            weights=applied_weights,
+        evaluate_now = self.callback is not None and self._is_eval_step(checkpoint_now)
+        log_now = state.global_step % self.config.log_steps == 0
+        if log_now or checkpoint_now or evaluate_now:
+            steps, stacked = list(tracker.steps), tracker.interval()
+            means = self._log(tracker, stacked) if log_now else None
+            # at logging points, and before evaluating or saving anything
+            self.guard.check(stacked, steps, state, means)
+        if checkpoint_now:
+            state.pending_evaluation = evaluate_now
+            tracker.status("distill: saving")
+            self.checkpoints.save(state, self.optimizer, self.scheduler)
+        stop = False
+        if evaluate_now:
+            tracker.status("distill: evaluating")
+            stop = self.checkpoints.evaluate(state, self.callback, tracker, checkpointed=checkpoint_now)
+            if stop and not checkpoint_now:
+                # early stopping between checkpoints: save where the run stopped, as at its end
+                self.checkpoints.save(state, self.optimizer, self.scheduler)
+        if checkpoint_now or evaluate_now:
+            tracker.status("distill")
+        return stop or state.global_step >= state.total_steps
+
+    def _log(self, tracker: Tracker, stacked: torch.Tensor | None) -> list[float] | None:
+        """Write the interval's means (the weights and temperature the last step applied)."""
+        if stacked is None:
+            return None
+        distiller = self.distiller
+        return tracker.log(
+            self.state.global_step,
+            weights=self._applied_weights,
             lrs=[group["lr"] for group in self.optimizer.param_groups],
             temperature=distiller.last_temperature,
+            stacked=stacked,
         )
-        evaluate_now = self.callback is not None and self._is_eval_step(checkpoint_now)
-        if checkpoint_now or evaluate_now or state.global_step % self.config.log_steps == 0:
-            self.guard.check(state, logged)  # at logging points, and before evaluating or saving anything
-        if checkpoint_now:
-            callback = self.callback if evaluate_now else None
-            if distiller.checkpoint(state, self.optimizer, self.scheduler, callback, tracker):
-                return True
-        elif evaluate_now and distiller.evaluate(state, self.callback, tracker):
-            # early stopping between checkpoints: save where the run stopped, as at its end
-            distiller.checkpoint(state, self.optimizer, self.scheduler, None, tracker)
-            return True
-        return state.global_step >= state.total_steps

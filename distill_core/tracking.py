@@ -1,18 +1,22 @@
-"""Scalars to tensorboardX and a tqdm progress bar; both only on the main process.
+"""Loss terms of a run: kept on the device per step, averaged over ranks and written at logging points.
 
-Loss terms are accumulated on the device between logging points and read back once per interval
-(one host-device sync every ``log_steps`` optimisation steps, none in between).
+Each optimisation step hands its ``[total, *unweighted terms]`` vector (a device tensor) to the
+tracker, which only keeps a reference. At a logging point the interval's vectors are stacked, summed
+across ranks (one all-reduce under torch.distributed) and read back to the host: one host-device
+sync every ``log_steps`` optimisation steps, none in between. Rank 0 writes tensorboardX scalars and
+draws the progress bar. The end of training (or early stopping) flushes a last, partial interval.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 
 class Tracker:
-    """Accumulates loss terms on device; writes scalars and updates the progress bar at log points."""
+    """Per-step loss vectors in, scalars and a progress bar out (on the main process)."""
 
     def __init__(
         self,
@@ -24,12 +28,17 @@ class Tracker:
         initial_step: int,
         is_main: bool,
         term_names: list[str],
+        sum_across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        world_size: int = 1,
     ) -> None:
         self.log_steps = log_steps
         self.term_names = term_names
         self.is_main = is_main
-        self._sum: torch.Tensor | None = None
-        self._count = 0
+        self.sum_across_ranks = sum_across_ranks
+        self.world_size = world_size
+        self.steps: list[int] = []  # the optimisation steps of the interval not yet logged
+        self.values: list[torch.Tensor] = []  # their [total, *terms] vectors, on the device
+        self.last_logged_step = initial_step
         self.writer = None
         self.bar = None
         if is_main and log_dir is not None:
@@ -41,32 +50,52 @@ class Tracker:
 
             self.bar = tqdm(total=total_steps, initial=initial_step, desc="distill", unit="step", dynamic_ncols=True)
 
-    def add(self, stacked: torch.Tensor) -> None:
-        """Accumulate one micro-batch's ``[total, *unweighted terms]`` vector (no sync)."""
-        if self._sum is None or self._sum.device != stacked.device:
-            self._sum = stacked
-        else:
-            self._sum = self._sum + stacked
-        self._count += 1
-
-    def step(
-        self, global_step: int, *, weights: list[float], lrs: list[float], temperature: float | torch.Tensor | None
-    ) -> list[float] | None:
-        """Called after each optimisation step; logs every ``log_steps`` steps.
-
-        Returns the interval's mean total and terms when it read them (at logging points), else None.
-        """
+    def add_step(self, global_step: int, values: torch.Tensor) -> None:
+        """Keep one optimisation step's ``[total, *terms]`` vector (no sync, no tensor op)."""
+        self.steps.append(global_step)
+        self.values.append(values)
         if self.bar is not None:
             self.bar.update(1)
-        if global_step % self.log_steps != 0 or self._sum is None or not self.is_main:
+
+    def interval(self) -> torch.Tensor | None:
+        """The interval's vectors stacked to (steps, 1 + terms), averaged over ranks; None if empty.
+
+        A collective under torch.distributed: every rank calls it at the same steps.
+        """
+        if not self.values:
             return None
-        means = self._sum / self._count
+        stacked = torch.stack(self.values)
+        if self.sum_across_ranks is not None:
+            stacked = self.sum_across_ranks(stacked) / self.world_size
+        return stacked
+
+    def log(
+        self,
+        global_step: int,
+        *,
+        weights: list[float],
+        lrs: list[float],
+        temperature: float | torch.Tensor | None,
+        stacked: torch.Tensor | None = None,
+    ) -> list[float] | None:
+        """Write the interval's means at ``global_step`` and start a new interval.
+
+        ``stacked``: :meth:`interval`, if the caller already has it. Returns the means that were read
+        (total first), or None when the interval was empty.
+        """
+        if stacked is None:
+            stacked = self.interval()
+        if stacked is None:
+            return None
+        means = stacked.mean(dim=0)
         if isinstance(temperature, torch.Tensor):  # per-example temperatures: read with the losses
-            read = torch.cat([means, temperature.detach().float().mean().reshape(1).to(means.device)]).tolist()
+            temperature = temperature.detach().float().mean().reshape(1).to(means.device)
+            read = torch.cat([means, temperature]).tolist()
             values, temperature = read[:-1], read[-1]
         else:
             values = means.tolist()  # the one sync per logging interval
-        self._sum, self._count = None, 0
+        self.steps, self.values = [], []
+        self.last_logged_step = global_step
         total, terms = values[0], values[1:]
         if self.writer is not None:
             self.writer.add_scalar("loss/total", total, global_step)
@@ -85,6 +114,11 @@ class Tracker:
         if self.writer is not None:
             for tag, value in tag_values.items():
                 self.writer.add_scalar(tag, value, global_step)
+
+    def status(self, text: str) -> None:
+        """Show what the run is doing besides training steps (an evaluation, a checkpoint)."""
+        if self.bar is not None:
+            self.bar.set_description_str(text, refresh=True)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -2,12 +2,17 @@
 
 Logits are (B, C) or (B, L, C). For 3-D logits the mask is the adaptor's ``logits_mask`` (B, L):
 means run over the positions where it is 1, which equals selecting those positions first. The
-temperature is a positive number or a per-example tensor of shape (B,) (a temperature scheduler's
-output), broadcast over the remaining axes.
+temperature is a positive finite number, a 0-d tensor, a per-example tensor (B,) or, for 3-D logits,
+a per-position tensor (B, L) (a temperature scheduler's output), broadcast over the remaining axes;
+each row is scaled by its own temperature.
+
+The helpers :func:`prepare_kd_logits`, :func:`scale_rows_by_t2`, :func:`kl_rows` and
+:func:`nonnegative` are shared with :mod:`distill_plugins_losses.divergence`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable
 
@@ -32,33 +37,57 @@ from distill_plugins_losses._common import (
 Temperature = float | Tensor
 
 
-def _broadcast_temperature(temperature: Temperature, logits: Tensor) -> float | Tensor:
-    """Return the temperature ready to divide ``logits``: a float, or a tensor (B, 1) / (B, 1, 1)."""
-    if isinstance(temperature, Tensor):
-        batch = logits.shape[0]
-        temperature = upcast(temperature).to(device=logits.device)
-        if temperature.ndim == 0:
-            return temperature
-        if tuple(temperature.shape) != (batch,):
-            raise ShapeMismatchError(
-                f"Expected a tensor `temperature` of shape (B,) = ({batch},) for logits of shape "
-                f"{shape_str(logits.shape)} but got shape {shape_str(temperature.shape)}"
-            )
-        return temperature.reshape((batch,) + (1,) * (logits.ndim - 1))
+def _check_temperature_number(temperature: object) -> float:
+    """Return ``temperature`` as a float if it is a positive finite real number; raise otherwise."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(
-            f"Expected argument `temperature` to be a number or a tensor of shape (B,) but got "
-            f"{type(temperature).__name__}"
+            f"Expected argument `temperature` to be a number or a tensor of shape (), (B,) or (B, L) but "
+            f"got {type(temperature).__name__}"
         )
-    if not temperature > 0:
-        raise ValueError(f"Expected argument `temperature` to be positive but got {temperature}")
-    return float(temperature)
+    value = float(temperature)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"Expected argument `temperature` to be a positive finite number but got {temperature}")
+    return value
 
 
-def _prepare(
+def _broadcast_temperature(temperature: Temperature, logits: Tensor) -> float | Tensor:
+    """Return the temperature ready to divide ``logits``: a float or a tensor that broadcasts over them.
+
+    Accepted: a positive finite number; a 0-d tensor; a per-example tensor (B,) (broadcast as (B, 1)
+    or (B, 1, 1)); for (B, L, C) logits also a per-position tensor (B, L) (broadcast as (B, L, 1)),
+    what a temperature scheduler gives for token tasks. A number is checked to be positive and
+    finite; the values of a tensor are not, since reading them would force a host-device sync every
+    step (a temperature scheduler produces positive values by construction).
+    """
+    if not isinstance(temperature, Tensor):
+        return _check_temperature_number(temperature)
+    temperature = upcast(temperature).to(device=logits.device)
+    if temperature.ndim == 0:
+        return temperature
+    batch = logits.shape[0]
+    shape = tuple(temperature.shape)
+    if shape == (batch,):
+        return temperature.reshape((batch,) + (1,) * (logits.ndim - 1))
+    if logits.ndim == 3 and shape == tuple(logits.shape[:2]):
+        return temperature.unsqueeze(-1)
+    allowed = f"(B,) = ({batch},)"
+    if logits.ndim == 3:
+        allowed += f" or (B, L) = {shape_str(logits.shape[:2])}"
+    raise ShapeMismatchError(
+        f"Expected a tensor `temperature` of shape () or {allowed} for logits of shape "
+        f"{shape_str(logits.shape)} but got shape {shape_str(temperature.shape)}"
+    )
+
+
+def prepare_kd_logits(
     logits_S: Tensor, logits_T: Tensor, temperature: Temperature, mask: Tensor | None
 ) -> tuple[Tensor, Tensor, float | Tensor, Tensor | None]:
-    """Check shapes; return softened student/teacher logits, the temperature and the row keep-mask."""
+    """Check shapes; return softened student/teacher logits, the temperature and the row keep-mask.
+
+    Shared by every KD loss of this package: the student is upcast to float32 (if half or bfloat16),
+    the teacher also and detached; both are divided by the broadcast temperature (skipped for a
+    temperature of exactly 1.0, which saves two (rows, C) copies on large vocabularies).
+    """
     check_same_shape(logits_S, logits_T, "logits")
     check_ndim(logits_S, (2, 3), "logits", "(B, C) or (B, L, C)")
     logits_S, logits_T = student_teacher(logits_S, logits_T)
@@ -70,7 +99,37 @@ def _prepare(
             f"mask=None (or a per-example mask of shape (B,)) for (B, C) logits"
         )
     keep = keep_mask(mask, logits_S.shape[:-1], "logits", logits_S.shape)
+    if isinstance(tau, float) and tau == 1.0:
+        return logits_S, logits_T, tau, keep
     return logits_S / tau, logits_T / tau, tau, keep
+
+
+def scale_rows_by_t2(row_values: Tensor, tau: float | Tensor) -> Tensor:
+    """Return per-row values (rows = ``logits.shape[:-1]``) times each row's own T².
+
+    ``tau`` is what :func:`prepare_kd_logits` returned (its trailing class axis is dropped here).
+    """
+    if isinstance(tau, Tensor) and tau.ndim > 0:
+        tau = tau.squeeze(-1)
+    return row_values * (tau * tau)
+
+
+def nonnegative(row_values: Tensor) -> Tensor:
+    """Return ``row_values`` with float round-off below 0 lifted to 0, keeping the gradient intact.
+
+    A divergence is never negative, but summing float32 terms of both signs can give -1e-7 for
+    near-equal distributions. Clamping the value alone (straight through) keeps the gradient of the
+    unclamped expression: rows that round to a tiny negative value still teach the student.
+    """
+    return row_values + (row_values.clamp_min(0) - row_values).detach()
+
+
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Return ``KL(p ‖ q) = Σ_c p_c (log p_c − log q_c)`` per row, from log-probabilities.
+
+    Terms with ``p_c = 0`` contribute 0 (no NaN from ``0 · -inf``); the result is never negative.
+    """
+    return nonnegative(xlogy_safe(log_p.exp(), log_p - log_q).sum(-1))
 
 
 def kd_ce_loss(
@@ -85,9 +144,9 @@ def kd_ce_loss(
     :param logits_S: student logits (B, C) or (B, L, C).
     :param logits_T: teacher logits, same shape (detached here).
     :param mask: (B, L) for 3-D logits ((B,) for 2-D), 1 = keep; None keeps every row.
-    :param temperature: a positive number or a per-example tensor (B,).
+    :param temperature: a positive finite number, or a tensor (), (B,) or (for 3-D logits) (B, L).
     """
-    soft_S, soft_T, _, keep = _prepare(logits_S, logits_T, temperature, mask)
+    soft_S, soft_T, _, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
     row_ce = -xlogy_safe(soft_T.softmax(-1), soft_S.log_softmax(-1)).sum(-1)
     return masked_mean(row_ce, keep)
 
@@ -103,9 +162,9 @@ def kd_mse_loss(
     :param logits_S: student logits (B, C) or (B, L, C).
     :param logits_T: teacher logits, same shape (detached here).
     :param mask: (B, L) for 3-D logits ((B,) for 2-D), 1 = keep; None keeps every row.
-    :param temperature: a positive number or a per-example tensor (B,).
+    :param temperature: a positive finite number, or a tensor (), (B,) or (for 3-D logits) (B, L).
     """
-    soft_S, soft_T, _, keep = _prepare(logits_S, logits_T, temperature, mask)
+    soft_S, soft_T, _, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
     squared_error = (soft_S - soft_T).square()
     return masked_mean(squared_error, None if keep is None else keep.unsqueeze(-1))
 
@@ -122,13 +181,11 @@ def kd_kl_loss(
     :param logits_S: student logits (B, C) or (B, L, C).
     :param logits_T: teacher logits, same shape (detached here).
     :param mask: (B, L) for 3-D logits ((B,) for 2-D), 1 = keep; None keeps every row.
-    :param temperature: a positive number or a per-example tensor (B,).
+    :param temperature: a positive finite number, or a tensor (), (B,) or (for 3-D logits) (B, L).
     """
-    soft_S, soft_T, tau, keep = _prepare(logits_S, logits_T, temperature, mask)
-    log_p_T = soft_T.log_softmax(-1)
-    p_T = log_p_T.exp()
-    row_kl = xlogy_safe(p_T, log_p_T - soft_S.log_softmax(-1)).sum(-1, keepdim=True)
-    return masked_mean((row_kl * (tau * tau)).squeeze(-1), keep)
+    soft_S, soft_T, tau, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
+    row_kl = kl_rows(soft_T.log_softmax(-1), soft_S.log_softmax(-1))
+    return masked_mean(scale_rows_by_t2(row_kl, tau), keep)
 
 
 def kd_bce_loss(
@@ -143,9 +200,9 @@ def kd_bce_loss(
     :param logits_S: student logits (B, C) or (B, L, C).
     :param logits_T: teacher logits, same shape (detached here).
     :param mask: (B, L) for 3-D logits ((B,) for 2-D), 1 = keep; None keeps every row.
-    :param temperature: a positive number or a per-example tensor (B,).
+    :param temperature: a positive finite number, or a tensor (), (B,) or (for 3-D logits) (B, L).
     """
-    soft_S, soft_T, _, keep = _prepare(logits_S, logits_T, temperature, mask)
+    soft_S, soft_T, _, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
     elementwise = F.binary_cross_entropy_with_logits(soft_S, soft_T.sigmoid(), reduction="none")
     return masked_mean(elementwise, None if keep is None else keep.unsqueeze(-1))
 
@@ -192,4 +249,8 @@ __all__ = [
     "kd_ce_loss",
     "kd_kl_loss",
     "kd_mse_loss",
+    "kl_rows",
+    "nonnegative",
+    "prepare_kd_logits",
+    "scale_rows_by_t2",
 ]

@@ -129,6 +129,7 @@ def run(
     distiller, optimizer, loader = build(output_dir, **training)
 
     def callback(model: torch.nn.Module, step: int) -> float:
+        print(f"callback at step {step}", flush=True)
         if step == block_at:
             Path(marker).write_text(str(step))
             time.sleep(600)  # the parent kills us here

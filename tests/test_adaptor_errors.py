@@ -41,16 +41,23 @@ def run(tmp_path, adaptor_S=bert_adaptor, adaptor_T=bert_adaptor, **config) -> l
 
 
 def expect_first_step(tmp_path, error, pattern, **kwargs) -> None:
+    """The error comes on the first step: the teachers have seen one batch, the student at most one."""
     calls: list[int] = []
+    teacher_calls: list[int] = []
     adaptor_S = kwargs.pop("adaptor_S", bert_adaptor)
+    adaptor_T = kwargs.pop("adaptor_T", bert_adaptor)
 
     def recording(batch, outputs):
         calls.append(1)
         return adaptor_S(batch, outputs)
 
+    def recording_T(batch, outputs):
+        teacher_calls.append(1)
+        return adaptor_T(batch, outputs)
+
     with pytest.raises(error, match=pattern):
-        run(tmp_path, adaptor_S=recording, **kwargs)
-    assert len(calls) == 1, "the error must come on the first step"
+        run(tmp_path, adaptor_S=recording, adaptor_T=recording_T, **kwargs)
+    assert len(teacher_calls) == 1 and len(calls) <= 1, "the error must come on the first step"
 
 
 def test_unknown_key(tmp_path) -> None:

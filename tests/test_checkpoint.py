@@ -30,7 +30,7 @@ from tests import _resume_worker as worker
 WORKER = Path(worker.__file__)
 REPO = WORKER.parents[1]
 FINAL = worker.TOTAL_STEPS
-BLOCK_AT = 6  # the callback of the third checkpoint blocks: steps 2 and 4 are complete on disk
+BLOCK_AT = 6  # the callback of the third checkpoint blocks: the full states of steps 2, 4 and 6 are on disk
 
 
 def _worker_env() -> dict[str, str]:
@@ -119,11 +119,18 @@ def assert_same_final_state(reference: Path, resumed: Path) -> None:
 
 
 # -- exact resume ------------------------------------------------------------------------------------
-def test_sigkill_after_second_checkpoint_then_resume_equals_uninterrupted_run(runs, tmp_path) -> None:
+def test_sigkill_during_a_callback_then_resume_equals_uninterrupted_run(runs, tmp_path) -> None:
+    """Killed while the callback of checkpoint 6 ran: the full state of step 6 was already on disk, so the
+    resumed run starts from step 6 (evaluating it again), not from step 4, and ends bitwise equal."""
     assert runs.killed_returncode == -signal.SIGKILL
-    assert [step for step, _ in ckpt.list_states(runs.killed)] == [2, 4]  # killed mid-epoch 2 of 5 steps
+    assert [step for step, _ in ckpt.list_states(runs.killed)] == [2, 4, 6]  # mid-epoch 3 of 5 steps
     assert not list(runs.killed.rglob("*.tmp"))
+    # the evaluations of steps 2 and 4 finished and were recorded; the one of step 6 did not
+    assert ckpt.read_evaluation(ckpt.state_path(runs.killed, 4)) is not None
+    assert ckpt.read_evaluation(ckpt.state_path(runs.killed, 6)) is None
+    assert ckpt.load_state(ckpt.state_path(runs.killed, 6))["run_state"]["pending_evaluation"]
     resumed = _copy(runs.killed, tmp_path / "resumed")
+    saved_step_6 = ckpt.state_path(resumed, 6).read_bytes()
     done = subprocess.run(
         [sys.executable, str(WORKER), str(resumed), "--resume"],
         capture_output=True,
@@ -134,14 +141,19 @@ def test_sigkill_after_second_checkpoint_then_resume_equals_uninterrupted_run(ru
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"finished at step {FINAL}" in done.stdout
     assert "falling back" not in done.stderr
+    # resumed from step 6: its evaluation ran again, and the next checkpoint written is step 8
+    assert [line for line in done.stdout.splitlines() if line.startswith("callback")] == [
+        f"callback at step {step}" for step in (6, 8, 10)
+    ]
+    assert ckpt.state_path(resumed, 6).read_bytes() == saved_step_6
     assert_same_final_state(runs.reference, resumed)
 
 
 def test_truncated_latest_checkpoint_warns_and_falls_back_to_the_previous(runs, tmp_path) -> None:
     resumed = _copy(runs.killed, tmp_path / "resumed")
-    latest = ckpt.state_path(resumed, 4)
+    latest = ckpt.state_path(resumed, 6)
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
-    with pytest.warns(UserWarning, match=r"step-00000004\.pt' is corrupt or truncated.*falling back"):
+    with pytest.warns(UserWarning, match=r"step-00000006\.pt' is corrupt or truncated.*falling back"):
         state = worker.run(resumed, resume_from="latest")
     assert state.global_step == FINAL
     assert_same_final_state(runs.reference, resumed)
@@ -486,21 +498,24 @@ def test_the_non_finite_check_reads_nothing_while_logged_means_are_finite_and_na
     from distill_core.loop import NonFiniteGuard, RunState
 
     guard = NonFiniteGuard(["kd", "match0_hidden_mse"], "raise")
-    state = RunState()
+    state = RunState(global_step=4)
     finite = torch.tensor(1.0)
-    for step, term in enumerate([finite, torch.tensor(float("inf")), torch.tensor(float("nan")), finite]):
-        state.global_step = step
-        guard.observe(torch.stack([finite, finite, term]), state)  # records on the device, raises nothing
-    state.global_step = 4
-    guard.check(state, logged=[1.0, 1.0, 1.0])  # the tracker's means say: nothing to look up
+    rows = [finite, torch.tensor(float("inf")), torch.tensor(float("nan")), finite]
+    stacked = torch.stack([torch.stack([finite, finite, term]) for term in rows])  # steps 1-4 x [total, kd, match]
+    guard.check(stacked, [1, 2, 3, 4], state, means=[1.0, 1.0, 1.0])  # the tracker's means say: nothing to look up
     with pytest.raises(
         NonFiniteLossError,
-        match=r"'match0_hidden_mse' was NaN or infinite at optimisation step 2 "
-        r"\(found at step 4",
+        match=r"'match0_hidden_mse' was NaN or infinite at optimisation step 2 \(found at step 4",
     ):
-        guard.check(state, logged=[1.0, 1.0, float("nan")])
+        guard.check(stacked, [1, 2, 3, 4], state, means=[1.0, 1.0, float("nan")])
     with pytest.raises(NonFiniteLossError, match="step 2"):
-        guard.check(state)  # at a checkpoint the guard reads its own record
+        guard.check(stacked, [1, 2, 3, 4], state)  # at a checkpoint the guard reads the interval itself
+    guard.check(stacked[[0, 3]], [1, 4], state)  # finite steps only: nothing to raise
+
+    class OneProcess:
+        def any_rank(self, flag):
+            return bool(flag)
+
     skip = NonFiniteGuard(["kd"], "skip")
-    skip.observe(torch.stack([finite, torch.tensor(float("nan"))]), state)
-    assert skip.take_skip() is True and skip.take_skip() is False
+    assert skip.skip(torch.stack([finite, torch.tensor(float("nan"))]), OneProcess()) is True
+    assert skip.skip(torch.stack([finite, finite]), OneProcess()) is False

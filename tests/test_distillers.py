@@ -181,7 +181,10 @@ def test_seed_checkpoint_cadence(tmp_path, frequency, epoch_frequency, expected)
         )
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == sorted([f"gs{step}.pkl" for step in expected] + ["checkpoints"])
-    assert sorted(os.listdir(out / "checkpoints")) == [f"step-{step:08d}.pt" for step in expected]
+    # each full state, and the record of its step's evaluation (the callback runs at every checkpoint here)
+    assert sorted(os.listdir(out / "checkpoints")) == sorted(
+        [f"step-{step:08d}.pt" for step in expected] + [f"step-{step:08d}.eval.json" for step in expected]
+    )
     assert steps == [(step, False) for step in expected]  # the callback sees the student in eval mode
     assert student.training  # and it is back in train mode after
 

@@ -217,7 +217,7 @@ def test_mask_that_does_not_fit_names_its_shape(bad_mask):
 
 def test_bad_temperatures_are_refused():
     logits_S, logits_T = make_logits((B, C))
-    with pytest.raises(ValueError, match="`temperature` to be positive but got -1"):
+    with pytest.raises(ValueError, match="`temperature` to be a positive finite number but got -1"):
         kd.kd_kl_loss(logits_S, logits_T, temperature=-1)
     with pytest.raises(ShapeMismatchError, match=r"\(5,\)"):
         kd.kd_kl_loss(logits_S, logits_T, temperature=torch.ones(5))

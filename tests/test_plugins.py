@@ -30,7 +30,7 @@ from distill_core import (
 from tests.conftest import run_cli
 
 BUILTIN = {
-    "kd_loss": {"ce", "mse", "kl", "bce"},
+    "kd_loss": {"ce", "mse", "kl", "bce", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl"},
     "match_loss": {
         "hidden_mse",
         "cos",

@@ -1,17 +1,16 @@
-"""What every distiller shares: placement, modes, the ``train`` entry point, checkpoints, resume.
+"""The distiller base class: models, modes and the ``train`` entry point.
 
-Subclasses differ only in ``compute_loss`` and in which models they hold; all of them run the one
-loop in :mod:`distill_core.loop`.
+Distillers differ only in how they prepare a micro-batch (their teachers' outputs) and compute its
+loss; all of them run the one loop in :mod:`distill_core.loop`, and the runtime
+(:mod:`distill_core.runtime`) owns device, precision, processes, logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,37 +18,27 @@ from torch import nn
 
 from distill_core.config import DistillationConfig, TrainingConfig
 from distill_core.errors import DistillError
-from distill_core.distillers.persistence import CheckpointMixin
-from distill_core.loop import BatchSource, RunState, TrainingLoop
+from distill_core.loop import BatchSource, MicroBatch, RunState, StepInfo, TrainingLoop
 from distill_core.matching import unwrap
-from distill_core.tracking import Tracker
+from distill_core.runtime import Runtime
 
 
-def _resolve_device(config: TrainingConfig) -> torch.device:
-    if config.device is not None:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _looks_like_data(value: Any) -> bool:
+    """A DataLoader (or list of batches) where an LR scheduler was expected."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(value, DataLoader):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and not callable(value)
 
 
-def _check_writable(folder: str, field: str) -> None:
-    """Fail at setup, before any training, if ``folder`` cannot be created or written."""
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".distill-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise DistillError(
-            f"TrainingConfig.{field}={folder!r} is not writable ({exc}); choose another folder"
-        ) from None
-
-
-class BaseDistiller(CheckpointMixin, abc.ABC):
-    """Holds the models and runs training; subclasses define ``compute_loss``."""
+class BaseDistiller(abc.ABC):
+    """Holds the models and runs training; subclasses define ``prepare`` and ``compute_loss``."""
 
     #: teachers by key (0, 1, ... or task names); empty for BasicTraining
     teachers: dict[Any, nn.Module]
+    #: whether a step may leave some student parameters without gradient (DDP must then look for them)
+    uses_part_of_student_per_step: bool = False
 
     def __init__(
         self, train_config: TrainingConfig, student: nn.Module, distill_config: DistillationConfig | None = None
@@ -60,19 +49,9 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
             distill_config = DistillationConfig.model_validate(distill_config)
         if not isinstance(student, nn.Module):
             raise TypeError(f"the student model must be a torch.nn.Module, got {type(student).__name__}")
-        if train_config.local_rank >= 0:
-            raise DistillError(
-                "TrainingConfig.local_rank >= 0 (torchrun / DistributedDataParallel) is not supported yet; run in "
-                "one process, or set data_parallel=True to use several GPUs of one machine"
-            )
         self.train_config = train_config
         self.distill_config = distill_config
-        self.device = _resolve_device(train_config)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DistillError(f"TrainingConfig.device={train_config.device!r} but CUDA is not available; use 'cpu'")
-        if train_config.fp16 and self.device.type != "cuda":
-            raise DistillError("TrainingConfig.fp16=True needs a CUDA device; set fp16=False on the CPU")
-        self.is_main = True
+        self.runtime = Runtime(train_config)
         self.model_S = student
         self.teachers = {}
         self.projections = nn.ModuleList()
@@ -81,29 +60,28 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         self._checked_tasks: set[str | None] = set()  # adaptor outputs are checked on each task's first step
         self._in_context = False
         self._saved_modes: list[tuple[nn.Module, bool]] = []
-        self.scaler = torch.amp.GradScaler("cuda") if train_config.fp16 else None
+
+    # -- what the runtime decided ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the process that writes logs and checkpoints (rank 0)."""
+        return self.runtime.is_main
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.runtime.precision.scaler
 
     # -- models and modes ------------------------------------------------------------------------
-    def _place(self) -> None:
-        """Move models to the device (and wrap them for DataParallel) once, at the start of a run."""
-        self.model_S.to(self.device)
-        self.projections.to(self.device)
-        self.custom_projections.to(self.device)
-        for teacher in self.teachers.values():
-            teacher.to(self.device)
-        if self.train_config.data_parallel and torch.cuda.device_count() > 1:
-            if not isinstance(self.model_S, nn.DataParallel):
-                self.model_S = nn.DataParallel(self.model_S)
-            for key, teacher in self.teachers.items():
-                if not isinstance(teacher, nn.DataParallel):
-                    self.teachers[key] = nn.DataParallel(teacher)
-
     def trainable_modules(self) -> list[nn.Module]:
         return [self.model_S, self.projections, self.custom_projections]
 
     @property
     def student(self) -> nn.Module:
-        """The student model itself (unwrapped from DataParallel)."""
+        """The student model itself (unwrapped from DataParallel / DistributedDataParallel)."""
         return unwrap(self.model_S)
 
     def _enter_modes(self) -> None:
@@ -121,14 +99,14 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         self._saved_modes = []
         self._detach_hooks()
 
-    def _attach_hooks(self) -> None:
+    def _attach_hooks(self) -> None:  # noqa: B027 (a no-op unless overridden)
         """Subclasses with forward hooks (custom matches) attach them here."""
 
-    def _detach_hooks(self) -> None:
+    def _detach_hooks(self) -> None:  # noqa: B027
         """Remove what ``_attach_hooks`` attached."""
 
     def __enter__(self) -> BaseDistiller:
-        self._place()
+        self.runtime.attach(self)
         self._enter_modes()
         self._in_context = True
         return self
@@ -136,11 +114,20 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
     def __exit__(self, *exc_info: Any) -> None:
         self._in_context = False
         self._exit_modes()
+        self.runtime.detach(self)
 
     # -- the step, as the loop sees it -----------------------------------------------------------
+    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> MicroBatch:
+        """What the step needs of ``batch`` before any backward: the teachers' outputs (none here)."""
+        return MicroBatch(batch=batch, task=task)
+
+    def step_tokens(self, micro_batches: list[MicroBatch]) -> torch.Tensor | None:
+        """The number of valid KD positions in a step's micro-batches (this rank), or None if not token KD."""
+        return None
+
     @abc.abstractmethod
     def compute_loss(
-        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the total loss of one micro-batch and its unweighted terms (aligned with term_names)."""
 
@@ -151,43 +138,8 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
     def current_weights(self, state: RunState) -> list[float]:
         return [1.0] * len(self.term_names())
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for the forward passes and losses when ``fp16`` is on (CUDA only)."""
-        if self.scaler is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-
-    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-
-    def make_tracker(self, state: RunState) -> Tracker:
-        config = self.train_config
-        return Tracker(
-            log_dir=config.log_dir,
-            log_steps=config.log_steps,
-            progress_bar=config.progress_bar,
-            total_steps=state.total_steps,
-            initial_step=state.global_step,
-            is_main=self.is_main,
-            term_names=self.term_names(),
-        )
-
     # -- train -----------------------------------------------------------------------------------
-    def _source(self, dataloader: Any, dataloaders: Any, args: dict[str, Any]) -> BatchSource:
+    def _source(self, dataloader: Any) -> BatchSource:
         if dataloader is None:
             raise TypeError("train() needs a dataloader")
         return BatchSource(dataloader)
@@ -207,8 +159,6 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         scheduler_args: dict[str, Any] | None = None,
         resume_from: str | os.PathLike[str] | None = None,
         num_train_epochs: int | None = None,
-        dataloaders: Mapping[str, Any] | None = None,
-        tau: float = 1.0,
         **args: Any,
     ) -> RunState:
         """Train the student.
@@ -218,9 +168,11 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         :param scheduler: an LR scheduler instance, or a callable ``scheduler(optimizer)`` that builds
             one after the projection groups are added (an instance built before cannot see them).
         :param dataloader: the training batches (dicts call ``model(**batch)``, tuples ``model(*batch)``).
+            Under torch.distributed a DataLoader gets a DistributedSampler (see docs/distributed.md).
         :param num_epochs: how many passes over ``dataloader`` (``num_train_epochs`` is the same).
-        :param callback: ``callback(model=student, step=global_step)`` after each checkpoint, with the
-            student in eval mode; it may return a metric (see best-checkpoint tracking).
+        :param callback: ``callback(model=student, step=global_step)`` after each checkpoint (or every
+            ``eval_steps``), with the student in eval mode; it may return a metric (best checkpoint,
+            early stopping).
         :param num_steps: train for this many optimisation steps instead of epochs.
         :param max_grad_norm: clip the gradient norm of student and projections (None or <= 0: off).
         :param batch_postprocessor: applied to each batch before it moves to the device.
@@ -229,6 +181,58 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
         :param args: extra keyword arguments for every model call.
         :returns: the final run state (global step, epoch, best metric, ...).
         """
+        self._check_positional_order(scheduler, dataloader, num_epochs)
+        for name in ("dataloaders", "tau"):
+            if name in args:
+                raise TypeError(
+                    f"{type(self).__name__}.train() got {name}=, an option of MultiTaskDistillation.train(); pass "
+                    f"one dataloader= here (extra keyword arguments go to every model call)"
+                )
+        source = self._source(dataloader)
+        return self._train(
+            source,
+            optimizer,
+            scheduler,
+            num_epochs,
+            callback,
+            num_steps=num_steps,
+            max_grad_norm=max_grad_norm,
+            batch_postprocessor=batch_postprocessor,
+            scheduler_class=scheduler_class,
+            scheduler_args=scheduler_args,
+            resume_from=resume_from,
+            num_train_epochs=num_train_epochs,
+            model_args=args,
+        )
+
+    @staticmethod
+    def _check_positional_order(scheduler: Any, dataloader: Any, num_epochs: Any) -> None:
+        """TextBrewer's ``train(optimizer, dataloader, num_epochs)`` binds the data to ``scheduler`` here."""
+        if scheduler is not None and _looks_like_data(scheduler):
+            raise TypeError(
+                f"train() got a {type(scheduler).__name__} as `scheduler`, its second argument: distill's order is "
+                f"train(optimizer, scheduler, dataloader, num_epochs, callback), while TextBrewer's is "
+                f"train(optimizer, dataloader, num_epochs, ...). Pass the data by name: "
+                f"train(optimizer, dataloader=loader, num_epochs=3)"
+            )
+
+    def _train(
+        self,
+        source: BatchSource,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        num_epochs: int | None,
+        callback: Callable[..., Any] | None,
+        *,
+        num_steps: int | None,
+        max_grad_norm: float | None,
+        batch_postprocessor: Callable[[Any], Any] | None,
+        scheduler_class: Any,
+        scheduler_args: dict[str, Any] | None,
+        resume_from: str | os.PathLike[str] | None,
+        num_train_epochs: int | None,
+        model_args: dict[str, Any],
+    ) -> RunState:
         if num_train_epochs is not None:
             if num_epochs is not None and num_epochs != num_train_epochs:
                 raise TypeError("pass num_epochs or num_train_epochs (the seed's spelling), not both")
@@ -250,22 +254,20 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
                 "TrainingConfig.eval_steps is set but train() got no callback, so nothing is evaluated; pass "
                 "callback=... or unset eval_steps",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        self.tau = tau
-        source = self._source(dataloader, dataloaders, args)
-        _check_writable(self.train_config.output_dir, "output_dir")
-        if self.train_config.log_dir is not None:
-            _check_writable(self.train_config.log_dir, "log_dir")
+        self.runtime.check_output_folders()
         entered_here = not self._in_context
         if entered_here:
             self.__enter__()
         try:
+            self.runtime.rebind_optimizer(optimizer)
             self._add_projection_groups(optimizer)
             scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
-            resume = self._resolve_resume(resume_from)
+            resume = self.runtime.checkpointer(self).resolve(resume_from)
             loop = TrainingLoop(
                 self,
+                self.runtime,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 source=source,
@@ -274,7 +276,7 @@ class BaseDistiller(CheckpointMixin, abc.ABC):
                 callback=callback,
                 max_grad_norm=max_grad_norm,
                 batch_postprocessor=batch_postprocessor,
-                model_args=args,
+                model_args=model_args,
             )
             return loop.run(resume)
         finally:

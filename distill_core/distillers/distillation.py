@@ -1,4 +1,4 @@
-"""BasicTraining, BasicDistillation and Distillation: how each computes its loss."""
+"""Distillation and BasicDistillation: KD, hard labels, intermediate and custom matches."""
 
 from __future__ import annotations
 
@@ -9,74 +9,25 @@ import torch
 from torch import nn
 
 from distill_core.adaptors import (
+    FEATURE_KEYS,
     Adaptor,
     BoundAdaptor,
     as_list,
     check_adaptor_output,
     check_pair,
+    feature_mask,
     select_layers,
 )
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
-from distill_core.errors import AdaptorError, DistillError, PluginError, ShapeMismatchError
-from distill_core.loop import RunState, call_model
-from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule
-from distill_core.registry import get_registry
-from distill_core.schedules import build_temperature_scheduler, weight_at
-
-
-def _hard_label_loss(results: Mapping[str, Any], role: str) -> torch.Tensor:
-    losses = as_list(results.get("losses"))
-    if not losses:
-        raise AdaptorError(
-            f"{role} returned no 'losses', but hard-label training needs them; return "
-            f"{{'losses': [outputs.loss], ...}} (and pass labels in the batch)"
-        )
-    total = losses[0].mean()  # .mean(): DataParallel returns one loss per device
-    for loss in losses[1:]:
-        total = total + loss.mean()
-    return total
-
-
-class BasicTraining(BaseDistiller):
-    """Plain supervised training of one model (e.g. the teacher) on its adaptor's ``losses``."""
-
-    def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Adaptor | None) -> None:
-        super().__init__(train_config, model)
-        self.adaptor = BoundAdaptor(adaptor, "adaptor")
-
-    def term_names(self) -> list[str]:
-        return ["hard_label"]
-
-    def compute_loss(
-        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        results = self.adaptor(batch, call_model(self.model_S, batch, model_args), task)
-        if task not in self._checked_tasks:
-            check_adaptor_output(results, "adaptor")
-            self._checked_tasks.add(task)
-        loss = _hard_label_loss(results, "adaptor")
-        return loss, [loss]
-
-
-def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Return a copy of ``logits`` with the true label's logit swapped with the largest one.
-
-    Positions whose label is negative (ignore index, e.g. -100) are left unchanged.
-    """
-    labels = labels.to(logits.device).long()
-    if labels.shape != logits.shape[:-1]:
-        raise AdaptorError(
-            f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of shape "
-            f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])})"
-        )
-    valid = labels >= 0
-    label_index = labels.clamp_min(0).unsqueeze(-1)
-    top_index = logits.argmax(dim=-1, keepdim=True)
-    label_value = logits.gather(-1, label_index)
-    top_value = logits.gather(-1, top_index)
-    shifted = logits.scatter(-1, label_index, top_value).scatter(-1, top_index, label_value)
-    return torch.where(valid.unsqueeze(-1), shifted, logits)
+from distill_core.distillers.basic import hard_label_loss, losses_for_check
+from distill_core.distillers.kd_term import KDTerm, is_chunked
+from distill_core.model_adaptors import model_kind
+from distill_core.errors import AdaptorError, DistillError, PluginError
+from distill_core.loop import MicroBatch, RunState, StepInfo, call_model
+from distill_core.matching import BoundMatch, OutputCapture, bind_match, resolve_submodule, unwrap
+from distill_core.schedules import weight_at
+from distill_core.vocab import check_vocabularies
 
 
 class Distillation(BaseDistiller):
@@ -86,6 +37,8 @@ class Distillation(BaseDistiller):
         ``{"module_T": "bert.encoder.layer.5.attention.self.query", "module_S": "...", "loss":
         "relation_kl", "weight": 1, "proj": ..., "params": {...}}``; their outputs are captured with
         forward hooks while the distiller is in use.
+    :param tokenizer_T: with ``tokenizer_S``, the tokenizers of a token-level (language-model) run: their
+        vocabularies are compared at setup (see ``DistillationConfig.kd_vocab_size`` for a padded one).
     """
 
     def __init__(
@@ -97,9 +50,20 @@ class Distillation(BaseDistiller):
         adaptor_T: Adaptor | None,
         adaptor_S: Adaptor | None,
         custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None,
+        *,
+        tokenizer_T: Any = None,
+        tokenizer_S: Any = None,
     ) -> None:
         self._init_distillation(
-            train_config, distill_config, {0: model_T}, model_S, {0: adaptor_T}, {None: adaptor_S}, custom_matches
+            train_config,
+            distill_config,
+            {0: model_T},
+            model_S,
+            {0: adaptor_T},
+            {None: adaptor_S},
+            custom_matches,
+            tokenizer_T=tokenizer_T,
+            tokenizer_S=tokenizer_S,
         )
 
     # -- setup -----------------------------------------------------------------------------------
@@ -112,6 +76,8 @@ class Distillation(BaseDistiller):
         adaptors_T: dict[Any, Adaptor | None],
         adaptors_S: dict[Any, Adaptor | None],
         custom_matches: Sequence[dict[str, Any] | CustomMatch] | None,
+        tokenizer_T: Any = None,
+        tokenizer_S: Any = None,
     ) -> None:
         if distill_config is None:
             raise TypeError(f"{type(self).__name__} needs a distill_config (DistillationConfig)")
@@ -121,16 +87,28 @@ class Distillation(BaseDistiller):
             if not isinstance(teacher, nn.Module):
                 raise TypeError(f"teacher {key!r} must be a torch.nn.Module, got {type(teacher).__name__}")
         self.teachers = dict(teachers)
-        self.adaptors_T = {key: BoundAdaptor(a, self._role_T(key)) for key, a in adaptors_T.items()}
-        self.adaptors_S = {
-            key: BoundAdaptor(a, "adaptor_S" if key is None else f"adaptor_S[{key!r}]") for key, a in adaptors_S.items()
-        }
-        registry = get_registry()
-        self.kd_component = registry.get("kd_loss", config.kd_loss_type)
-        self.kd_params = self.kd_component.validate_params(config.kd_loss_params)
-        name, params = config.temperature_schedule()
-        self.temperature_fn = None if name in ("none", "constant") else build_temperature_scheduler(name, params)
         self.use_kd = config.kd_loss_weight > 0
+        self.kd_vocab_size = None
+        if self.use_kd:
+            for teacher in self.teachers.values():  # before any step: a vocabulary mismatch is a setup error
+                self.kd_vocab_size = check_vocabularies(
+                    teacher, model_S, tokenizer_T=tokenizer_T, tokenizer_S=tokenizer_S, vocab_size=config.kd_vocab_size
+                )
+        self.kd = KDTerm(config, self.kd_vocab_size)
+        chunk = self._chunk_plan(config, model_S, adaptors_T, adaptors_S)
+        self.adaptors_T = {
+            key: BoundAdaptor(a, self._role_T(key), model=self.teachers[key], chunked=chunk.get(("T", key), False))
+            for key, a in adaptors_T.items()
+        }
+        self.adaptors_S = {
+            key: BoundAdaptor(
+                a,
+                "adaptor_S" if key is None else f"adaptor_S[{key!r}]",
+                model=model_S,
+                chunked=chunk.get(("S", key), False),
+            )
+            for key, a in adaptors_S.items()
+        }
         self.use_hard_label = config.hard_label_weight > 0
         self.matches: list[BoundMatch] = [bind_match(m, i, "match") for i, m in enumerate(config.intermediate_matches)]
         for bound in self.matches:
@@ -157,6 +135,38 @@ class Distillation(BaseDistiller):
                 "nothing to train: kd_loss_weight and hard_label_weight are 0 and there are no matches; set "
                 "kd_loss_weight > 0, hard_label_weight > 0, or add intermediate_matches"
             )
+
+    def _chunk_plan(
+        self,
+        config: DistillationConfig,
+        model_S: nn.Module,
+        adaptors_T: dict[Any, Adaptor | None],
+        adaptors_S: dict[Any, Adaptor | None],
+    ) -> dict[tuple[str, Any], bool]:
+        """Which automatic adaptors run in chunked mode: causal LMs, when KD is on and nothing needs logits."""
+        wanted = config.chunked_token_kd
+        why_not = None if self.use_kd else "kd_loss_weight is 0"
+        why_not = why_not or self.kd.needs_full_logits
+        if wanted is False or (wanted is None and why_not):
+            return {}
+        if why_not:
+            raise DistillError(
+                f"DistillationConfig.chunked_token_kd=True, but {why_not}; set chunked_token_kd=None (chunk when "
+                f"possible) or False (the models' full logits)"
+            )
+        plan: dict[tuple[str, Any], bool] = {}
+        for key, adaptor in adaptors_S.items():
+            plan[("S", key)] = adaptor is None and model_kind(model_S) == "causal_lm"
+        for key, adaptor in adaptors_T.items():
+            plan[("T", key)] = adaptor is None and model_kind(self.teachers[key]) == "causal_lm"
+        if wanted and not all(plan[("S", key)] for key in adaptors_S):
+            raise DistillError(
+                "DistillationConfig.chunked_token_kd=True needs a causal-LM student with the automatic adaptor "
+                "(adaptor_S=None), or an adaptor_S that returns 'logits_hidden' and 'logits_head' itself; "
+                f"this student is {type(unwrap(model_S)).__name__} with "
+                f"{'a custom adaptor' if any(a is not None for a in adaptors_S.values()) else 'no causal-LM head'}"
+            )
+        return plan
 
     def _role_T(self, key: Any) -> str:
         return "adaptor_T" if key == 0 and len(self.teachers) == 1 else f"adaptor_T[{key!r}]"
@@ -208,6 +218,10 @@ class Distillation(BaseDistiller):
         """Which teachers this batch needs (all of them outside multi-task runs)."""
         return list(self.teachers)
 
+    def match_teacher(self, spec: Any, task: str | None) -> Any:
+        """The key of the teacher a match reads (its ``teacher`` index, default 0)."""
+        return self._teacher_key(spec)
+
     def teacher_outputs(
         self, batch: Any, task: str | None, model_args: Mapping[str, Any]
     ) -> dict[Any, Mapping[str, Any]]:
@@ -215,91 +229,161 @@ class Distillation(BaseDistiller):
         results = {}
         with torch.no_grad():
             for key in self.teacher_keys(task):
-                outputs = call_model(self.teachers[key], batch, model_args)
-                results[key] = self.adaptors_T[key](batch, outputs, task)
+                adaptor = self.adaptors_T[key]
+                outputs = call_model(self.teachers[key], adaptor.model_batch(batch), adaptor.call_args(model_args))
+                results[key] = adaptor(batch, outputs, task)
         return results
 
     def student_adaptor(self, task: str | None) -> BoundAdaptor:
         return self.adaptors_S[None]
 
+    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any]) -> MicroBatch:
+        """Run the teachers on ``batch`` (before the step's first backward) and keep what the losses read."""
+        results_T = self.teacher_outputs(batch, task, model_args)
+        if task not in self._checked_tasks:
+            for key, results in results_T.items():
+                check_adaptor_output(losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
+        micro = MicroBatch(batch=batch, task=task)
+        micro.teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
+        for bound in self.custom:  # custom-match features of the teachers, taken before the next batch runs
+            key = self.match_teacher(bound.spec, task)
+            capture_key = ("teacher", bound.spec.module_T, key)
+            micro.captured[capture_key] = self.capture.take(capture_key, bound.label).detach()
+        if self.use_kd:
+            micro.tokens = self._kd_positions(micro.teacher)
+        return micro
+
+    def _needed(self, key: Any, task: str | None, results: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of a teacher's adapted outputs that the configured losses read.
+
+        Feature lists keep their length (so layer indices still check) but drop the layers no match
+        reads: the teachers' outputs of a whole optimisation step are held at once.
+        """
+        if not isinstance(results, Mapping):
+            return results
+        wanted: dict[str, set[int]] = {}
+        for bound in self.matches:
+            if self.match_teacher(bound.spec, task) == key:
+                layers = bound.spec.layer_T if isinstance(bound.spec.layer_T, list) else [bound.spec.layer_T]
+                wanted.setdefault(bound.spec.feature, set()).update(layers)
+        kept: dict[str, Any] = {}
+        for name, value in results.items():
+            if name in FEATURE_KEYS:
+                if name in wanted and isinstance(value, (list, tuple)):
+                    kept[name] = [layer if index in wanted[name] else None for index, layer in enumerate(value)]
+                elif name in wanted:
+                    kept[name] = value
+            elif name != "losses":
+                kept[name] = value
+        return kept
+
+    def _kd_positions(self, results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor | None:
+        """Valid KD positions of a micro-batch for token-level (3-D) logits, from the teacher side; else None."""
+        results = next(iter(results_T.values()))
+        logits = [results["logits_hidden"]] if is_chunked(results) else as_list(results.get("logits"))
+        if not logits or logits[0].dim() != 3:
+            return None
+        mask = results.get("logits_mask")
+        if mask is None:
+            return torch.tensor(float(logits[0].shape[0] * logits[0].shape[1]), device=logits[0].device)
+        return (mask != 0).sum().to(torch.float32)
+
+    def step_tokens(self, micro_batches: list[MicroBatch]) -> torch.Tensor | None:
+        counts = [micro.tokens for micro in micro_batches]
+        if not counts or any(count is None for count in counts):
+            return None
+        return torch.stack(counts).sum() if len(counts) > 1 else counts[0].clone()
+
     def _first_step_checks(
         self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]], task: str | None
     ) -> None:
-        check_adaptor_output(results_S, "adaptor_S" if task is None else f"adaptor_S[{task!r}]")
+        role_S = "adaptor_S" if task is None else f"adaptor_S[{task!r}]"
+        setting = "DistillationConfig.hard_label_weight=0"
+        check_adaptor_output(losses_for_check(results_S, role_S, self.use_hard_label, setting), role_S)
         for key, results in results_T.items():
-            check_adaptor_output(results, self._role_T(key))
-            check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd)
+            check_pair(results_S, results, self._role_T(key), needs_logits=self.use_kd, vocab_size=self.kd_vocab_size)
+        if self.use_kd:
+            self._check_kd_masks(results_S, next(iter(results_T.values())), role_S, self._role_T(next(iter(results_T))))
+
+    @staticmethod
+    def _check_kd_masks(results_S: Mapping[str, Any], results_T: Mapping[str, Any], role_S: str, role_T: str) -> None:
+        """Token-level KD counts a step's positions from the teacher's mask, before the student runs."""
+        logits = [results_S["logits_hidden"]] if is_chunked(results_S) else as_list(results_S.get("logits"))
+        if not logits or logits[0].dim() != 3:
+            return
+        mask_S, mask_T = results_S.get("logits_mask"), results_T.get("logits_mask")
+        if mask_S is not None and mask_T is None:
+            raise AdaptorError(
+                f"{role_S} returns 'logits_mask' but {role_T} does not: token-level KD averages over the valid "
+                f"positions of the whole optimisation step, counted from the teacher's outputs before the student "
+                f"runs; return the same 'logits_mask' from {role_T}"
+            )
+        if mask_S is not None and not torch.equal(mask_S != 0, mask_T.to(mask_S.device) != 0):
+            raise AdaptorError(
+                f"{role_S} and {role_T} return different 'logits_mask' tensors; KD compares the same positions of "
+                f"both models, so return the same mask from both adaptors"
+            )
+
+    def _teacher_results(
+        self, results_T: dict[Any, Mapping[str, Any]], bound: BoundMatch, task: str | None
+    ) -> Mapping[str, Any]:
+        key = self.match_teacher(bound.spec, task)
+        try:
+            return results_T[key]
+        except KeyError:
+            raise DistillError(
+                f"{bound.label} reads teacher {key!r}, but this batch ran teachers {sorted(results_T, key=str)}; "
+                f"make teacher_keys() include it, or point the match at a teacher that runs"
+            ) from None
+
+    def _kd_teachers(self, results_T: dict[Any, Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:
+        """The teachers whose logits make the KD target, with their weights (one teacher here)."""
+        return [(1.0, next(iter(results_T.values())))]
 
     def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
-        return as_list(next(iter(results_T.values())).get("logits"))
-
-    def _kd_loss(self, results_S: Mapping[str, Any], results_T: dict[Any, Mapping[str, Any]]) -> torch.Tensor:
-        config = self.distill_config
-        logits_S = as_list(results_S.get("logits"))
-        logits_T = self._kd_target(results_T)
-        mask = results_S.get("logits_mask")
-        if mask is None:
-            mask = next(iter(results_T.values())).get("logits_mask")
-        labels = results_S.get("labels") if config.probability_shift else None
-        if config.probability_shift and labels is None:
-            raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
-        total = None
-        for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
-            if labels is not None:
-                teacher = probability_shift(
-                    teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
-                )
-            temperature: float | torch.Tensor = config.temperature
-            if self.temperature_fn is not None:
-                temperature = self.temperature_fn(student, teacher, config.temperature)
-                if isinstance(temperature, torch.Tensor) and temperature.dim() > 1:
-                    temperature = temperature.flatten(1).mean(dim=1)  # one temperature per example
-            self.last_temperature = temperature
-            try:
-                loss = self.kd_component.call(
-                    name=config.kd_loss_type,
-                    logits_S=student,
-                    logits_T=teacher,
-                    temperature=temperature,
-                    mask=mask if student.dim() == 3 else None,
-                    params=self.kd_params,
-                )
-            except ShapeMismatchError as exc:
-                raise ShapeMismatchError(f"kd_loss_type {config.kd_loss_type!r} on logits {index}: {exc}") from exc
-            total = loss if total is None else total + loss
-        if total is None:
-            raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
-        return total
+        """The dense KD target of a batch: the (averaged) teachers' logits."""
+        return KDTerm.target(self._kd_teachers(results_T))
 
     def compute_loss(
-        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        results_T = self.teacher_outputs(batch, task, model_args)
-        outputs_S = call_model(self.model_S, batch, model_args)
-        results_S = self.student_adaptor(task)(batch, outputs_S, task)
+        batch, task, results_T = micro.batch, micro.task, micro.teacher
+        adaptor_S = self.student_adaptor(task)
+        outputs_S = call_model(self.model_S, adaptor_S.model_batch(batch), adaptor_S.call_args(model_args))
+        results_S = adaptor_S(batch, outputs_S, task)
         check = task not in self._checked_tasks
         if check:
             self._first_step_checks(results_S, results_T, task)
         weights = self.current_weights(state)
         terms: list[torch.Tensor] = []
+        token_ce = None
         if self.use_kd:
-            terms.append(self._kd_loss(results_S, results_T))
+            # a chunked student builds no full logits, so its hard-label loss comes from the same chunks
+            chunked_labels = self.use_hard_label and is_chunked(results_S) and results_S.get("losses") is None
+            kd, token_ce = self.kd.compute(
+                results_S, self._kd_teachers(results_T), micro, step, hard_labels=chunked_labels
+            )
+            self.last_temperature = self.kd.last_temperature
+            terms.append(kd)
         if self.use_hard_label:
-            terms.append(_hard_label_loss(results_S, "adaptor_S"))
-        if self.matches:
-            mask = results_S.get("inputs_mask")
-            for bound in self.matches:
-                spec = bound.spec
-                teacher_results = results_T.get(self._teacher_key(spec), next(iter(results_T.values())))
-                feature_T = select_layers(
-                    teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label
-                )
-                feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
-                match_mask = mask if mask is not None else teacher_results.get("inputs_mask")
-                terms.append(bound.compute(feature_S, feature_T, match_mask, check))
+            terms.append(token_ce if token_ce is not None else hard_label_loss(results_S, "adaptor_S"))
+        as_bool: dict[int, torch.Tensor] = {}  # each mask converted once per micro-batch, not once per match
+        for bound in self.matches:
+            spec = bound.spec
+            teacher_results = self._teacher_results(results_T, bound, task)
+            feature_T = select_layers(teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label)
+            feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
+            match_mask = feature_mask(results_S, spec.feature)  # the feature's own mask, else inputs_mask
+            if match_mask is None:
+                match_mask = feature_mask(teacher_results, spec.feature)
+            if match_mask is not None and match_mask.dtype != torch.bool:
+                converted = as_bool.get(id(match_mask))
+                if converted is None:
+                    converted = as_bool[id(match_mask)] = match_mask != 0
+                match_mask = converted
+            terms.append(bound.compute(feature_S, feature_T, match_mask, check))
         for bound in self.custom:
-            key = self._teacher_key(bound.spec)
-            feature_T = self.capture.take(("teacher", bound.spec.module_T, key), bound.label).detach()
+            feature_T = micro.captured[("teacher", bound.spec.module_T, self.match_teacher(bound.spec, task))]
             feature_S = self.capture.take(("student", bound.spec.module_S), bound.label)
             terms.append(bound.compute(feature_S, feature_T, results_S.get("inputs_mask"), check))
         if self.custom:
@@ -321,7 +405,7 @@ class Distillation(BaseDistiller):
         """
         sources: list[tuple[str, Any]] = []
         if self.use_kd:
-            sources.append((f"kd_loss_type {self.distill_config.kd_loss_type!r}", self.kd_component))
+            sources.append((f"kd_loss_type {self.distill_config.kd_loss_type!r}", self.kd.component))
         if self.use_hard_label:
             sources.append(("the hard-label loss", None))
         sources.extend((bound.label, bound.component) for bound in self.matches + self.custom)
@@ -351,6 +435,7 @@ class BasicDistillation(Distillation):
         model_S: nn.Module,
         adaptor_T: Adaptor | None,
         adaptor_S: Adaptor | None,
+        **tokenizers: Any,
     ) -> None:
         config = (
             distill_config
@@ -362,4 +447,4 @@ class BasicDistillation(Distillation):
                 "BasicDistillation does only logits KD and hard-label losses, but the config has "
                 f"{len(config.intermediate_matches)} intermediate_matches; use Distillation for those"
             )
-        super().__init__(train_config, config, model_T, model_S, adaptor_T, adaptor_S)
+        super().__init__(train_config, config, model_T, model_S, adaptor_T, adaptor_S, **tokenizers)

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill_core.adaptors import Adaptor, as_list
+from distill_core.adaptors import Adaptor
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.distillation import Distillation
 from distill_core.errors import DistillError
-from distill_core.loop import BatchSource, RunState
+from distill_core.loop import BatchSource, MicroBatch, RunState, StepInfo
 from distill_core.matching import BoundMatch
 
 
@@ -36,6 +36,9 @@ class MultiTeacherDistillation(Distillation):
         adaptor_S: Adaptor | None,
         teacher_weights: Sequence[float] | None = None,
         custom_matches: Sequence[dict[str, Any] | CustomMatch] | None = None,
+        *,
+        tokenizer_T: Any = None,
+        tokenizer_S: Any = None,
     ) -> None:
         if isinstance(model_T, nn.Module) or not isinstance(model_T, Sequence) or not model_T:
             raise TypeError("MultiTeacherDistillation needs model_T as a non-empty list of teachers")
@@ -54,18 +57,19 @@ class MultiTeacherDistillation(Distillation):
             )
         self.teacher_weights = [w / sum(weights) for w in weights]
         self._init_distillation(
-            train_config, distill_config, teachers, model_S, adaptors, {None: adaptor_S}, custom_matches
+            train_config,
+            distill_config,
+            teachers,
+            model_S,
+            adaptors,
+            {None: adaptor_S},
+            custom_matches,
+            tokenizer_T=tokenizer_T,
+            tokenizer_S=tokenizer_S,
         )
 
-    def _kd_target(self, results_T: dict[Any, Mapping[str, Any]]) -> list[torch.Tensor]:
-        per_teacher = [as_list(results_T[key].get("logits")) for key in self.teachers]
-        averaged = []
-        for tensors in zip(*per_teacher):
-            target = tensors[0] * self.teacher_weights[0]
-            for weight, tensor in zip(self.teacher_weights[1:], tensors[1:]):
-                target = target + tensor * weight
-            averaged.append(target)
-        return averaged
+    def _kd_teachers(self, results_T: dict[Any, Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:
+        return [(weight, results_T[key]) for weight, key in zip(self.teacher_weights, self.teachers)]
 
 
 #: the seed's other spelling
@@ -101,6 +105,18 @@ class MultiTaskSource(BatchSource):
     def batches_per_epoch(self) -> int | None:
         return None  # tasks are sampled without end: train with num_steps
 
+    def shard(self, runtime: Any, seed: int) -> None:
+        self.dataloaders = {
+            task: runtime.shard_data(loader, f"dataloaders[{task!r}]", seed)
+            for task, loader in self.dataloaders.items()
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        from distill_core.runtime.distributed import set_sampler_epoch
+
+        for loader in self.dataloaders.values():
+            set_sampler_epoch(loader, epoch)
+
     def epoch(self) -> Iterator[tuple[str | None, Any]]:
         # Task draws and the (re)starts of task loaders, whose shuffling seeds itself from torch's
         # global RNG, use a private RNG seeded once at the epoch's start. Interleaved with dropout
@@ -132,6 +148,9 @@ class MultiTaskDistillation(Distillation):
     :param task_weights: ``{task: weight}`` multiplying that task's loss (default 1).
     Train with ``train(optimizer, dataloaders={task: loader}, num_steps=N, tau=1.0)``.
     """
+
+    # each step trains one task's head of the student: DDP must look for the unused parameters
+    uses_part_of_student_per_step = True
 
     def __init__(
         self,
@@ -174,21 +193,67 @@ class MultiTaskDistillation(Distillation):
     def teacher_keys(self, task: str | None) -> list[Any]:
         return [task]
 
+    def match_teacher(self, spec: Any, task: str | None) -> Any:
+        return task  # each batch's teacher is its task's
+
     def student_adaptor(self, task: str | None) -> Any:
         return self.adaptors_S[task]
 
-    def _source(self, dataloader: Any, dataloaders: Any, args: dict[str, Any]) -> BatchSource:
+    def train(  # type: ignore[override]
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        dataloader: Any = None,
+        num_epochs: int | None = None,
+        callback: Any = None,
+        *,
+        dataloaders: Mapping[str, Any] | None = None,
+        tau: float = 1.0,
+        num_steps: int | None = None,
+        **kwargs: Any,
+    ) -> RunState:
+        """Train on batches of all tasks: each batch's task is drawn with probability ∝ size^tau.
+
+        :param dataloaders: ``{task: loader}``, one per teacher.
+        :param tau: 1 samples tasks in proportion to their sizes, 0 uniformly.
+        Other arguments as :meth:`Distillation.train`; tasks are sampled without end, so pass ``num_steps``.
+        """
+        self._check_positional_order(scheduler, dataloader, num_epochs)
+        if dataloader is not None:
+            raise TypeError("MultiTaskDistillation.train() takes dataloaders={task: loader}, not dataloader=")
         if dataloaders is None:
             raise TypeError("MultiTaskDistillation.train() needs dataloaders={task: loader}")
         if set(dataloaders) != set(self.teachers):
             raise ValueError(
                 f"dataloaders has tasks {sorted(dataloaders)} but the teachers are for {sorted(self.teachers)}"
             )
-        return MultiTaskSource(dataloaders, self.tau)
+        model_args = {key: kwargs.pop(key) for key in list(kwargs) if key not in _TRAIN_OPTIONS}
+        options = {key: kwargs.get(key) for key in _TRAIN_OPTIONS}
+        return self._train(
+            MultiTaskSource(dataloaders, tau),
+            optimizer,
+            scheduler,
+            num_epochs,
+            callback,
+            num_steps=num_steps,
+            model_args=model_args,
+            **options,
+        )
 
     def compute_loss(
-        self, batch: Any, task: str | None, state: RunState, model_args: Mapping[str, Any]
+        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        total, terms = super().compute_loss(batch, task, state, model_args)
-        weight = self.task_weights[task]
+        total, terms = super().compute_loss(micro, state, model_args, step)
+        weight = self.task_weights[micro.task]
         return (total if weight == 1.0 else total * weight), terms
+
+
+#: train() options of the base distiller that MultiTaskDistillation.train passes through
+_TRAIN_OPTIONS = (
+    "max_grad_norm",
+    "batch_postprocessor",
+    "scheduler_class",
+    "scheduler_args",
+    "resume_from",
+    "num_train_epochs",
+)

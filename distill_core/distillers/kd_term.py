@@ -1,0 +1,266 @@
+"""The KD term of a distiller: logits through the KD plugin, dense or in chunks from hidden states.
+
+Dense: the adaptors return ``logits`` (B, C) or (B, L, V); the configured plugin compares them (the
+teachers' logits averaged for several teachers) with the adaptor's ``logits_mask``.
+
+Chunked (DESIGN §9): the student's adaptor returns ``logits_hidden`` (B, L, D) and ``logits_head``
+instead of logits (the automatic causal-LM adaptor does); the valid positions are gathered and
+:func:`distill_core.token_kd.chunked_token_kd` runs the same plugin over chunks of rows, so neither
+model's (B·L, V) logits exist at once. A teacher gives either side (hidden states and head, or
+logits). The hard-label loss of a chunked student is the token cross-entropy of the same chunks.
+
+Token-level terms are means over the valid positions of the whole optimisation step: the loop counts
+them from the teachers' outputs before the first backward (:class:`~distill_core.loop.StepInfo`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from distill_core.adaptors import as_list
+from distill_core.config import DistillationConfig
+from distill_core.errors import AdaptorError, DistillError, ShapeMismatchError
+from distill_core.loop import MicroBatch, StepInfo
+from distill_core.registry import get_registry
+from distill_core.schedules import build_temperature_scheduler
+from distill_core.token_kd import TeacherChunk, chunked_token_kd, teacher_logits_from_head
+
+#: (weight, adapted outputs) of each teacher whose logits make the KD target
+Teachers = Sequence[tuple[float, Mapping[str, Any]]]
+
+
+def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return a copy of ``logits`` with the true label's logit swapped with the largest one.
+
+    Positions whose label is negative (ignore index, e.g. -100) are left unchanged.
+    """
+    labels = labels.to(logits.device).long()
+    if labels.shape != logits.shape[:-1]:
+        raise AdaptorError(
+            f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of shape "
+            f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])})"
+        )
+    valid = labels >= 0
+    label_index = labels.clamp_min(0).unsqueeze(-1)
+    top_index = logits.argmax(dim=-1, keepdim=True)
+    label_value = logits.gather(-1, label_index)
+    top_value = logits.gather(-1, top_index)
+    shifted = logits.scatter(-1, label_index, top_value).scatter(-1, top_index, label_value)
+    return torch.where(valid.unsqueeze(-1), shifted, logits)
+
+
+def is_chunked(results: Mapping[str, Any]) -> bool:
+    return results.get("logits_hidden") is not None
+
+
+def _head_params(head: Any, vocab: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if vocab is not None and weight.shape[0] > vocab:  # a padded vocabulary: its shared first N rows
+        weight, bias = weight[:vocab], None if bias is None else bias[:vocab]
+    return weight, bias
+
+
+def dense_teacher_logits(results: Mapping[str, Any]) -> list[torch.Tensor]:
+    """A teacher's logits, from its head when its adaptor gave hidden states (no gradient)."""
+    if is_chunked(results):
+        with torch.no_grad():
+            weight, bias = _head_params(results["logits_head"], None)
+            return [torch.nn.functional.linear(results["logits_hidden"].to(weight.dtype), weight, bias)]
+    return as_list(results.get("logits"))
+
+
+class KDTerm:
+    """The configured KD loss, bound once at setup; computes the KD (and chunked hard-label) terms."""
+
+    def __init__(self, config: DistillationConfig, vocab_size: int | None) -> None:
+        self.config = config
+        self.name = config.kd_loss_type
+        self.component = get_registry().get("kd_loss", config.kd_loss_type)
+        self.params = self.component.validate_params(config.kd_loss_params)
+        schedule, schedule_params = config.temperature_schedule()
+        self.temperature_fn = (
+            None if schedule in ("none", "constant") else build_temperature_scheduler(schedule, schedule_params)
+        )
+        self.vocab_size = vocab_size
+        self.chunk_size = config.token_kd_chunk_size
+        self.last_temperature: float | torch.Tensor | None = None
+
+    @property
+    def needs_full_logits(self) -> str | None:
+        """Why this configuration reads the logits themselves (then token KD cannot be chunked), or None."""
+        if self.temperature_fn is not None:
+            return f"temperature_scheduler {self.config.temperature_scheduler!r} (it reads the logits)"
+        if self.config.probability_shift:
+            return "probability_shift=True (it edits the teacher's logits)"
+        return None
+
+    def _call(self, student: torch.Tensor, teacher: torch.Tensor, temperature: Any, mask: Any) -> torch.Tensor:
+        return self.component.call(
+            name=self.name, logits_S=student, logits_T=teacher, temperature=temperature, mask=mask, params=self.params
+        )
+
+    def row_loss(self, logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Any) -> torch.Tensor:
+        """The plugin on 2-D (rows, V) logits, as :func:`~distill_core.token_kd.chunked_token_kd` calls it."""
+        return self._call(logits_S, logits_T, temperature, None)
+
+    # -- the terms -------------------------------------------------------------------------------
+    def compute(
+        self,
+        results_S: Mapping[str, Any],
+        teachers: Teachers,
+        micro: MicroBatch,
+        step: StepInfo,
+        *,
+        hard_labels: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the KD term and, for a chunked student with ``hard_labels``, the token cross-entropy term.
+
+        Token-level terms are shares of the step's token mean (see the module docstring).
+        """
+        if is_chunked(results_S):
+            kd_sum, ce_sum = self._chunked(results_S, teachers, hard_labels)
+            share = self._step_share(step)
+            return kd_sum * share, None if ce_sum is None else ce_sum * share
+        kd = self._dense(results_S, teachers)
+        if micro.tokens is not None and step.tokens is not None:
+            # the plugin averaged over this micro-batch's positions: make it a share of the step's mean
+            kd = kd * (micro.tokens * self._step_share(step))
+        return kd, None
+
+    @staticmethod
+    def _step_share(step: StepInfo) -> torch.Tensor | float:
+        """Multiplies a sum over this micro-batch's tokens into its share of the step's token mean.
+
+        The loop divides each micro-batch's loss by their count and DDP averages over ranks, so the
+        share is count · world size / tokens of the step (all ranks).
+        """
+        if step.tokens is None:
+            return 1.0
+        return float(step.micro_batches * step.world_size) / step.tokens.clamp_min(1.0)
+
+    def _dense(self, results_S: Mapping[str, Any], teachers: Teachers) -> torch.Tensor:
+        config = self.config
+        logits_S = as_list(results_S.get("logits"))
+        logits_T = self.target(teachers)
+        mask = results_S.get("logits_mask")
+        if mask is None:
+            mask = teachers[0][1].get("logits_mask")
+        labels = results_S.get("labels") if config.probability_shift else None
+        if config.probability_shift and labels is None:
+            raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
+        vocab = self.vocab_size
+        total = None
+        for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
+            if vocab is not None and student.shape[-1] != vocab:  # a padded vocabulary: its shared first N
+                student, teacher = student[..., :vocab], teacher[..., :vocab]
+            if labels is not None:
+                teacher = probability_shift(
+                    teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
+                )
+            temperature: float | torch.Tensor = config.temperature
+            if self.temperature_fn is not None:
+                temperature = self.temperature_fn(student, teacher, config.temperature)
+            self.last_temperature = temperature
+            try:
+                loss = self._call(student, teacher, temperature, mask if student.dim() == 3 else None)
+            except ShapeMismatchError as exc:
+                raise ShapeMismatchError(f"kd_loss_type {config.kd_loss_type!r} on logits {index}: {exc}") from exc
+            total = loss if total is None else total + loss
+        if total is None:
+            raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
+        return total
+
+    @staticmethod
+    def target(teachers: Teachers) -> list[torch.Tensor]:
+        """The dense KD target: the (weighted average of the) teachers' logits."""
+        per_teacher = [dense_teacher_logits(results) for _, results in teachers]
+        if len(per_teacher) == 1:
+            return per_teacher[0]
+        averaged = []
+        for tensors in zip(*per_teacher):
+            target = tensors[0] * teachers[0][0]
+            for (weight, _), tensor in zip(teachers[1:], tensors[1:]):
+                target = target + tensor * weight
+            averaged.append(target)
+        return averaged
+
+    def _chunked(
+        self, results_S: Mapping[str, Any], teachers: Teachers, hard_labels: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_S = results_S["logits_hidden"]
+        mask = results_S.get("logits_mask")
+        if mask is None:
+            mask = teachers[0][1].get("logits_mask")
+        keep = (
+            torch.ones(hidden_S.shape[:2], dtype=torch.bool, device=hidden_S.device)
+            if mask is None
+            else mask.to(hidden_S.device) != 0
+        )
+        rows_S = hidden_S[keep]  # reads the number of valid rows (one host sync per micro-batch on CUDA)
+        weight_S, bias_S = _head_params(results_S["logits_head"], self.vocab_size)
+        teacher_chunk = self._teacher_chunks(teachers, keep)
+        temperature = self._row_temperature(keep)
+        labels = None
+        if hard_labels:
+            labels = results_S.get("labels")
+            if labels is None:
+                raise AdaptorError(
+                    "hard_label_weight > 0 with chunked token KD needs 'labels' from adaptor_S (the next-token ids, "
+                    "-100 where ignored), since the model then builds no full logits for its own loss"
+                )
+            labels = labels.to(hidden_S.device)[keep]
+        return chunked_token_kd(
+            self.row_loss,
+            rows_S,
+            weight_S,
+            bias_S,
+            teacher_chunk,
+            temperature=temperature,
+            chunk_size=self.chunk_size,
+            labels=labels,
+        )
+
+    def _teacher_chunks(self, teachers: Teachers, keep: torch.Tensor) -> TeacherChunk:
+        chunks: list[tuple[float, TeacherChunk]] = []
+        for weight, results in teachers:
+            if is_chunked(results):
+                weight_T, bias_T = _head_params(results["logits_head"], self.vocab_size)
+                chunk = teacher_logits_from_head(results["logits_hidden"].to(keep.device)[keep], weight_T, bias_T)
+            else:
+                logits = as_list(results.get("logits"))
+                if len(logits) != 1 or logits[0].dim() != 3:
+                    raise DistillError(
+                        "chunked token KD pairs the student's hidden states with one (B, L, V) logits tensor of the "
+                        f"teacher, but the teacher's adaptor returned {len(logits)} logits tensors"
+                    )
+                rows = logits[0].to(keep.device)[keep]
+                if self.vocab_size is not None:
+                    rows = rows[:, : self.vocab_size]
+                chunk = _slicer(rows)
+            chunks.append((weight, chunk))
+        if len(chunks) == 1:
+            return chunks[0][1]
+
+        def averaged(start: int, end: int) -> torch.Tensor:
+            total = None
+            for weight, chunk in chunks:
+                part = chunk(start, end) * weight
+                total = part if total is None else total + part
+            return total
+
+        return averaged
+
+    def _row_temperature(self, keep: torch.Tensor) -> float | torch.Tensor:
+        temperature = self.config.temperature
+        self.last_temperature = temperature
+        return temperature
+
+
+def _slicer(rows: torch.Tensor) -> TeacherChunk:
+    def chunk(start: int, end: int) -> torch.Tensor:
+        return rows[start:end]
+
+    return chunk

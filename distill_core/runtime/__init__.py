@@ -1,0 +1,325 @@
+"""The runtime: the one object that owns device, precision, processes and rank-0 effects.
+
+The training loop asks the runtime to place and wrap the models, shard the data, run a micro-batch
+under autocast (and without gradient synchronisation until the last one of a step), scale the
+backward, finish the gradients (average, unscale, clip), step the optimizer, agree on decisions
+across ranks, write logs and checkpoints on rank 0, and evaluate. Distillers only compute losses.
+
+- Device: ``TrainingConfig.device``, else CUDA (``cuda:<local rank>`` under torchrun) when available.
+- Precision: ``TrainingConfig.mixed_precision`` ("no" | "fp16" | "bf16"; see :mod:`.precision`).
+- Processes: under ``torchrun`` or an initialised process group (see :mod:`.distributed`).
+- Checkpoints and evaluations: :mod:`.checkpointing`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distill_core.errors import DistillError
+from distill_core.runtime import distributed as dist_utils
+from distill_core.runtime.checkpointing import Checkpointer
+from distill_core.runtime.precision import Precision
+from distill_core.tracking import Tracker
+
+if TYPE_CHECKING:
+    from distill_core.config import TrainingConfig
+    from distill_core.distillers import BaseDistiller
+
+__all__ = ["Checkpointer", "Precision", "Runtime", "move_to_device"]
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: move_to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to_device(value, device) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(value, device) for value in batch)
+    return batch
+
+
+def _check_writable(folder: str, field: str) -> None:
+    """Fail at setup, before any training, if ``folder`` cannot be created or written."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".distill-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DistillError(
+            f"TrainingConfig.{field}={folder!r} is not writable ({exc}); choose another folder"
+        ) from None
+
+
+class Runtime:
+    """Device, precision, process group, model wrapping and rank-0 effects of one distiller."""
+
+    def __init__(self, config: TrainingConfig) -> None:
+        self.config = config
+        self.process = dist_utils.join_process_group(config.local_rank, config.device)
+        self.device = self._resolve_device()
+        self.precision = Precision(config.precision_mode(), self.device)
+        if self.precision.mode == "fp16" and self.device.type == "cpu" and config.fp16:
+            raise DistillError(
+                "TrainingConfig.fp16=True (the seed API's switch) means CUDA float16; on the CPU use "
+                "mixed_precision='bf16' (or 'fp16', which the CPU also runs, with a GradScaler)"
+            )
+        distributed = self.process.distributed
+        self.student_sharded = distributed and "student" in config.fsdp
+        self.teachers_sharded = distributed and "teachers" in config.fsdp
+        if config.fsdp and not distributed:
+            raise DistillError(
+                f"TrainingConfig.fsdp={list(config.fsdp)} shards models across processes, but this run is a single "
+                f"process; launch it with `torchrun --nproc_per_node N`, or set fsdp=[]"
+            )
+        # a sharded student's forward needs every rank, so the callback then runs on every rank
+        self.callback_on_every_rank = config.callback_on_all_ranks or self.student_sharded
+        self._wrapped_student: tuple[nn.Module, nn.Module] | None = None  # (original, wrapper)
+        self._shared_params: list[nn.Parameter] = []  # trained, but outside DDP/FSDP: averaged by hand
+        self._replaced_params: dict[int, nn.Parameter] = {}  # id(parameter before sharding) -> sharded one
+        self._ddp = False
+
+    # -- where this process stands ---------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.process.world_size
+
+    @property
+    def rank(self) -> int:
+        return self.process.rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.process.is_main
+
+    @property
+    def distributed(self) -> bool:
+        return self.process.distributed
+
+    def _resolve_device(self) -> torch.device:
+        config = self.config
+        if config.device is not None:
+            device = torch.device(config.device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise DistillError(f"TrainingConfig.device={config.device!r} but CUDA is not available; use 'cpu'")
+            if device.type == "cuda" and self.process.distributed and device.index is None:
+                device = torch.device("cuda", self.process.local_rank)
+            return device
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.process.local_rank) if self.process.distributed else torch.device("cuda")
+        return torch.device("cpu")
+
+    def check_output_folders(self) -> None:
+        if self.is_main:
+            _check_writable(self.config.output_dir, "output_dir")
+            if self.config.log_dir is not None:
+                _check_writable(self.config.log_dir, "log_dir")
+
+    # -- models ----------------------------------------------------------------------------------
+    def attach(self, distiller: BaseDistiller) -> None:
+        """Place the models on the device; wrap or shard them as the process group and config ask."""
+        config, device = self.config, self.device
+        student = distiller.model_S
+        if self.student_sharded:
+            before = {name: param for name, param in student.named_parameters()}
+            dist_utils.shard_fsdp2(student, device)
+            # FSDP2 registers new (sharded) parameters: an optimizer built before must be pointed at them
+            self._replaced_params = {
+                id(before[name]): param for name, param in student.named_parameters() if before.get(name) is not param
+            }
+        else:
+            student.to(device)
+        student_dtype = _floating_dtype(distiller.student)
+        for projections in (distiller.projections, distiller.custom_projections):
+            projections.to(device=device, dtype=student_dtype)  # projections follow the student's dtype
+        for teacher in distiller.teachers.values():
+            if self.teachers_sharded:
+                dist_utils.shard_fsdp2(teacher, device)
+            else:
+                teacher.to(device)
+        if self.distributed and not self.student_sharded:
+            find_unused = config.find_unused_parameters
+            if find_unused is None:
+                find_unused = distiller.uses_part_of_student_per_step
+            wrapper = dist_utils.wrap_ddp(student, device, find_unused)
+            self._wrapped_student = (student, wrapper)
+            distiller.model_S = wrapper
+            self._ddp = True
+        elif config.data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1:
+            if not isinstance(student, nn.DataParallel):
+                self._wrapped_student = (student, nn.DataParallel(student))
+                distiller.model_S = self._wrapped_student[1]
+            for key, teacher in distiller.teachers.items():
+                if not isinstance(teacher, nn.DataParallel):
+                    distiller.teachers[key] = nn.DataParallel(teacher)
+        self._shared_params = [
+            p
+            for module in (distiller.projections, distiller.custom_projections)
+            for p in module.parameters()
+            if p.requires_grad
+        ]
+
+    def detach(self, distiller: BaseDistiller) -> None:
+        """Unwrap the student (DDP / DataParallel); a sharded (FSDP2) model stays sharded."""
+        if self._wrapped_student is not None:
+            original, wrapper = self._wrapped_student
+            if distiller.model_S is wrapper:
+                distiller.model_S = original
+            self._wrapped_student = None
+        for key, teacher in list(distiller.teachers.items()):
+            if isinstance(teacher, nn.DataParallel):
+                distiller.teachers[key] = teacher.module
+        self._ddp = False
+
+    def rebind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Point an optimizer built before the student was sharded at the sharded parameters."""
+        if not self._replaced_params:
+            return
+        for group in optimizer.param_groups:
+            for index, param in enumerate(group["params"]):
+                new = self._replaced_params.get(id(param))
+                if new is None:
+                    continue
+                if optimizer.state.get(param):
+                    raise DistillError(
+                        "the optimizer already holds state for the student's parameters, which FSDP2 has replaced by "
+                        "sharded ones; pass a fresh optimizer (resume_from restores its state)"
+                    )
+                group["params"][index] = new
+
+    # -- data ------------------------------------------------------------------------------------
+    def shard_data(self, loader: Any, role: str, seed: int) -> Any:
+        """The loader each rank reads (a DistributedSampler added when needed); unchanged in one process."""
+        if not self.distributed or self.config.distributed_sampler == "off":
+            return loader
+        return dist_utils.shard_dataloader(loader, self.process, seed, role)
+
+    def shared_seed(self) -> int:
+        """A seed drawn on rank 0 from torch's RNG and shared by every rank (the data order's seed)."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        return self.broadcast(seed) if self.distributed else seed
+
+    def to_device(self, batch: Any) -> Any:
+        return move_to_device(batch, self.device)
+
+    # -- one optimisation step -------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return self.precision.autocast()
+
+    @contextlib.contextmanager
+    def micro_batch(self, distiller: BaseDistiller, *, last: bool) -> Iterator[None]:
+        """Run one micro-batch's forward and backward; gradients are synchronised on the last one only."""
+        if last or not self.distributed:
+            yield
+            return
+        if self._ddp:
+            with distiller.model_S.no_sync():
+                yield
+            return
+        if self.student_sharded:
+            distiller.model_S.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                distiller.model_S.set_requires_gradient_sync(True)
+            return
+        yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.precision.backward(loss)
+
+    def finish_gradients(
+        self, optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], max_grad_norm: float | None
+    ) -> None:
+        """Average the hand-synchronised gradients across ranks, then unscale and clip when asked."""
+        if self.distributed and self._shared_params:
+            dist_utils.average_gradients(self._shared_params, self.world_size)
+        if max_grad_norm is None:
+            return
+        self.precision.unscale(optimizer)
+        if self.student_sharded:
+            _clip_mixed(parameters, max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.precision.step(optimizer)
+
+    # -- agreeing across ranks -------------------------------------------------------------------
+    def sum_across_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return dist_utils.all_reduce_sum(tensor) if self.distributed else tensor
+
+    def any_rank(self, flag: torch.Tensor) -> bool:
+        """Whether ``flag`` (a 0-d bool/int tensor) is true on any rank (one host read)."""
+        if self.distributed:
+            flag = dist_utils.all_reduce_max(flag.to(torch.int32).reshape(1))
+        return bool(flag.any())
+
+    def broadcast(self, value: Any) -> Any:
+        return dist_utils.broadcast_object(value) if self.distributed else value
+
+    def gather(self, value: Any) -> list[Any]:
+        return dist_utils.gather_objects(value) if self.distributed else [value]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    # -- rank-0 effects --------------------------------------------------------------------------
+    def make_tracker(self, term_names: list[str], total_steps: int, initial_step: int) -> Tracker:
+        config = self.config
+        return Tracker(
+            log_dir=config.log_dir,
+            log_steps=config.log_steps,
+            progress_bar=config.progress_bar,
+            total_steps=total_steps,
+            initial_step=initial_step,
+            is_main=self.is_main,
+            term_names=term_names,
+            sum_across_ranks=self.sum_across_ranks if self.distributed else None,
+            world_size=self.world_size,
+        )
+
+    def checkpointer(self, distiller: BaseDistiller) -> Checkpointer:
+        return Checkpointer(self, distiller)
+
+
+def _floating_dtype(module: nn.Module) -> torch.dtype:
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.get_default_dtype()
+
+
+def _clip_mixed(parameters: list[nn.Parameter], max_norm: float) -> None:
+    """Clip the global gradient norm of sharded (DTensor) and plain parameters together."""
+    from torch.distributed.tensor import DTensor
+
+    with_grad = [p for p in parameters if p.grad is not None]
+    sharded = [p for p in with_grad if isinstance(p.grad, DTensor)]
+    plain = [p for p in with_grad if not isinstance(p.grad, DTensor)]
+    norms = []
+    if sharded:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in sharded])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    if plain:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in plain])
+        norms.append(norm.to(norms[0].device) if norms else norm)
+    if not norms:
+        return
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if sharded:
+        torch.nn.utils.clip_grads_with_norm_(sharded, max_norm, total)
+    if plain:
+        torch.nn.utils.clip_grads_with_norm_(plain, max_norm, total.to(plain[0].grad.device))

@@ -1,0 +1,281 @@
+"""Checkpoints and evaluations of a run: write, evaluate, keep the best, stop early, resume.
+
+The order at a checkpoint step N is: the student file ``gs{N}.pkl`` and the full state of step N are
+written (atomically), and only then does the callback (usually an evaluation, often the longest part
+of a run) start. What the callback's metric changes (best, patience, early stop) is written next to
+the full state as ``step-N.eval.json`` once it is known. A run killed during the callback therefore
+resumes from N, sees that N's evaluation never finished, runs it again (on the same weights, with the
+RNG restored around it) and goes on exactly as the uninterrupted run did.
+
+Under torch.distributed rank 0 writes every file; all ranks take part in gathering a sharded (FSDP2)
+model's full state, and meet at a barrier after each write so no rank reads a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distill_core import checkpoint as ckpt
+from distill_core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from distill_core.distillers import BaseDistiller
+    from distill_core.loop import RunState
+    from distill_core.runtime import Runtime
+    from distill_core.tracking import Tracker
+
+
+class Checkpointer:
+    """Saving and restoring a distiller's full training state, and the callback's bookkeeping."""
+
+    def __init__(self, runtime: Runtime, distiller: BaseDistiller) -> None:
+        self.runtime = runtime
+        self.distiller = distiller
+        self.config = distiller.train_config
+
+    # -- what is saved -------------------------------------------------------------------------
+    def _configs_json(self) -> dict[str, str | None]:
+        distill_config = self.distiller.distill_config
+        return {
+            "training": json.dumps(self.config.to_dict(), sort_keys=True),
+            "distillation": None if distill_config is None else json.dumps(distill_config.to_dict(), sort_keys=True),
+        }
+
+    @staticmethod
+    def _versions() -> dict[str, Any]:
+        from distill_core import __version__
+        from distill_core.registry import get_registry
+
+        used = {c.plugin: {"distribution": c.distribution, "version": c.version} for c in get_registry().components()}
+        # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses
+        return {"distill": str(__version__), "torch": str(torch.__version__), "plugins": used}
+
+    def _trainables(self) -> nn.Module:
+        """Student and projections under one module, so a sharded optimizer state has one name space."""
+        distiller = self.distiller
+        return nn.ModuleDict(
+            {
+                "student": distiller.student,
+                "projections": distiller.projections,
+                "custom_projections": distiller.custom_projections,
+            }
+        )
+
+    def student_state(self) -> dict[str, Any]:
+        """The student's full ``state_dict`` (gathered from all ranks when it is sharded; a collective)."""
+        student = self.distiller.student
+        if self.runtime.student_sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(student, options=options)
+        return student.state_dict()
+
+    def _optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        if self.runtime.student_sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self._trainables(), optimizer, options=options)
+        return optimizer.state_dict()
+
+    def _full_state(self, state: RunState, optimizer: Any, scheduler: Any, student: dict[str, Any]) -> dict[str, Any]:
+        runtime, distiller = self.runtime, self.distiller
+        rngs = runtime.gather(ckpt.capture_rng())
+        epoch_rngs = runtime.gather(state.epoch_start_rng)
+        run_state = state.state_dict()
+        run_state["epoch_start_rng"] = epoch_rngs[0]
+        return {
+            "format": ckpt.FORMAT,
+            "format_version": ckpt.FORMAT_VERSION,
+            "step": state.global_step,
+            "student": student,
+            "projections": distiller.projections.state_dict(),
+            "custom_projections": distiller.custom_projections.state_dict(),
+            "optimizer": self._optimizer_state(optimizer),
+            "optimizer_layout": "fsdp-full" if runtime.student_sharded else "torch",
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scaler": runtime.precision.state_dict(),
+            "run_state": run_state,
+            "rng": rngs[0],
+            "world_size": runtime.world_size,
+            "ranks": {"rng": rngs, "epoch_start_rng": epoch_rngs} if runtime.world_size > 1 else None,
+            "config": self._configs_json(),
+            "versions": self._versions(),
+            "plugins": {},
+        }
+
+    # -- writing -------------------------------------------------------------------------------
+    def save(self, state: RunState, optimizer: Any, scheduler: Any) -> None:
+        """Write ``gs{N}.pkl`` and the full state of step N, then prune old checkpoints."""
+        runtime, output_dir, step = self.runtime, self.config.output_dir, state.global_step
+        student = self.student_state()
+        full = self._full_state(state, optimizer, scheduler, student)
+        if runtime.is_main:
+            ckpt.save_atomic(student, ckpt.student_path(output_dir, step))
+            full_path = ckpt.state_path(output_dir, step)
+            from distill_core.plugins import get_plugin_manager
+
+            get_plugin_manager().hook.on_checkpoint(checkpoint=full, step=step, path=str(full_path))
+            ckpt.save_atomic(full, full_path)
+            ckpt.evaluation_path(full_path).unlink(missing_ok=True)  # an older run's record of this step
+            if self.config.keep_last is not None:
+                keep = set() if state.best_step is None else {state.best_step}
+                ckpt.prune(output_dir, current_step=step, keep_last=self.config.keep_last, keep=keep)
+        runtime.barrier()
+
+    def evaluate(self, state: RunState, callback: Callable[..., Any], tracker: Tracker, *, checkpointed: bool) -> bool:
+        """Call the callback on the student (in eval mode), log its metric, keep the best; True: stop early.
+
+        The callback must not change the run's randomness (a resumed run would diverge), so the RNG
+        states are restored after it. It runs on rank 0 only (every rank when the student is sharded,
+        or with ``TrainingConfig.callback_on_all_ranks``); rank 0's metric is the run's.
+        ``checkpointed``: the full state of this step is on disk; the bookkeeping is written beside it.
+        """
+        runtime, config, step, distiller = self.runtime, self.config, state.global_step, self.distiller
+        result = None
+        if runtime.is_main or runtime.callback_on_every_rank:
+            rng = ckpt.capture_rng()
+            student = distiller.model_S
+            student.eval()
+            try:
+                result = callback(model=distiller.student, step=step)
+            finally:
+                student.train()
+                ckpt.restore_rng(rng)
+        metric = ckpt.metric_from(result) if runtime.is_main else None
+        metric = runtime.broadcast(metric)
+        if metric is not None:
+            tracker.scalars({"eval/metric": metric}, step)
+            if ckpt.is_better(metric, state.best_metric, config.best_metric_mode):
+                state.best_metric, state.best_step, state.evals_without_improvement = metric, step, 0
+                student_state = self.student_state()
+                if runtime.is_main:
+                    ckpt.save_best(
+                        student_state, config.output_dir, step=step, metric=metric, mode=config.best_metric_mode
+                    )
+            else:
+                state.evals_without_improvement += 1
+            patience = config.early_stopping_patience
+            state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+        state.pending_evaluation = False
+        if checkpointed and runtime.is_main:
+            ckpt.write_evaluation(ckpt.state_path(config.output_dir, step), state.state_dict())
+        runtime.barrier()
+        return state.stopped_early
+
+    # -- resuming ------------------------------------------------------------------------------
+    def resolve(self, resume_from: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+        """The full state to resume from: a path, or ``"latest"`` (the newest readable one), or None."""
+        if resume_from is None:
+            return None
+        if str(resume_from) != "latest":
+            return ckpt.load_state(resume_from)
+        problems = []
+        for _step, path in reversed(ckpt.list_states(self.config.output_dir)):
+            try:
+                return ckpt.load_state(path)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                warnings.warn(f"{exc}; falling back to the previous checkpoint", UserWarning, stacklevel=4)
+        if problems:
+            raise CheckpointError("no readable checkpoint to resume from: " + "; ".join(problems))
+        return None  # nothing saved yet: "latest" starts a fresh run
+
+    def restore(self, saved: dict[str, Any], optimizer: Any, scheduler: Any, state: RunState) -> None:
+        """Load a full-state checkpoint into the models, optimizer, scheduler, run state and RNG."""
+        runtime, distiller = self.runtime, self.distiller
+        self._check_compatible(saved)
+        if runtime.student_sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(distiller.student, saved["student"], options=options)
+        else:
+            distiller.student.load_state_dict(saved["student"])
+        distiller.projections.load_state_dict(saved["projections"])
+        distiller.custom_projections.load_state_dict(saved["custom_projections"])
+        if runtime.student_sharded:
+            set_optimizer_state_dict(self._trainables(), optimizer, saved["optimizer"], options=options)
+        else:
+            optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        runtime.precision.load_state_dict(saved.get("scaler"))
+        run_state = dict(saved["run_state"])
+        if run_state.get("total_steps") != state.total_steps:
+            raise CheckpointError(
+                f"the checkpoint belongs to a run of {run_state.get('total_steps')} steps, but this train() call makes "
+                f"{state.total_steps}; resume with the same num_epochs/num_steps, dataloader and accumulation"
+            )
+        ranks = saved.get("ranks")
+        if ranks:
+            run_state["epoch_start_rng"] = ranks["epoch_start_rng"][runtime.rank]
+        state.load_state_dict(run_state)
+        ckpt.restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
+
+    def _check_compatible(self, saved: dict[str, Any]) -> None:
+        runtime, distiller = self.runtime, self.distiller
+        saved_world = saved.get("world_size", 1)
+        if saved_world != runtime.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written by a run of world size {saved_world}, but this run has world size "
+                f"{runtime.world_size}; resume with the same number of processes (the position in each rank's "
+                f"share of the data cannot carry over to another split). The student weights alone are in "
+                f"gs{saved.get('step')}.pkl for a new run"
+            )
+        layout = "fsdp-full" if runtime.student_sharded else "torch"
+        saved_layout = saved.get("optimizer_layout", "torch")
+        if saved_layout != layout:
+            raise CheckpointError(
+                f"the checkpoint's optimizer state is in {saved_layout!r} layout but this run needs {layout!r}: "
+                f"resume with the same TrainingConfig.fsdp setting"
+            )
+        differences = []
+        saved_training = json.loads(saved.get("config", {}).get("training") or "{}")
+        accumulation = self.config.gradient_accumulation_steps
+        if saved_training.get("gradient_accumulation_steps", accumulation) != accumulation:
+            differences.append(
+                f"training.gradient_accumulation_steps: checkpoint "
+                f"{saved_training['gradient_accumulation_steps']!r}, now {accumulation!r}"
+            )
+        old_config = saved.get("config", {}).get("distillation")
+        new_config = self._configs_json()["distillation"]
+        if old_config != new_config:
+            old = json.loads(old_config) if old_config else {}
+            new = json.loads(new_config) if new_config else {}
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    differences.append(f"distillation.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+        for name, module in (
+            ("student", distiller.student),
+            ("projections", distiller.projections),
+            ("custom_projections", distiller.custom_projections),
+        ):
+            old = saved.get(name, {})
+            new = module.state_dict()
+            found = []
+            for key in sorted(set(old) | set(new)):
+                if key not in new:
+                    found.append(f"{name}.{key}: in the checkpoint, not in this model")
+                elif key not in old:
+                    found.append(f"{name}.{key}: in this model, not in the checkpoint")
+                elif tuple(old[key].shape) != tuple(new[key].shape):
+                    found.append(
+                        f"{name}.{key}: shape {tuple(old[key].shape)} in the checkpoint, {tuple(new[key].shape)} now"
+                    )
+            # a few per module, so a wider student does not hide the projections' differences
+            differences += found[:10] + ([f"... and {len(found) - 10} more in {name}"] if len(found) > 10 else [])
+        if differences:
+            raise CheckpointError("the checkpoint does not match this run:\n  " + "\n  ".join(differences))

@@ -1,0 +1,158 @@
+"""What users get wrong when calling train(), and what the loop must never drop (issue: trust)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from distill_core import AdaptorError, DistillationConfig, DistillError, MultiTeacherDistillation, TrainingConfig
+from distill_core import Distillation
+from tests.tb_reader import read_scalars
+from tests.tiny import dict_batches, tiny_bert, tiny_data
+
+
+def quickstart_adaptor(batch, outputs):
+    """The README's adaptor: it returns the model's loss, which is None on unlabelled batches."""
+    return {
+        "logits": outputs.logits,
+        "hidden": outputs.hidden_states,
+        "inputs_mask": batch["attention_mask"],
+        "losses": [outputs.loss],
+    }
+
+
+def unlabelled(n: int = 16) -> list[dict[str, torch.Tensor]]:
+    data = tiny_data(n)
+    del data["labels"]
+    return [{key: value[i : i + 8] for key, value in data.items()} for i in range(0, n, 8)]
+
+
+def distiller(tmp_path, **distill) -> Distillation:
+    teacher, student = tiny_bert(32, 2, 2, seed=0), tiny_bert(16, 2, 2, seed=1)
+    return Distillation(
+        TrainingConfig(output_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), progress_bar=False),
+        DistillationConfig(**distill),
+        teacher,
+        student,
+        quickstart_adaptor,
+        quickstart_adaptor,
+    )
+
+
+def test_the_quickstart_adaptor_works_on_unlabelled_data_when_hard_labels_are_off(tmp_path) -> None:
+    run = distiller(
+        tmp_path,
+        hard_label_weight=0,
+        intermediate_matches=[
+            {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "proj": ["linear", 16, 32]}
+        ],
+    )
+    state = run.train(
+        torch.optim.AdamW(run.student.parameters(), lr=1e-3),
+        dataloader=unlabelled(),
+        num_epochs=1,
+        output_hidden_states=True,
+    )
+    assert state.global_step == 2
+
+
+def test_a_none_loss_with_hard_labels_on_names_the_missing_labels(tmp_path) -> None:
+    run = distiller(tmp_path, hard_label_weight=0.5)
+    with pytest.raises(AdaptorError, match=r"adaptor_S\['losses'\]\[0\] is None.*no labels.*hard_label_weight=0"):
+        run.train(torch.optim.AdamW(run.student.parameters(), lr=1e-3), dataloader=unlabelled(), num_epochs=1)
+
+
+def test_textbrewer_positional_order_is_detected(tmp_path) -> None:
+    run = distiller(tmp_path)
+    loader = DataLoader(list(range(4)), batch_size=2)
+    with pytest.raises(TypeError, match=r"got a DataLoader as `scheduler`.*train\(optimizer, dataloader=loader"):
+        run.train(torch.optim.AdamW(run.student.parameters(), lr=1e-3), loader, 3)
+    batches = dict_batches(tiny_data(16), 8)
+    with pytest.raises(TypeError, match="got a list as `scheduler`"):
+        run.train(torch.optim.AdamW(run.student.parameters(), lr=1e-3), batches, 1)
+
+
+def test_multi_task_options_are_not_silently_accepted_by_other_distillers(tmp_path) -> None:
+    run = distiller(tmp_path)
+    with pytest.raises(TypeError, match="dataloaders"):
+        run.train(
+            torch.optim.AdamW(run.student.parameters(), lr=1e-3),
+            dataloaders={"a": dict_batches(tiny_data(16), 8)},
+            num_steps=1,
+        )
+
+
+@pytest.mark.parametrize(("steps", "logged"), [(3, [3]), (12, [10, 12])])
+def test_the_last_partial_logging_interval_is_written(tmp_path, steps, logged) -> None:
+    run = distiller(tmp_path)
+    batches = dict_batches(tiny_data(8 * steps), 8)
+    run.train(torch.optim.AdamW(run.student.parameters(), lr=1e-3), dataloader=batches, num_epochs=1)
+    scalars = read_scalars(tmp_path / "logs")
+    assert [step for step, _ in scalars["loss/total"]] == logged
+    assert [step for step, _ in scalars["loss/kd"]] == logged
+
+
+def test_a_match_never_reads_another_teachers_outputs(tmp_path) -> None:
+    """A distiller that runs fewer teachers than a match reads gets an error, not the first teacher's outputs."""
+
+    class FirstTeacherOnly(MultiTeacherDistillation):
+        def teacher_keys(self, task):
+            return [0]
+
+    teachers = [tiny_bert(32, 2, 2, seed=0), tiny_bert(32, 2, 2, seed=2)]
+    student = tiny_bert(16, 2, 2, seed=1)
+    run = FirstTeacherOnly(
+        TrainingConfig(output_dir=str(tmp_path / "out"), progress_bar=False),
+        DistillationConfig(
+            kd_loss_weight=0,
+            intermediate_matches=[
+                {
+                    "layer_T": 2,
+                    "layer_S": 1,
+                    "feature": "hidden",
+                    "loss": "hidden_mse",
+                    "teacher": 1,
+                    "proj": ["linear", 16, 32],
+                }
+            ],
+        ),
+        teachers,
+        student,
+        quickstart_adaptor,
+        quickstart_adaptor,
+    )
+    with pytest.raises(DistillError, match=r"intermediate_matches.0 .* reads teacher 1.*ran teachers \[0\]"):
+        run.train(
+            torch.optim.AdamW(student.parameters(), lr=1e-3),
+            dataloader=dict_batches(tiny_data(16), 8),
+            num_epochs=1,
+            output_hidden_states=True,
+        )
+
+
+def test_early_stopping_flushes_the_partial_logging_interval(tmp_path) -> None:
+    teacher, student = tiny_bert(32, 2, 2, seed=0), tiny_bert(16, 2, 2, seed=1)
+    run = Distillation(
+        TrainingConfig(
+            output_dir=str(tmp_path / "out"),
+            log_dir=str(tmp_path / "logs"),
+            progress_bar=False,
+            eval_steps=1,
+            early_stopping_patience=2,
+        ),
+        DistillationConfig(),
+        teacher,
+        student,
+        quickstart_adaptor,
+        quickstart_adaptor,
+    )
+    metrics = iter([0.5, 0.4, 0.3])
+    state = run.train(
+        torch.optim.AdamW(student.parameters(), lr=1e-3),
+        dataloader=dict_batches(tiny_data(80), 8),
+        num_epochs=1,
+        callback=lambda model, step: next(metrics),
+    )
+    assert state.stopped_early and state.global_step == 3
+    assert [step for step, _ in read_scalars(tmp_path / "logs")["loss/total"]] == [3]
