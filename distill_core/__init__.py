@@ -54,6 +54,11 @@ _LAZY = {
     "MultiTeacherDistillation": "distill_core.distillers",
     "BasicMultiTeacherDistillation": "distill_core.distillers",
     "MultiTaskDistillation": "distill_core.distillers",
+    # TextBrewer's class names
+    "BasicTrainer": "distill_core.distillers",
+    "BasicDistiller": "distill_core.distillers",
+    "MultiTeacherDistiller": "distill_core.distillers",
+    "MultiTaskDistiller": "distill_core.distillers",
     "auto_adaptor": "distill_core.adaptors",
 }
 

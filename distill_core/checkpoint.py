@@ -10,8 +10,9 @@ Layout under ``output_dir``:
   changed in the run state: best metric and step, patience, early stop. Reading a full state merges it.
 - ``best.pkl`` + ``best.json``: the student at the best metric the callback returned.
 
-Every file is written to a temporary file in the same folder, flushed, fsynced and renamed, so a
-crash mid-write never leaves a half-written file where a good one was.
+Every file is written through :mod:`distill_core.atomic` (a temporary file in the same folder,
+flushed, fsynced, renamed, the folder fsynced), so a crash mid-write never leaves a half-written
+file where a good one was. ``save_atomic`` and ``write_text_atomic`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from distill_core.config import write_text_atomic
+from distill_core.atomic import save_atomic, write_text_atomic
 from distill_core.errors import CheckpointError
 
 FORMAT = "distill-checkpoint"
@@ -40,32 +40,6 @@ _STATE_RE = re.compile(r"^step-(\d+)\.pt$")
 _STUDENT_RE = re.compile(r"^gs(\d+)\.pkl$")
 BEST_STUDENT = "best.pkl"
 BEST_INFO = "best.json"
-
-
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` ``obj`` to ``path`` through a temporary file, fsync and rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def capture_rng() -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The ``distill`` command: ``plugins``, ``validate``, ``schema``, ``cache info`` and ``demo``."""
+"""The ``distill`` command: ``plugins``, ``validate``, ``schema``, ``cache info`` and ``demo``, and ``--version``.
+
+Exit status: 0 success; 1 the command ran and found a problem (an invalid config, a plugin that
+failed to load, a teacher cache that cannot be read); 2 a usage error (bad arguments, a config file
+that cannot be read as JSON).
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,23 @@ from pydantic import ValidationError
 from distill_core.errors import PluginError
 
 
+USAGE_ERROR = 2
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from distill_core.plugins import get_plugin_manager
-    from distill_core.registry import list_components
+    from distill_core.registry import get_registry
 
-    components = list_components()
+    # the healthy plugins are listed even when one failed to load; the failure is reported below
+    components = get_registry(allow_load_failures=True).components()
     failures = get_plugin_manager().failures
     if args.json:
         print(json.dumps([c.describe() for c in components], indent=2))
     else:
-        header = ("component", "kind", "plugin", "distribution", "version", "summary")
-        rows = [(c.name, c.kind, c.plugin, c.distribution, c.version, c.summary) for c in components]
+        header = ("component", "aliases", "kind", "plugin", "distribution", "version", "summary")
+        rows = [
+            (c.name, ", ".join(c.aliases), c.kind, c.plugin, c.distribution, c.version, c.summary) for c in components
+        ]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
         for row in [header, *rows]:
             cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
@@ -70,18 +81,40 @@ def _format_errors(title: str, model: Any, error: ValidationError) -> list[str]:
     return lines
 
 
+def _read_json(path: str) -> Any:
+    """Return the JSON in ``path``; raise ValueError with a one-line reason if it cannot be read as JSON."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (some Windows editors write one) is fine
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8 JSON"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
 def _validate(args: argparse.Namespace) -> int:
     from distill_core.config import DistillationConfig, TrainingConfig
 
     try:
-        with open(args.config, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"error: cannot read {args.config}: {exc}", file=sys.stderr)
-        return 1
+        data = _read_json(args.config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     if not isinstance(data, dict):
-        print(f"error: {args.config} must hold a JSON object, got {type(data).__name__}", file=sys.stderr)
-        return 1
+        print(f"error: {args.config}: must hold a JSON object, got {type(data).__name__}", file=sys.stderr)
+        return USAGE_ERROR
     sections: dict[str, tuple[type, Any]]
     if set(data) <= {"training", "distillation"} and data:
         sections = {
@@ -121,9 +154,9 @@ def _schema(args: argparse.Namespace) -> int:
             "distillation": DistillationConfig.model_json_schema(),
         },
         "x-registry": {
-            "kd_loss": registry.names("kd_loss"),
-            "match_loss": registry.names("match_loss"),
-            "projection": registry.names("projection"),
+            "kd_loss": registry.names("kd_loss", aliases=True),
+            "match_loss": registry.names("match_loss", aliases=True),
+            "projection": registry.names("projection", aliases=True),
             "temperature_scheduler": sorted(TEMPERATURE_SCHEDULERS),
             "weight_scheduler": sorted(WEIGHT_SCHEDULERS),
         },
@@ -136,13 +169,13 @@ def _schema(args: argparse.Namespace) -> int:
 def _inject_enums(schema: dict[str, Any], registry: Any) -> None:
     """Put the live registry's names into the schema, so editors can complete them."""
     props = schema.get("properties", {})
-    props.get("kd_loss_type", {})["enum"] = registry.names("kd_loss")
+    props.get("kd_loss_type", {})["enum"] = registry.names("kd_loss", aliases=True)
     defs = schema.get("$defs", {})
     for match in ("IntermediateMatch", "CustomMatch"):
         if match in defs:
-            defs[match]["properties"]["loss"]["enum"] = registry.names("match_loss")
+            defs[match]["properties"]["loss"]["enum"] = registry.names("match_loss", aliases=True)
     if "ProjectionSpec" in defs:
-        defs["ProjectionSpec"]["properties"]["name"]["enum"] = registry.names("projection")
+        defs["ProjectionSpec"]["properties"]["name"]["enum"] = registry.names("projection", aliases=True)
 
 
 def _cache_info(args: argparse.Namespace) -> int:
@@ -168,8 +201,28 @@ def _demo(demo_args: Sequence[str]) -> int:
     return run_demo_cli(list(demo_args))
 
 
+def version_text() -> str:
+    """``distill 0.1.0 (torch 2.13.0, Python 3.11.7)``: what ``distill --version`` prints."""
+    import platform
+    from importlib import metadata
+
+    from distill_core import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"distill {__version__} (torch {torch_version}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation toolkit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print the versions of distill, torch and Python, and exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     plugins = sub.add_parser("plugins", help="list every installed component and its plugin")
     plugins.add_argument("--json", action="store_true", help="print a JSON list")

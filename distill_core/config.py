@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
 from pydantic import (
@@ -18,12 +16,15 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from distill_core.atomic import write_text_atomic
 from distill_core.errors import UnknownComponentError
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 from distill_core.teacher_cache.config import TeacherCacheConfig
@@ -40,6 +41,16 @@ Feature = Literal[
     "cross_attention",
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
+
+#: TextBrewer ``DistillationConfig`` options distill does not take, and what replaces each; a config
+#: that still has one gets this pointer instead of a bare "extra inputs are not permitted"
+TEXTBREWER_REPLACED: dict[str, str] = {
+    "is_caching_logits": (
+        "`is_caching_logits` is TextBrewer's option; distill's teacher-output cache replaces it and is "
+        "configured with `DistillationConfig.teacher_cache` (stored teacher outputs stand in for the teacher "
+        "forward, for every distiller). Remove `is_caching_logits`"
+    ),
+}
 
 
 def _lookup(kind: str, name: str) -> Any:
@@ -59,7 +70,9 @@ def _validated_params(kind: str, name: str, params: dict[str, Any] | None) -> di
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: a temperature or weight of inf/NaN passes `gt=0`/`ge=0` but breaks the
+    # first training step, so every float field must be finite
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class _SerializableConfig(_Model):
@@ -83,22 +96,6 @@ class _SerializableConfig(_Model):
     def to_json_file(self, path: str | os.PathLike[str]) -> None:
         """Write the config as JSON, atomically (a crash never leaves a half-written file)."""
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ProjectionSpec(_Model):
@@ -356,7 +353,13 @@ class TrainingConfig(_SerializableConfig):
 
 
 class DistillationConfig(_SerializableConfig):
-    """What to distil: KD loss, temperature, weights, schedules and intermediate matches."""
+    """What to distil: KD loss, temperature, weights, schedules and intermediate matches.
+
+    Every number must be finite (a temperature or weight of inf or NaN is refused here, not at the
+    first step). Coming from TextBrewer: the field names are TextBrewer's; its ``is_caching_logits``
+    is replaced by the teacher-output cache (``teacher_cache``), and a config that sets it is
+    refused with that pointer.
+    """
 
     temperature: float = Field(4.0, gt=0)
     temperature_scheduler: str | list[Any] | dict[str, Any] = "none"
@@ -388,6 +391,24 @@ class DistillationConfig(_SerializableConfig):
         description="store the teachers' outputs (in memory or in a directory) so later epochs and runs skip "
         "the teacher forward; None: off (docs/teacher-cache.md)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _point_textbrewer_options_to_their_replacement(cls, data: Any) -> Any:
+        found = [key for key in TEXTBREWER_REPLACED if isinstance(data, dict) and key in data]
+        if found:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("textbrewer_option", TEXTBREWER_REPLACED[key]),
+                        loc=(key,),
+                        input=data[key],
+                    )
+                    for key in found
+                ],
+            )
+        return data
 
     @field_validator("intermediate_matches", mode="before")
     @classmethod

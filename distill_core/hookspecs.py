@@ -36,8 +36,10 @@ def declare_components() -> list[ComponentInfo]:
     """Return the components this plugin provides.
 
     Each :class:`~distill_core.ComponentInfo` names a component of kind ``"kd_loss"``,
-    ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``) and a one-line
-    summary. All plugins' results are collected; a name declared twice is an error.
+    ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``), a one-line
+    summary and optionally ``aliases`` (other names configs may use; the compute hooks are then
+    called with the canonical name). All plugins' results are collected; a name or alias declared
+    twice is an error.
     """
 
 
@@ -52,13 +54,18 @@ def compute_kd_loss(
 ) -> torch.Tensor | None:
     """Return the scalar knowledge-distillation loss ``name`` between student and teacher logits, or None.
 
-    Stops at first non-None result.
+    Stops at first non-None result. Reduce as a mean over rows (examples, or kept positions): the
+    chunked token-level path (DESIGN §9) calls the same hook on 2-D (rows, V) chunks of a language
+    model's positions and multiplies each result by its number of rows, so a plugin written for
+    2-D logits gets bounded-memory token KD for free.
 
     :param name: the component name from the config (``kd_loss_type``).
-    :param logits_S: student logits, (B, C) or (B, L, C).
+    :param logits_S: student logits, (B, C) or (B, L, C); (rows, V) chunks on the chunked path.
     :param logits_T: teacher logits, same shape as ``logits_S``.
-    :param temperature: a positive float, or a per-example tensor of shape (B,).
-    :param mask: for 3-D logits, the adaptor's ``logits_mask`` (B, L), 1 = keep; else None.
+    :param temperature: a positive float, a per-example tensor (B,) or, for (B, L, C) logits, a
+        per-position tensor (B, L); on the chunked path a per-row tensor (rows,) or a float.
+    :param mask: for 3-D logits, the adaptor's ``logits_mask`` (B, L), 1 = keep; else None (a chunk
+        holds kept rows only).
     :param params: the validated params model instance, or None if the component takes none.
     """
 
@@ -79,7 +86,10 @@ def compute_match_loss(
     :param feature_S: the student feature (already projected), or a list of them when the match
         names several layers.
     :param feature_T: the teacher feature, or a list of them.
-    :param mask: the adaptor's ``inputs_mask`` (B, L), 1 = keep, or None.
+    :param mask: 1 = keep, or None. Usually the adaptor's ``inputs_mask`` (B, L); for attention
+        maps it may also be a (B, Lq, Lk) pair mask (entry (i, j) kept where it is 1), which is how
+        cross-attention maps (B, H, L_dec, L_enc) of encoder-decoders are masked. A loss that cannot
+        use the mask it is given raises ``ShapeMismatchError`` naming both shapes.
     :param params: the validated params model instance, or None.
     """
 

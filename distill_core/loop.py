@@ -201,9 +201,9 @@ class NonFiniteGuard:
 
 
 def _loss_vector(total: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
-    """``[total, *terms]`` detached, as one float32 vector (for the guard and the logs)."""
-    parts = [t.detach() if t.dtype == torch.float32 else t.detach().float() for t in (total, *terms)]
-    return torch.stack(parts)
+    """``[total, *terms]`` as one float32 vector outside the graph (for the guard and the logs)."""
+    with torch.no_grad():  # one stack, no per-term detach
+        return torch.stack([t if t.dtype == torch.float32 else t.float() for t in (total, *terms)])
 
 
 class TrainingLoop:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,11 +133,3 @@ class OutputCapture:
             handle.remove()
         self._handles.clear()
         self.outputs.clear()
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-
-def layer_list(layer: int | Sequence[int]) -> list[int]:
-    return list(layer) if isinstance(layer, (list, tuple)) else [layer]

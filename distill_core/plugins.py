@@ -8,6 +8,10 @@ same from code):
 - ``DISTILL_PLUGIN_DISTRIBUTIONS``: comma-separated distribution names; only their entry points are
   loaded (tests use ``distill`` to run against the built-ins alone).
 
+An entry point that fails to import is recorded here (``manager.failures``) and raised as
+:class:`~distill_core.PluginLoadError` when the registry is built, naming the entry point, its
+distribution, the error and the remedies; nothing runs with a plugin silently missing.
+
 Scripts and tests may add plugin objects with ``get_plugin_manager().register(obj, name=...)`` and
 remove them with ``unregister``; the registry notices and rebuilds itself.
 """
@@ -17,7 +21,6 @@ from __future__ import annotations
 import importlib.metadata as importlib_metadata
 import os
 import threading
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -50,17 +53,18 @@ class PluginFailure:
     distribution: str
     error: str
 
+    @property
+    def name(self) -> str:
+        """The entry-point name, which is what blocking takes."""
+        return self.entry_point.split("=")[0].strip()
+
     def message(self) -> str:
         return (
             f"plugin entry point {self.entry_point!r} of distribution {self.distribution!r} failed "
             f"to load: {self.error}. Fix or uninstall that distribution "
-            f"(pip uninstall {self.distribution}), or skip it with {BLOCK_ENV}="
-            f"{self.entry_point.split('=')[0].strip()}"
+            f"(pip uninstall {self.distribution}), or block the plugin with {BLOCK_ENV}={self.name} "
+            f"(from code: configure_plugins(blocked=[{self.name!r}]))"
         )
-
-
-class PluginLoadWarning(UserWarning):
-    """A plugin failed to load; the others are still available."""
 
 
 class DistillPluginManager(pluggy.PluginManager):
@@ -101,7 +105,12 @@ class DistillPluginManager(pluggy.PluginManager):
         distributions: Iterable[str] | None = None,
         blocked: Iterable[str] = (),
     ) -> None:
-        """Import and register every ``distill`` entry point, recording (not raising) failures."""
+        """Import and register every ``distill`` entry point, recording (not raising) failures.
+
+        A failure is raised as :class:`PluginLoadError` when the registry is built (the first
+        lookup, config validation or ``get_loss``); ``distill plugins`` lists the healthy plugins
+        and reports it.
+        """
         wanted = None if distributions is None else {_norm(d) for d in distributions}
         blocked = set(blocked)
         for name in blocked:
@@ -128,14 +137,16 @@ class DistillPluginManager(pluggy.PluginManager):
             except Exception as exc:  # any import-time error of third-party code
                 if plugin is not None and self.get_name(plugin) is None:
                     self.origins.pop(id(plugin), None)
-                failure = PluginFailure(label, dist_name, f"{type(exc).__name__}: {exc}")
-                self.failures.append(failure)
-                warnings.warn(failure.message(), PluginLoadWarning, stacklevel=3)
+                self.failures.append(PluginFailure(label, dist_name, f"{type(exc).__name__}: {exc}"))
 
-    def check_failures(self) -> None:
-        """Raise :class:`PluginLoadError` listing every entry point that failed to load."""
-        if self.failures:
-            raise PluginLoadError("\n".join(f.message() for f in self.failures))
+    def load_error(self) -> PluginLoadError | None:
+        """Return the error that names every entry point that failed to load, or None if none did."""
+        if not self.failures:
+            return None
+        if len(self.failures) == 1:
+            return PluginLoadError(f"distill {self.failures[0].message()}")
+        listed = "\n".join(f"  - {failure.message()}" for failure in self.failures)
+        return PluginLoadError(f"{len(self.failures)} distill plugin entry points failed to load:\n{listed}")
 
 
 def _norm(distribution: str) -> str:

@@ -3,6 +3,11 @@
 Built from the plugin manager the first time a name is looked up (and rebuilt when plugins are
 registered or unregistered at runtime). Each name is bound once to its provider's hook function, so
 the training step calls that function directly and never scans all plugins.
+
+A component may have aliases (``gram`` is also ``fsp``): a lookup by alias returns the same
+:class:`Component`, whose hook is always called with the canonical name. A plugin entry point that
+failed to import makes building the registry raise :class:`PluginLoadError` (``distill plugins``
+lists the healthy plugins anyway, with ``allow_load_failures=True``).
 """
 
 from __future__ import annotations
@@ -42,9 +47,14 @@ class Component:
     version: str
     function: Callable[..., Any] = field(repr=False)
     argnames: tuple[str, ...] = field(repr=False)
+    aliases: tuple[str, ...] = ()
 
     def call(self, **kwargs: Any) -> Any:
-        """Call the provider's hook function with the arguments its signature asks for."""
+        """Call the provider's hook function with the arguments its signature asks for.
+
+        The hook receives this component's canonical ``name``, also when a config named it by an alias.
+        """
+        kwargs["name"] = self.name
         result = self.function(*[kwargs[arg] for arg in self.argnames])
         if result is None:
             raise PluginError(
@@ -72,6 +82,7 @@ class Component:
         """The JSON-ready description `distill plugins --json` prints."""
         return {
             "name": self.name,
+            "aliases": list(self.aliases),
             "kind": self.kind,
             "plugin": self.plugin,
             "distribution": self.distribution,
@@ -88,6 +99,8 @@ class Registry:
         self.manager = manager
         self.generation = manager.generation
         self._by_kind: dict[str, dict[str, Component]] = {kind: {} for kind in COMPONENT_KINDS}
+        #: every name a config may use (canonical names and aliases) -> the component
+        self._by_any_name: dict[str, dict[str, Component]] = {kind: {} for kind in COMPONENT_KINDS}
         self._build()
 
     def _hook_functions(self, hook_name: str) -> dict[int, Any]:
@@ -115,15 +128,7 @@ class Registry:
                         f"{HOOK_OF_KIND[info.kind]} hook; add a @hookimpl def "
                         f"{HOOK_OF_KIND[info.kind]}(...) to it"
                     )
-                existing = self._by_kind[info.kind].get(info.name)
-                if existing is not None:
-                    raise DuplicateComponentError(
-                        f"{KIND_LABEL[info.kind]} {info.name!r} is declared twice: by plugin "
-                        f"{existing.plugin!r} of distribution {existing.distribution!r} and by "
-                        f"{where}. Uninstall one of the two distributions, or block one plugin "
-                        f"with {BLOCK_ENV}=<plugin name> (or configure_plugins(blocked=[...]))."
-                    )
-                self._by_kind[info.kind][info.name] = Component(
+                component = Component(
                     kind=info.kind,
                     name=info.name,
                     params_model=info.params,
@@ -133,34 +138,61 @@ class Registry:
                     version=origin.version,
                     function=impl.function,
                     argnames=tuple(impl.argnames) + tuple(impl.kwargnames),
+                    aliases=info.aliases,
                 )
+                self._add(component, where)
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(self._by_kind[kind])
+    def _add(self, component: Component, where: str) -> None:
+        """Register ``component`` under its name and aliases; a name taken (as either) is a duplicate."""
+        taken = self._by_any_name[component.kind]
+        for name in (component.name, *component.aliases):
+            existing = taken.get(name)
+            if existing is None:
+                continue
+            as_what = "" if name == existing.name else f" (as an alias of {existing.name!r})"
+            by_new = "" if name == component.name else f" (as an alias of {component.name!r})"
+            raise DuplicateComponentError(
+                f"{KIND_LABEL[component.kind]} {name!r} is declared twice: by plugin {existing.plugin!r} of "
+                f"distribution {existing.distribution!r}{as_what} and by {where}{by_new}. Uninstall one of the "
+                f"two distributions, or block one plugin with {BLOCK_ENV}=<plugin name> (or "
+                f"configure_plugins(blocked=[...]))."
+            )
+        self._by_kind[component.kind][component.name] = component
+        for name in (component.name, *component.aliases):
+            taken[name] = component
+
+    def names(self, kind: str, *, aliases: bool = False) -> list[str]:
+        """Return the sorted canonical names of ``kind``; with ``aliases=True``, every accepted name."""
+        return sorted(self._by_any_name[kind] if aliases else self._by_kind[kind])
 
     def components(self) -> list[Component]:
+        """Return every component once (aliases are attributes of their component), by kind and name."""
         return [self._by_kind[kind][name] for kind in COMPONENT_KINDS for name in self.names(kind)]
 
     def has(self, kind: str, name: str) -> bool:
-        return name in self._by_kind[kind]
+        """Whether ``name`` (a canonical name or an alias) is a registered component of ``kind``."""
+        return name in self._by_any_name[kind]
 
     def get(self, kind: str, name: str) -> Component:
-        """Return component ``name`` of ``kind``, or raise an error that helps fix the name."""
+        """Return component ``name`` (or the one ``name`` is an alias of), or raise an error that helps fix the name."""
         try:
-            return self._by_kind[kind][name]
-        except KeyError:
+            return self._by_any_name[kind][name]
+        except (KeyError, TypeError):
             raise UnknownComponentError(self.unknown_message(kind, name)) from None
 
     def unknown_message(self, kind: str, name: object) -> str:
         label = KIND_LABEL[kind]
-        registered = self.names(kind)
         parts = [f"unknown {label} {name!r}"]
-        close = difflib.get_close_matches(str(name), registered, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), self.names(kind, aliases=True), n=3, cutoff=0.6)
         if close:
             parts[0] += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-        other = [k for k in COMPONENT_KINDS if k != kind and name in self._by_kind[k]]
+        other = [k for k in COMPONENT_KINDS if k != kind and self.has(k, name)] if isinstance(name, str) else []
         if other:
             parts.append(f"{name!r} is a {KIND_LABEL[other[0]]}, not a {label}.")
+        registered = [
+            component.name + (f" (alias {', '.join(component.aliases)})" if component.aliases else "")
+            for component in (self._by_kind[kind][n] for n in self.names(kind))
+        ]
         parts.append(f"Registered {KIND_PLURAL[kind]}: {', '.join(registered) or '(none)'}.")
         for failure in self.manager.failures:
             parts.append(f"Note: {failure.message()}.")
@@ -171,9 +203,19 @@ class Registry:
 _cache: dict[str, Registry] = {}
 
 
-def get_registry() -> Registry:
-    """Return the registry of the current plugin manager, rebuilding it if plugins changed."""
+def get_registry(*, allow_load_failures: bool = False) -> Registry:
+    """Return the registry of the current plugin manager, rebuilding it if plugins changed.
+
+    :param allow_load_failures: return the registry of the plugins that loaded even if an entry
+        point failed to import (what ``distill plugins`` lists); by default that is an error.
+    :raises PluginLoadError: an entry point of group ``distill`` failed to import; the message names
+        it, its distribution, the error and the remedies (fix or uninstall it, or block it with
+        ``DISTILL_BLOCK_PLUGINS``).
+    """
     manager = get_plugin_manager()
+    failure = None if allow_load_failures else manager.load_error()
+    if failure is not None:
+        raise failure
     registry = _cache.get("registry")
     if registry is None or registry.manager is not manager or registry.generation != manager.generation:
         registry = Registry(manager)

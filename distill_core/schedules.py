@@ -26,13 +26,13 @@ class _NoParams(BaseModel):
 
 
 class FlswParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     beta: float = 1.0
     gamma: float = Field(1.0, gt=0)
 
 
 class CwsmParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     beta: float = 1.0
 
 

@@ -32,7 +32,8 @@ def upcast(tensor: Tensor) -> Tensor:
 
 def student_teacher(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """Return both tensors upcast for computing, the teacher detached (gradients reach the student only)."""
-    return upcast(student), upcast(teacher.detach())
+    # detach() only where it changes something: teachers usually ran under no_grad (one op less per loss)
+    return upcast(student), upcast(teacher.detach() if teacher.requires_grad else teacher)
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -84,17 +85,31 @@ def keep_mask(
             f"Expected `mask` of shape {shape_str(expected)} to fit {described} but got a mask of shape "
             f"{shape_str(mask.shape)}"
         )
-    mask = mask.detach()
+    if mask.requires_grad:
+        mask = mask.detach()
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """Return ``numerator / denominator``, dividing by 1 where the denominator is 0.
+_ZEROS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
-    Used with masked sums: an all-zero mask gives a zero numerator, so the result is 0, not NaN,
-    and the graph to the inputs is kept (their gradient is zero).
+
+def zero_like(values: Tensor) -> Tensor:
+    """A cached 0-d zero of ``values``' dtype and device, for ``torch.where`` (no new tensor per call)."""
+    key = (values.dtype, values.device)
+    zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = torch.zeros((), dtype=values.dtype, device=values.device)
+    return zero
+
+
+def safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """Return ``numerator / denominator`` for a count ``denominator``, dividing by 1 where it is 0.
+
+    Used with masked sums, whose denominators count kept entries (0, 1, 2, ...): an all-zero mask
+    gives a zero numerator, so the result is 0, not NaN, and the graph to the inputs is kept (their
+    gradient is zero). One ``clamp_min``, so the step stays a few small kernels.
     """
-    return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return numerator / denominator.clamp_min(1)
 
 
 def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
@@ -105,9 +120,11 @@ def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
     """
     if keep is None:
         return values.mean()
-    keep = keep.expand_as(values)
-    total = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
-    return safe_div(total.sum(), keep.sum().to(values.dtype))
+    total = torch.where(keep, values, zero_like(values)).sum()
+    count = keep.sum(dtype=values.dtype)
+    if keep.numel() != values.numel():  # keep broadcasts over trailing singleton dims (e.g. (B, L, 1))
+        count = count * (values.numel() // keep.numel())
+    return safe_div(total, count)
 
 
 def pair_mask(keep: Tensor, ndim: int) -> Tensor:
@@ -121,7 +138,8 @@ def pair_mask(keep: Tensor, ndim: int) -> Tensor:
 
 def xlogy_safe(p: Tensor, log_q: Tensor) -> Tensor:
     """Return ``p · log_q`` with the convention ``0 · log 0 = 0`` (no NaN from ``0 · -inf``)."""
-    return torch.where(p > 0, p * log_q, torch.zeros((), dtype=p.dtype, device=p.device))
+    product = p * log_q
+    return torch.where(p > 0, product, zero_like(product))
 
 
 def resolve_params(model: type[ParamsT], params: Any) -> ParamsT:

@@ -1,12 +1,23 @@
 """Match losses between attention maps: ``attention_mse``, ``attention_mse_sum``, ``attention_ce``,
 ``attention_ce_mean``, ``attention_kl``.
 
-Attention maps are (B, H, L, L) or (B, L, L), queries on axis -2 and keys on axis -1; student and
-teacher shapes must be equal. With a mask (B, L) (1 = keep), a (query i, key j) entry counts only
-if both tokens are kept. ``n_b`` below is the number of kept tokens of example b.
+Attention maps are (B, H, Lq, Lk) or (B, Lq, Lk), queries on axis -2 and keys on axis -1; student
+and teacher shapes must be equal. Self-attention maps are square (Lq = Lk = L); cross-attention maps
+of encoder-decoders are (B, H, L_dec, L_enc).
 
-Entries ``≤ −1e−3`` are treated as "masked by the model": real attention probabilities are never
-negative, while models add a large negative number to the scores of padded keys.
+Masks (1 = keep), bool, integer or float:
+
+- (B, L), for square maps: a (query i, key j) entry counts only if both tokens are kept
+  (``m_i m_j``). ``n_b`` below is the number of kept tokens of example b.
+- (B, Lq, Lk), a pair mask, for any map (cross-attention included): entry (i, j) counts where the
+  mask is 1. A (B, L) mask ``m`` is the pair mask ``m_i m_j``; every formula below holds with
+  ``Σ_b n_b²`` read as the number of kept pairs, and a query row counts when any of its pairs is kept.
+
+Without a mask, entries ``≤ −1e−3`` are treated as "masked by the model": real attention
+probabilities are never negative, while models add a large negative number to the scores of padded
+keys. With a mask, the mask alone decides what counts and the values are used as they are: a kept
+pre-softmax score may well be negative, and zeroing it would change the loss (TextBrewer's masked
+losses do not zero either).
 """
 
 from __future__ import annotations
@@ -59,50 +70,74 @@ class AttentionKLParams(BaseModel):
 def _prepare(
     attention_S: Tensor, attention_T: Tensor, mask: Tensor | None, *, heads_may_differ: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Check shapes; return upcast student, detached teacher and the (B, L) keep-mask.
+    """Check shapes; return upcast student, detached teacher and the bool pair mask, or None.
 
-    :param heads_may_differ: the loss reduces over heads first, so only (B, L, L) must agree.
+    The pair mask is (B, Lq, Lk), or (B, 1, Lq, Lk) for 4-D maps so it broadcasts over heads.
+
+    :param heads_may_differ: the loss reduces over heads first, so only (B, Lq, Lk) must agree.
     """
     if heads_may_differ and attention_S.ndim == attention_T.ndim == 4:
         if attention_S.shape[0] != attention_T.shape[0] or attention_S.shape[2:] != attention_T.shape[2:]:
             raise ShapeMismatchError(
-                f"Expected student and teacher attention maps to agree in (B, ·, L, L) but got student "
+                f"Expected student and teacher attention maps to agree in (B, ·, Lq, Lk) but got student "
                 f"{shape_str(attention_S.shape)} and teacher {shape_str(attention_T.shape)}"
             )
     else:
         check_same_shape(attention_S, attention_T, "attention maps")
-    check_ndim(attention_S, (3, 4), "attention maps", "(B, H, L, L) or (B, L, L)")
-    if mask is not None and attention_S.shape[-1] != attention_S.shape[-2]:
-        raise ShapeMismatchError(
-            f"Expected square self-attention maps (..., L, L) to apply a (B, L) mask but got "
-            f"attention of shape {shape_str(attention_S.shape)}"
-        )
-    keep = keep_mask(
-        mask,
-        (attention_S.shape[0], attention_S.shape[-1]),
-        "attention",
-        attention_S.shape,
-    )
+    check_ndim(attention_S, (3, 4), "attention maps", "(B, H, Lq, Lk) or (B, Lq, Lk)")
+    pairs = _pair_mask(mask, attention_S)
     attention_S, attention_T = student_teacher(attention_S, attention_T)
-    return attention_S, attention_T, keep
+    return attention_S, attention_T, pairs
+
+
+def _pair_mask(mask: Tensor | None, attention: Tensor) -> Tensor | None:
+    """Return the bool (query, key) keep-mask of a (B, L) token mask or a (B, Lq, Lk) pair mask."""
+    if mask is None:
+        return None
+    batch, queries, keys = attention.shape[0], attention.shape[-2], attention.shape[-1]
+    if mask.ndim == 3:
+        pairs = keep_mask(mask, (batch, queries, keys), "attention", attention.shape)
+        assert pairs is not None
+        return pairs.unsqueeze(1) if attention.ndim == 4 else pairs
+    if mask.ndim == 2 and queries != keys:
+        raise ShapeMismatchError(
+            f"Expected square self-attention maps (..., L, L) to apply a (B, L) mask but got attention of "
+            f"shape {shape_str(attention.shape)}; for cross-attention pass a (B, Lq, Lk) pair mask, "
+            f"e.g. decoder_mask[:, :, None] * encoder_mask[:, None, :]"
+        )
+    if mask.ndim != 2:
+        raise ShapeMismatchError(
+            f"Expected `mask` of shape (B, L) = {shape_str((batch, keys))} or a pair mask (B, Lq, Lk) = "
+            f"{shape_str((batch, queries, keys))} to fit attention of shape {shape_str(attention.shape)} but got "
+            f"a mask of shape {shape_str(mask.shape)}"
+        )
+    keep = keep_mask(mask, (batch, keys), "attention", attention.shape)
+    assert keep is not None
+    return pair_mask(keep, attention.ndim)
 
 
 def _zero_masked(attention: Tensor) -> Tensor:
     return torch.where(attention <= MASKED_BELOW, torch.zeros_like(attention), attention)
 
 
-def _mse(attention_S: Tensor, attention_T: Tensor, keep: Tensor | None) -> Tensor:
-    squared_error = (_zero_masked(attention_S) - _zero_masked(attention_T)).square()
-    return masked_mean(squared_error, None if keep is None else pair_mask(keep, attention_S.ndim))
+def _mse(attention_S: Tensor, attention_T: Tensor, pairs: Tensor | None) -> Tensor:
+    if pairs is None:  # no mask: drop what the model masked itself (large negative scores)
+        return (_zero_masked(attention_S) - _zero_masked(attention_T)).square().mean()
+    # with a mask, the mask alone decides; kept negative scores are real values
+    return masked_mean((attention_S - attention_T).square(), pairs)
 
 
-def _mean_over_queries(terms: Tensor, keep: Tensor | None) -> Tensor:
-    """Sum ``terms`` (…, L, L) over kept keys, then average over kept (b, h, i) query rows."""
-    if keep is None:
+def _mean_over_queries(terms: Tensor, pairs: Tensor | None) -> Tensor:
+    """Sum ``terms`` (…, Lq, Lk) over kept keys, then average over kept (b, h, i) query rows.
+
+    A query row is kept when any of its pairs is (for a (B, L) mask: when token i is kept).
+    """
+    if pairs is None:
         return terms.sum(-1).mean()
-    kept_terms = torch.where(pair_mask(keep, terms.ndim), terms, torch.zeros_like(terms))
+    kept_terms = torch.where(pairs, terms, torch.zeros_like(terms))
     heads = terms.shape[1] if terms.ndim == 4 else 1
-    return safe_div(kept_terms.sum(), keep.sum().to(terms.dtype) * heads)
+    kept_rows = pairs.any(-1).sum().to(terms.dtype) * heads
+    return safe_div(kept_terms.sum(), kept_rows)
 
 
 def _log_probs(attention: Tensor) -> Tensor:
@@ -110,46 +145,48 @@ def _log_probs(attention: Tensor) -> Tensor:
     return attention.clamp_min(torch.finfo(attention.dtype).tiny).log()
 
 
-def _ce(attention_S: Tensor, attention_T: Tensor, keep: Tensor | None, inputs: AttentionInputs) -> Tensor:
+def _ce(attention_S: Tensor, attention_T: Tensor, pairs: Tensor | None, inputs: AttentionInputs) -> Tensor:
     if inputs == "scores":
         p_T = attention_T.softmax(-1)
-        if keep is None:
+        if pairs is None:
             p_T = torch.where(attention_T <= MASKED_BELOW, torch.zeros_like(p_T), p_T)
         log_q = attention_S.log_softmax(-1)
     else:
         p_T, log_q = attention_T, _log_probs(attention_S)
-    return -_mean_over_queries(xlogy_safe(p_T, log_q), keep)
+    return -_mean_over_queries(xlogy_safe(p_T, log_q), pairs)
 
 
 def attention_mse_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
     """Return the mean squared error between attention maps over kept (query, key) pairs.
 
-    Entries ``≤ −1e−3`` are set to 0 in both maps first (with or without a mask). No mask: plain
-    mean. Mask: ``Σ_{b,h,i,j} (S − T)² m_i m_j / (H · Σ_b n_b²)``. Jiao et al., 2020, "TinyBERT:
+    No mask: entries ``≤ −1e−3`` are set to 0 in both maps, then the plain mean. Mask (B, L):
+    ``Σ_{b,h,i,j} (S − T)² m_i m_j / (H · Σ_b n_b²)``, the values used as they are (no zeroing);
+    pair mask (B, Lq, Lk): ``Σ (S − T)² M_bij / (H · Σ M)``. Jiao et al., 2020, "TinyBERT:
     Distilling BERT for Natural Language Understanding".
 
-    :param attention_S: student attention (B, H, L, L) or (B, L, L).
+    :param attention_S: student attention (B, H, Lq, Lk) or (B, Lq, Lk).
     :param attention_T: teacher attention, same shape (detached here).
-    :param mask: (B, L), 1 = keep, or None.
+    :param mask: (B, L) for square maps, or a (B, Lq, Lk) pair mask; 1 = keep; or None.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask)
-    return _mse(attention_S, attention_T, keep)
+    attention_S, attention_T, pairs = _prepare(attention_S, attention_T, mask)
+    return _mse(attention_S, attention_T, pairs)
 
 
 def attention_mse_sum_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
     """Return :func:`attention_mse_loss` of the head-summed maps (heads summed first if 4-D).
 
-    Lets a student with fewer heads match a teacher: ``Σ_h A_h`` is (B, L, L) for both. With a
-    mask the divisor is ``Σ_b n_b²`` (H = 1).
+    Lets a student with fewer heads match a teacher: ``Σ_h A_h`` is (B, Lq, Lk) for both. With a
+    mask the divisor is ``Σ_b n_b²`` (H = 1) and, as in :func:`attention_mse_loss`, nothing is zeroed.
 
-    :param attention_S: student attention (B, H, L, L) or (B, L, L).
-    :param attention_T: teacher attention, (B, H_T, L, L): the head counts may differ (detached here).
-    :param mask: (B, L), 1 = keep, or None.
+    :param attention_S: student attention (B, H, Lq, Lk) or (B, Lq, Lk).
+    :param attention_T: teacher attention, (B, H_T, Lq, Lk): the head counts may differ (detached here).
+    :param mask: (B, L) for square maps, or a (B, Lq, Lk) pair mask; 1 = keep; or None.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask, heads_may_differ=True)
+    attention_S, attention_T, pairs = _prepare(attention_S, attention_T, mask, heads_may_differ=True)
     if attention_S.ndim == 4:
         attention_S, attention_T = attention_S.sum(1), attention_T.sum(1)
-    return _mse(attention_S, attention_T, keep)
+        pairs = None if pairs is None else pairs.squeeze(1)
+    return _mse(attention_S, attention_T, pairs)
 
 
 def attention_ce_loss(
@@ -164,17 +201,18 @@ def attention_ce_loss(
     Scores (default): ``p_T = softmax(T)``. No mask: ``p_T`` is set to 0 where ``T ≤ −1e−3`` and
     the loss is ``−mean_{b,h,i} Σ_j p_T · log_softmax(S)``. Mask:
     ``−Σ_{b,h,i} m_i Σ_j m_j · p_T · log_softmax(S) / Σ_{b,h,i} m_i`` (the softmax still runs over
-    all keys). ``inputs="probs"``: the maps are already probabilities, so ``p_T = T`` and
+    all keys). A pair mask (B, Lq, Lk) ``M`` replaces ``m_i m_j`` by ``M_ij`` and ``m_i`` by "row i
+    has a kept pair". ``inputs="probs"``: the maps are already probabilities, so ``p_T = T`` and
     ``log(S)`` (clamped at the smallest positive float) replaces ``log_softmax(S)``. Jiao et al.,
     2020, "TinyBERT"; Wang et al., 2020, "MiniLM".
 
-    :param attention_S: student attention (B, H, L, L) or (B, L, L).
+    :param attention_S: student attention (B, H, Lq, Lk) or (B, Lq, Lk).
     :param attention_T: teacher attention, same shape (detached here).
-    :param mask: (B, L), 1 = keep, or None.
+    :param mask: (B, L) for square maps, or a (B, Lq, Lk) pair mask; 1 = keep; or None.
     :param inputs: ``"scores"`` or ``"probs"``.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask)
-    return _ce(attention_S, attention_T, keep, inputs)
+    attention_S, attention_T, pairs = _prepare(attention_S, attention_T, mask)
+    return _ce(attention_S, attention_T, pairs, inputs)
 
 
 def attention_ce_mean_loss(
@@ -186,15 +224,16 @@ def attention_ce_mean_loss(
 ) -> Tensor:
     """Return :func:`attention_ce_loss` of the head-averaged maps (heads averaged first if 4-D).
 
-    :param attention_S: student attention (B, H, L, L) or (B, L, L).
-    :param attention_T: teacher attention, (B, H_T, L, L): the head counts may differ (detached here).
-    :param mask: (B, L), 1 = keep, or None.
+    :param attention_S: student attention (B, H, Lq, Lk) or (B, Lq, Lk).
+    :param attention_T: teacher attention, (B, H_T, Lq, Lk): the head counts may differ (detached here).
+    :param mask: (B, L) for square maps, or a (B, Lq, Lk) pair mask; 1 = keep; or None.
     :param inputs: ``"scores"`` or ``"probs"``.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask, heads_may_differ=True)
+    attention_S, attention_T, pairs = _prepare(attention_S, attention_T, mask, heads_may_differ=True)
     if attention_S.ndim == 4:
         attention_S, attention_T = attention_S.mean(1), attention_T.mean(1)
-    return _ce(attention_S, attention_T, keep, inputs)
+        pairs = None if pairs is None else pairs.squeeze(1)
+    return _ce(attention_S, attention_T, pairs, inputs)
 
 
 def attention_kl_loss(
@@ -212,18 +251,18 @@ def attention_kl_loss(
     ``"scores"``: a softmax over all keys is taken first. Wang et al., 2020, "MiniLM: Deep
     Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers".
 
-    :param attention_S: student attention (B, H, L, L) or (B, L, L).
+    :param attention_S: student attention (B, H, Lq, Lk) or (B, Lq, Lk).
     :param attention_T: teacher attention, same shape (detached here).
-    :param mask: (B, L), 1 = keep, or None.
+    :param mask: (B, L) for square maps, or a (B, Lq, Lk) pair mask; 1 = keep; or None.
     :param inputs: ``"probs"`` or ``"scores"``.
     """
-    attention_S, attention_T, keep = _prepare(attention_S, attention_T, mask)
+    attention_S, attention_T, pairs = _prepare(attention_S, attention_T, mask)
     if inputs == "scores":
         log_p_T = attention_T.log_softmax(-1)
         p_T, log_q = log_p_T.exp(), attention_S.log_softmax(-1)
     else:
         p_T, log_p_T, log_q = attention_T, _log_probs(attention_T), _log_probs(attention_S)
-    return _mean_over_queries(xlogy_safe(p_T, log_p_T - log_q), keep)
+    return _mean_over_queries(xlogy_safe(p_T, log_p_T - log_q), pairs)
 
 
 _NAMES = frozenset({"attention_mse", "attention_mse_sum", "attention_ce", "attention_ce_mean", "attention_kl"})

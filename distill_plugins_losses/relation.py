@@ -198,10 +198,8 @@ _MMD_SUMMARY = "Mean squared error between token-similarity matrices of two laye
 def declare_components() -> list[ComponentInfo]:
     """Declare the relation match losses of this module."""
     return [
-        ComponentInfo(kind="match_loss", name="gram", params=None, summary=_GRAM_SUMMARY),
-        ComponentInfo(kind="match_loss", name="fsp", params=None, summary=_GRAM_SUMMARY),
-        ComponentInfo(kind="match_loss", name="mmd", params=None, summary=_MMD_SUMMARY),
-        ComponentInfo(kind="match_loss", name="nst", params=None, summary=_MMD_SUMMARY),
+        ComponentInfo(kind="match_loss", name="gram", params=None, summary=_GRAM_SUMMARY, aliases=("fsp",)),
+        ComponentInfo(kind="match_loss", name="mmd", params=None, summary=_MMD_SUMMARY, aliases=("nst",)),
         ComponentInfo(
             kind="match_loss",
             name="relation_kl",

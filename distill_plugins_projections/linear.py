@@ -1,5 +1,5 @@
-"""Learned projections from the student width to the teacher width: ``linear``, ``linear_relu``,
-``linear_tanh``.
+"""Learned projections from the student width to the teacher width: ``linear``, ``linear_relu``
+(alias ``relu``), ``linear_tanh`` (alias ``tanh``); the aliases are TextBrewer's names.
 
 The weight is drawn from N(0, 0.02²) and the bias is zero, the initialisation BERT uses for its
 dense layers, so a fresh projection starts as a small random map.
@@ -51,13 +51,16 @@ _PROJECTIONS: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
     "linear_relu": (linear_relu_projection, "Linear map followed by ReLU"),
     "linear_tanh": (linear_tanh_projection, "Linear map followed by tanh"),
 }
+#: TextBrewer's names (its ``PROJ_MAP``), so a TextBrewer config's ``proj: ["relu", 384, 768]`` works
+_ALIASES: dict[str, tuple[str, ...]] = {"linear_relu": ("relu",), "linear_tanh": ("tanh",)}
+_CANONICAL = {alias: name for name, aliases in _ALIASES.items() for alias in aliases}
 
 
 @hookimpl
 def declare_components() -> list[ComponentInfo]:
     """Declare the linear projections of this module (none takes options)."""
     return [
-        ComponentInfo(kind="projection", name=name, params=None, summary=summary)
+        ComponentInfo(kind="projection", name=name, params=None, summary=summary, aliases=_ALIASES.get(name, ()))
         for name, (_, summary) in _PROJECTIONS.items()
     ]
 
@@ -65,7 +68,7 @@ def declare_components() -> list[ComponentInfo]:
 @hookimpl
 def build_projection(name: str, dim_in: int, dim_out: int, params: BaseModel | None) -> nn.Module | None:
     """Return a new projection ``name`` if this module provides it, else None."""
-    entry = _PROJECTIONS.get(name)
+    entry = _PROJECTIONS.get(_CANONICAL.get(name, name))  # plain hook calls may use an alias
     if entry is None:
         return None
     return entry[0](dim_in, dim_out)

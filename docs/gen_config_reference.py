@@ -15,6 +15,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill_core.config import (  # noqa: E402
+    TEXTBREWER_REPLACED,
     CustomMatch,
     DistillationConfig,
     IntermediateMatch,
@@ -70,7 +71,8 @@ def render() -> str:
         "Generated from the pydantic models by `python docs/gen_config_reference.py`; do not edit by hand.",
         "Every model rejects unknown keys, and names (losses, projections, schedules) are checked against",
         "the live registry when a config is built (`distill plugins` lists them; `distill schema` prints",
-        "the JSON schema with those names filled in).",
+        "the JSON schema with those names filled in). Every number must be finite: inf and NaN are refused",
+        "with the field's name.",
     ]
     for model, intro in (
         (TrainingConfig, TrainingConfig.__doc__),
@@ -95,6 +97,17 @@ def render() -> str:
         + ", ".join(f"`{name}`" for name in WEIGHT_SCHEDULERS)
         + " — `linear_growth` gives `weight · p`, `linear_decay` gives `weight · (1 − p)` at training"
         " progress `p = step / total_steps`; `none` and `constant` keep the weight.",
+        "",
+        "## Coming from TextBrewer",
+        "",
+        "The field names are TextBrewer's, and so are the loss, projection (`relu`, `tanh` are aliases of",
+        "`linear_relu`, `linear_tanh`) and schedule names; TextBrewer's class names `BasicTrainer`,",
+        "`BasicDistiller`, `GeneralDistiller`, `MultiTeacherDistiller` and `MultiTaskDistiller` are",
+        "importable from `distill_core` as aliases of `BasicTraining`, `BasicDistillation`, `Distillation`,",
+        "`MultiTeacherDistillation` and `MultiTaskDistillation`. TextBrewer options distill does not take",
+        "are refused with a pointer to what replaces them:",
+        "",
+        *[f"- `{key}`: {hint}." for key, hint in TEXTBREWER_REPLACED.items()],
         "",
     ]
     return "\n".join(sections)

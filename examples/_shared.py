@@ -221,11 +221,11 @@ def obtain_teacher(
     fine-tune the same teacher the same way share it (``multi_task.py`` reuses the teachers of the
     two classification examples). Returns ``(teacher, came_from_cache)``.
     """
-    from distill_core.demo import cache
+    from distill_core.demo import teacher_store
     from distill_core.demo.models import freeze_embeddings, load_saved
 
-    root = cache.cache_root(args.cache_dir)
-    key = cache.teacher_key(
+    root = teacher_store.cache_root(args.cache_dir)
+    key = teacher_store.teacher_key(
         dataset=f"example-{task}",
         train_size=train_size,
         max_length=args.max_length,
@@ -234,7 +234,7 @@ def obtain_teacher(
         lr=args.teacher_lr,
         batch_size=args.batch_size,
     )
-    folder = None if args.no_cache else cache.cached_teacher(root, key)
+    folder = None if args.no_cache else teacher_store.cached_teacher(root, key)
     if folder is not None:
         say(f"[teacher {task}] from the cache: {folder}")
         teacher = load_saved(str(folder), model_class)
@@ -245,7 +245,7 @@ def obtain_teacher(
     teacher = build()
     seconds = train(teacher)
     if not args.no_cache:
-        cache.store_teacher(root, key, teacher, {"key": key, "train_seconds": round(seconds, 1)})
+        teacher_store.store_teacher(root, key, teacher, {"key": key, "train_seconds": round(seconds, 1)})
     return teacher, False
 
 

@@ -204,6 +204,55 @@ def run(
     return state
 
 
+def run_every_distiller(output_dir: str | Path, *, batch_size: int) -> dict[str, dict[str, torch.Tensor]]:
+    """BasicTraining, MultiTeacherDistillation and MultiTaskDistillation, a few steps each.
+
+    Returns each run's final student weights (every rank returns its own copy).
+    """
+    from distill_core import BasicTraining, MultiTaskDistillation, MultiTeacherDistillation
+
+    def loader() -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(examples("bert"), batch_size=batch_size, shuffle=False)
+
+    def training(name: str) -> TrainingConfig:
+        return TrainingConfig(output_dir=str(Path(output_dir) / name), device="cpu", progress_bar=False, log_steps=2)
+
+    def classifier_adaptor(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, Any]:
+        return {"logits": outputs.logits, "losses": [outputs.loss]}
+
+    results = {}
+    torch.manual_seed(5)
+    _, model = bert_models()
+    trainer = BasicTraining(training("basic"), model, classifier_adaptor)
+    trainer.train(torch.optim.AdamW(model.parameters(), lr=1e-2), dataloader=loader(), num_epochs=1)
+    results["basic"] = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
+
+    teachers = [bert_models()[0], bert_models()[0]]
+    with torch.no_grad():
+        teachers[1].classifier.weight.mul_(-1.0)  # a second, different teacher
+    _, student = bert_models()
+    multi = MultiTeacherDistillation(
+        training("multi_teacher"), DistillationConfig(temperature=2), teachers, student, None, None
+    )
+    multi.train(torch.optim.AdamW(student.parameters(), lr=1e-2), dataloader=loader(), num_epochs=1)
+    results["multi_teacher"] = {k: v.detach().clone() for k, v in multi.student.state_dict().items()}
+
+    _, student = bert_models()
+    tasks = MultiTaskDistillation(
+        training("multi_task"),
+        DistillationConfig(temperature=2),
+        {"a": bert_models()[0], "b": teachers[1]},
+        student,
+        {"a": None, "b": None},
+        {"a": None, "b": None},
+    )
+    tasks.train(
+        torch.optim.AdamW(student.parameters(), lr=1e-2), dataloaders={"a": loader(), "b": loader()}, num_steps=4
+    )
+    results["multi_task"] = {k: v.detach().clone() for k, v in tasks.student.state_dict().items()}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
@@ -216,8 +265,14 @@ def main() -> None:
     parser.add_argument("--marker")
     parser.add_argument("--shuffle", action="store_true")
     parser.add_argument("--teacher-cache")
+    parser.add_argument("--every-distiller", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.every_distiller:
+        results = run_every_distiller(args.output_dir, batch_size=args.batch_size)
+        torch.save(results, Path(args.output_dir) / f"weights-rank{os.environ.get('RANK', '0')}.pt")
+        print(f"rank {os.environ.get('RANK', '0')}: every distiller finished", flush=True)
+        return
     state = run(
         args.output_dir,
         args.workload,

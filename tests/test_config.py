@@ -219,3 +219,79 @@ def test_cli_schema_lists_live_names() -> None:
     distillation = schema["properties"]["distillation"]
     assert "kl" in distillation["properties"]["kd_loss_type"]["enum"]
     assert "linear" in distillation["$defs"]["ProjectionSpec"]["properties"]["name"]["enum"]
+
+
+# -- non-finite numbers -----------------------------------------------------------------------------
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path"),
+    [
+        ({"temperature": INF}, "temperature"),
+        ({"temperature": NAN}, "temperature"),
+        ({"kd_loss_weight": INF}, "kd_loss_weight"),
+        ({"hard_label_weight": NAN}, "hard_label_weight"),
+        ({"intermediate_matches": [{**GOOD_MATCH, "weight": INF}]}, "intermediate_matches.0.weight"),
+        ({"temperature_scheduler": ["flsw", INF, 1]}, "temperature_scheduler"),
+        ({"temperature_scheduler": {"name": "cwsm", "beta": NAN}}, "temperature_scheduler"),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_field(kwargs: dict, path: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(**kwargs)
+    errors = info.value.errors()
+    assert len(errors) == 1 and errors[0]["type"] == "finite_number"
+    assert ".".join(str(part) for part in errors[0]["loc"]).startswith(path)
+    assert "finite number" in str(info.value)
+
+
+def test_cli_validate_refuses_infinity_in_json(tmp_path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"temperature": Infinity}')  # Python's json reads it
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert "distillation.temperature: Input should be a finite number" in result.stderr
+
+
+# -- coming from TextBrewer ---------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [True, False])
+def test_is_caching_logits_points_to_the_teacher_cache(value: bool) -> None:
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(temperature=4, is_caching_logits=value)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("is_caching_logits",)
+    assert "teacher-output cache" in error["msg"] and "DistillationConfig.teacher_cache" in error["msg"]
+
+
+def test_cli_validate_points_is_caching_logits_to_the_teacher_cache(tmp_path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"distillation": {"temperature": 4, "is_caching_logits": True}}))
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert "distillation.is_caching_logits: `is_caching_logits` is TextBrewer's option" in result.stderr
+    assert "teacher_cache" in result.stderr
+
+
+def test_textbrewer_class_names_are_aliases() -> None:
+    import distill_core
+    from distill_core import distillers
+
+    pairs = {
+        "BasicTrainer": "BasicTraining",
+        "BasicDistiller": "BasicDistillation",
+        "GeneralDistiller": "Distillation",
+        "MultiTeacherDistiller": "MultiTeacherDistillation",
+        "MultiTaskDistiller": "MultiTaskDistillation",
+    }
+    for textbrewer_name, name in pairs.items():
+        assert getattr(distill_core, textbrewer_name) is getattr(distill_core, name), textbrewer_name
+        assert getattr(distillers, textbrewer_name) is getattr(distillers, name), textbrewer_name
+        assert textbrewer_name in distill_core.__all__ and textbrewer_name in distillers.__all__
+    from distill_core import BasicTrainer  # noqa: F401  (the import a TextBrewer script has)
+
+
+def test_a_textbrewer_projection_name_validates() -> None:
+    config = DistillationConfig(intermediate_matches=[{**GOOD_MATCH, "proj": ["relu", 384, 768]}])
+    assert config.intermediate_matches[0].proj.name == "relu"
+    assert DistillationConfig.from_dict(config.to_dict()) == config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -78,6 +79,7 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
     assert run_demo_cli(argv) == 0
     out = capsys.readouterr().out
     assert "fine-tuning MiniLM-L6" in out
+    assert re.search(r"^\[teacher\] dev accuracy \d+\.\d% \(4 steps, \d+ s\)$", out, re.MULTILINE), out
     for text in ("teacher (MiniLM-L6, fine-tuned)", "distilled student (2 layers)", "student alone (2 layers)",
                  "CPU latency / example", "of the teacher's accuracy", "vs student alone"):
         assert text in out
@@ -94,6 +96,16 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
     assert list((tmp_path / "cache" / "teachers").iterdir())
 
     # the second run takes the teacher from the cache; with --check the exit status tells the verdict
-    assert run_demo_cli([*argv, "--seeds", "2", "--eval-every", "4", "--check"]) in (0, 1)
-    out = capsys.readouterr().out
+    with_progress = [option for option in argv if option != "--no-progress"]
+    assert run_demo_cli([*with_progress, "--seeds", "2", "--eval-every", "4", "--check"]) in (0, 1)
+    captured = capsys.readouterr()
+    out = captured.out
     assert "using the cached fine-tuned teacher" in out and "fine-tuning MiniLM-L6" not in out
+    assert re.search(r"^\[teacher\] dev accuracy \d+\.\d% \(loaded from the cache in \d+ s", out, re.MULTILINE), out
+    # each dev evaluation shows its own progress bar, so the run does not look frozen while it evaluates
+    for bar in ("student dev accuracy before training", "dev accuracy at step 4"):
+        assert bar in captured.err, captured.err
+    # the stored teacher remembers its dev accuracy: the 6-layer model is not evaluated again
+    assert "teacher dev accuracy" not in captured.err
+    second = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert second["rows"][0]["accuracies"] == results["rows"][0]["accuracies"]

@@ -9,7 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from distill_core.demo import cache  # noqa: E402
+from distill_core.demo import teacher_store  # noqa: E402
 from distill_core.demo.measure import accuracy, describe, latency_ms  # noqa: E402
 from distill_core.demo.models import count_parameters, freeze_embeddings, make_student  # noqa: E402
 from distill_core.demo.report import ModelResult, format_table, plot_curves, verdict  # noqa: E402
@@ -61,36 +61,56 @@ def test_accuracy_and_latency(tiny_bert):
     assert latency_ms(tiny_bert, [[1, 2, 3]] * 4, warmup=1) > 0
 
 
+def test_accuracy_can_show_its_progress(tiny_bert, capsys):
+    batch = {"input_ids": torch.tensor([[1, 2], [3, 4]]), "attention_mask": torch.ones(2, 2, dtype=torch.long),
+             "labels": torch.tensor([0, 1])}
+    value = accuracy(tiny_bert, [batch, batch], progress="dev accuracy at step 7")
+    assert value == accuracy(tiny_bert, [batch, batch])
+    err = capsys.readouterr().err
+    assert "dev accuracy at step 7" in err
+
+
+def test_the_teacher_store_is_not_named_cache():
+    """Issue 14: ``demo/cache.py`` kept teacher models; the name is left to the teacher-output cache."""
+    import importlib.util
+
+    assert importlib.util.find_spec("distill_core.demo.cache") is None
+    assert importlib.util.find_spec("distill_core.demo.teacher_store") is not None
+
+
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("DISTILL_CACHE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert cache.cache_root() == tmp_path / ".cache" / "distill"
+    assert teacher_store.cache_root() == tmp_path / ".cache" / "distill"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache.cache_root() == tmp_path / "xdg" / "distill"
+    assert teacher_store.cache_root() == tmp_path / "xdg" / "distill"
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "own"))
-    assert cache.cache_root() == tmp_path / "own"
-    assert cache.cache_root(tmp_path / "flag") == tmp_path / "flag"
+    assert teacher_store.cache_root() == tmp_path / "own"
+    assert teacher_store.cache_root(tmp_path / "flag") == tmp_path / "flag"
 
 
 def test_teacher_key_changes_with_every_setting():
     base = dict(dataset="rt", train_size=4000, max_length=64, seed=0, steps=250, lr=5e-5, batch_size=32)
-    keys = {cache.teacher_key(**base)}
+    keys = {teacher_store.teacher_key(**base)}
     for name, other in [("dataset", "bbc"), ("train_size", 10), ("max_length", 32), ("seed", 1), ("steps", 9),
                         ("lr", 1e-4), ("batch_size", 8)]:
-        keys.add(cache.teacher_key(**{**base, name: other}))
+        keys.add(teacher_store.teacher_key(**{**base, name: other}))
     assert len(keys) == 8
-    assert cache.teacher_key(**base) == "rt-n4000-len64-seed0-steps250-lr5e-05-bs32-v1"
+    assert teacher_store.teacher_key(**base) == "rt-n4000-len64-seed0-steps250-lr5e-05-bs32-v1"
 
 
 def test_store_then_find_a_teacher(tmp_path, tiny_bert):
-    assert cache.cached_teacher(tmp_path, "k") is None
-    folder = cache.store_teacher(tmp_path, "k", tiny_bert, {"train_seconds": 1.0})
-    assert cache.cached_teacher(tmp_path, "k") == folder
+    assert teacher_store.cached_teacher(tmp_path, "k") is None
+    folder = teacher_store.store_teacher(tmp_path, "k", tiny_bert, {"train_seconds": 1.0})
+    assert teacher_store.cached_teacher(tmp_path, "k") == folder
     assert json.loads((folder / "info.json").read_text())["train_seconds"] == 1.0
     reloaded = transformers.BertForSequenceClassification.from_pretrained(folder)
     assert torch.equal(reloaded.classifier.weight, tiny_bert.classifier.weight)
     assert [p.name for p in (tmp_path / "teachers").iterdir()] == ["k"]  # no staging folder left behind
+    teacher_store.update_info(folder, {"train_seconds": 1.0, "dev_accuracy": {"2000": 0.75}})
+    assert json.loads((folder / "info.json").read_text())["dev_accuracy"] == {"2000": 0.75}
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
 
 
 def _rows(teacher, distilled, alone):

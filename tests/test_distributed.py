@@ -193,6 +193,26 @@ def test_teacher_cache_under_ddp_each_rank_caches_its_own_examples_once_and_chan
     assert_close(student_at(tmp_path / "plain"), student_at(tmp_path / "cached"), TOLERANCE)
 
 
+def test_every_distiller_runs_under_ddp_with_the_same_weights_on_every_rank(tmp_path) -> None:
+    out = tmp_path / "every"
+    out.mkdir()
+    done = torchrun(out, "--every-distiller")
+    assert "rank 0: every distiller finished" in done.stdout and "rank 1: every distiller finished" in done.stdout
+    ranks = [torch.load(out / f"weights-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    torch.manual_seed(0)
+    single = worker.run_every_distiller(tmp_path / "single", batch_size=8)
+    for name in ("basic", "multi_teacher", "multi_task"):
+        for key in ranks[0][name]:
+            assert torch.equal(ranks[0][name][key], ranks[1][name][key]), f"{name}: ranks differ at {key}"
+        # checkpoints come from rank 0 alone
+        assert sorted(p.name for p in (out / name).glob("gs*.pkl")) == [
+            f"gs{worker.STEPS_PER_EPOCH if name != 'multi_task' else 4}.pkl"
+        ]
+    for name in ("basic", "multi_teacher"):  # same examples per step as one process with the combined batch
+        gap = max((single[name][k].float() - ranks[0][name][k].float()).abs().max().item() for k in single[name])
+        assert gap <= TOLERANCE, f"{name}: {gap}"
+
+
 def test_resuming_with_another_world_size_is_refused_naming_both_sizes(ddp, tmp_path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(ddp.out, copy)

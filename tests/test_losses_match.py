@@ -69,7 +69,8 @@ def with_grad(features):
 
 
 def test_every_declared_match_loss_is_covered_here():
-    declared = {info.name for module in MODULES.values() for info in module.declare_components()}
+    infos = [info for module in MODULES.values() for info in module.declare_components()]
+    declared = {name for info in infos for name in (info.name, *info.aliases)}
     assert declared == set(MATCH_LOSSES)
 
 

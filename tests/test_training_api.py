@@ -129,3 +129,30 @@ def test_a_match_never_reads_another_teachers_outputs(tmp_path) -> None:
             num_epochs=1,
             output_hidden_states=True,
         )
+
+
+def test_early_stopping_flushes_the_partial_logging_interval(tmp_path) -> None:
+    teacher, student = tiny_bert(32, 2, 2, seed=0), tiny_bert(16, 2, 2, seed=1)
+    run = Distillation(
+        TrainingConfig(
+            output_dir=str(tmp_path / "out"),
+            log_dir=str(tmp_path / "logs"),
+            progress_bar=False,
+            eval_steps=1,
+            early_stopping_patience=2,
+        ),
+        DistillationConfig(),
+        teacher,
+        student,
+        quickstart_adaptor,
+        quickstart_adaptor,
+    )
+    metrics = iter([0.5, 0.4, 0.3])
+    state = run.train(
+        torch.optim.AdamW(student.parameters(), lr=1e-3),
+        dataloader=dict_batches(tiny_data(80), 8),
+        num_epochs=1,
+        callback=lambda model, step: next(metrics),
+    )
+    assert state.stopped_early and state.global_step == 3
+    assert [step for step, _ in read_scalars(tmp_path / "logs")["loss/total"]] == [3]

@@ -9,7 +9,8 @@ checks for them and prints the install command when one is missing.
 - :mod:`~distill_core.demo.models`: loading the MiniLM teacher, cutting students out of it.
 - :mod:`~distill_core.demo.pipeline`: fine-tuning and distillation through distill's public API.
 - :mod:`~distill_core.demo.measure`, :mod:`~distill_core.demo.report`: accuracy, latency, table, plot.
-- :mod:`~distill_core.demo.cache`: the fine-tuned-teacher cache.
+- :mod:`~distill_core.demo.teacher_store`: fine-tuned teachers kept between runs (whole models;
+  not the teacher-output cache of :mod:`distill_core.teacher_cache`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ latency per example, and save TensorBoard logs, a PNG plot and ``results.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from distill_core.demo.data import DEV_POOL, TRAIN_POOL
 DEFAULTS: dict[str, dict[str, Any]] = {
     "rt": {"train_size": 1000, "transfer_size": TRAIN_POOL["rt"], "dev_size": 2000, "max_length": 64, "batch_size": 32,
            "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 200, "student_lr": 2e-4,
-           "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
+           "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 100},
     "bbc": {"train_size": 800, "transfer_size": TRAIN_POOL["bbc"], "dev_size": 427, "max_length": 128, "batch_size": 16,
             "teacher_steps": 150, "teacher_lr": 1e-4, "student_steps": 150, "student_lr": 2e-4,
             "temperature": 2.0, "hidden_weight": 0.1, "eval_every": 50},
@@ -76,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
     output.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: the cores this process may use)")
+                        help="CPU threads for torch (default: the cores this process may use, less those other "
+                             "processes keep busy when the demo starts)")
     output.add_argument("--latency-examples", type=int, default=100,
                         help="dev examples timed one at a time for the latency column")
     output.add_argument("--check", action="store_true",
@@ -121,8 +121,13 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
         DistillationConfig(kd_loss_type=args.kd_loss)
     except ValidationError as exc:
         raise ValueError(f"--kd-loss: {exc.errors()[0]['msg']}") from None
+    args.threads_note = ""
     if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from distill_core.demo.cpus import default_threads
+
+        args.threads, args.threads_note = default_threads()
+    elif args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     return args
 
 

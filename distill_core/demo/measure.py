@@ -10,15 +10,32 @@ from torch import nn
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]) -> float:
-    """Return the fraction of examples whose argmax logit equals ``labels`` (the model is left in eval mode)."""
+def accuracy(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], *, progress: str | None = None) -> float:
+    """Return the fraction of examples whose argmax logit equals ``labels`` (the model is left in eval mode).
+
+    :param progress: show a progress bar with this description while evaluating (e.g.
+        ``"dev accuracy"``), so a long evaluation does not look like a frozen run; None: no bar.
+    """
     model.eval()
     correct = total = 0
-    for batch in loader:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
-        predictions = model(**inputs, output_hidden_states=False).logits.argmax(dim=-1)
-        correct += int((predictions == batch["labels"]).sum())
-        total += len(predictions)
+    bar = None
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        dataset = getattr(loader, "dataset", None)
+        bar = tqdm(total=len(dataset) if dataset is not None else None, desc=progress, unit="ex",
+                   leave=False, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
+            predictions = model(**inputs, output_hidden_states=False).logits.argmax(dim=-1)
+            correct += int((predictions == batch["labels"]).sum())
+            total += len(predictions)
+            if bar is not None:
+                bar.update(len(predictions))
+    finally:
+        if bar is not None:
+            bar.close()
     return correct / total if total else float("nan")
 
 

@@ -75,9 +75,11 @@ def _train_config(settings: TrainSettings) -> Any:
                           ckpt_steps=settings.steps, eval_steps=settings.eval_every, keep_last=1)
 
 
-def _dev_callback(dev_loader: Iterable[Any], curve: list[tuple[int, float]]) -> Callable[..., float]:
+def _dev_callback(dev_loader: Iterable[Any], curve: list[tuple[int, float]],
+                  progress: bool) -> Callable[..., float]:
     def evaluate(model: nn.Module, step: int) -> float:
-        value = accuracy(model, dev_loader)
+        # the training bar stands still while the dev set is evaluated: show that evaluation's own bar
+        value = accuracy(model, dev_loader, progress=f"dev accuracy at step {step}" if progress else None)
         curve.append((step, value))
         return value  # distill logs it as eval/metric and keeps the best student
 
@@ -93,7 +95,7 @@ def fine_tune(model: nn.Module, train_loader: Iterable[Any], dev_loader: Iterabl
     trainer = BasicTraining(train_config=_train_config(settings), model=model, adaptor=classification_adaptor)
     with trainer:
         trainer.train(_optimizer(model, settings), scheduler=linear_schedule(settings), dataloader=train_loader,
-                      num_steps=settings.steps, callback=_dev_callback(dev_loader, curve),
+                      num_steps=settings.steps, callback=_dev_callback(dev_loader, curve, settings.progress_bar),
                       max_grad_norm=settings.max_grad_norm)
     return curve
 
@@ -109,6 +111,6 @@ def distil(teacher: nn.Module, student: nn.Module, train_loader: Iterable[Any], 
                              adaptor_T=classification_adaptor, adaptor_S=classification_adaptor)
     with distiller:
         distiller.train(_optimizer(student, settings), scheduler=linear_schedule(settings), dataloader=train_loader,
-                        num_steps=settings.steps, callback=_dev_callback(dev_loader, curve),
+                        num_steps=settings.steps, callback=_dev_callback(dev_loader, curve, settings.progress_bar),
                         max_grad_norm=settings.max_grad_norm, output_hidden_states=True)
     return curve

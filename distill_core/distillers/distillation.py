@@ -410,6 +410,7 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
             terms.append(kd)
         if self.use_hard_label:
             terms.append(token_ce if token_ce is not None else hard_label_loss(results_S, "adaptor_S"))
+        as_bool: dict[int, torch.Tensor] = {}  # each mask converted once per micro-batch, not once per match
         for bound in self.matches:
             spec = bound.spec
             teacher_results = self._teacher_results(results_T, bound, task)
@@ -418,6 +419,11 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
             match_mask = feature_mask(results_S, spec.feature)  # the feature's own mask, else inputs_mask
             if match_mask is None:
                 match_mask = feature_mask(teacher_results, spec.feature)
+            if match_mask is not None and match_mask.dtype != torch.bool:
+                converted = as_bool.get(id(match_mask))
+                if converted is None:
+                    converted = as_bool[id(match_mask)] = match_mask != 0
+                match_mask = converted
             terms.append(bound.compute(feature_S, feature_T, match_mask, check))
         for bound in self.custom:
             feature_T = micro.captured[("teacher", bound.spec.module_T, self.match_teacher(bound.spec, task))]

@@ -346,7 +346,7 @@ def open_directory(location: str) -> Path:
         )
     root.mkdir(parents=True, exist_ok=True)
     if not marker.exists():
-        from distill_core.config import write_text_atomic
+        from distill_core.atomic import write_text_atomic
 
         write_text_atomic(marker, json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
     else:
@@ -370,7 +370,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    from distill_core.config import write_text_atomic
+    from distill_core.atomic import write_text_atomic
 
     write_text_atomic(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
 

@@ -1,4 +1,7 @@
-"""Where the demo keeps fine-tuned teachers between runs, and under which key.
+"""Where the demo (and the examples) keep fine-tuned teacher *models* between runs, and under which key.
+
+Not to be confused with the teacher-output cache (:mod:`distill_core.teacher_cache`, DESIGN §10),
+which stores a teacher's outputs for training; this module stores whole fine-tuned models.
 
 The cache folder is ``$DISTILL_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/distill``, else
 ``~/.cache/distill``. A teacher is stored under ``teachers/<key>/`` with ``save_pretrained`` files
@@ -64,3 +67,10 @@ def store_teacher(root: Path, key: str, model: Any, info: dict[str, Any]) -> Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def update_info(folder: Path, info: dict[str, Any]) -> None:
+    """Rewrite a stored teacher's ``info.json`` (atomically: the teacher stays complete if this is interrupted)."""
+    from distill_core.atomic import write_text_atomic
+
+    write_text_atomic(folder / "info.json", json.dumps(info, indent=2) + "\n")
