@@ -282,6 +282,22 @@ def test_a_top_k_cache_on_disk_holds_k_values_and_indices_per_token(tmp_path) ->
     assert info["tokens"] * 34 <= payload <= info["tokens"] * 34 + info["entries"] * (8 + 3 * 7)
 
 
+def test_dense_entries_serve_any_temperature_and_top_k_entries_only_their_own(tmp_path) -> None:
+    """Dense logits are stored raw: a cache built at T = 2 gives a T = 3 run exactly the uncached T = 3
+    losses. Top-k rows are the tempered softmax: at another temperature they are stale."""
+    cache = str(tmp_path / "dense")
+    lm_run(tmp_path / "build", cache, temperature=2.0)
+    reused, distiller = lm_run(tmp_path / "reuse", cache, temperature=3.0)
+    plain, _ = lm_run(tmp_path / "plain", None, temperature=3.0)
+    assert distiller.teacher_cache.last_summary["0"]["stored"] == 0  # every example read from the T = 2 build
+    for step, (expected, actual) in enumerate(zip(plain, reused)):
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7, msg=f"micro-batch {step}")
+    top_k = {"location": str(tmp_path / "topk"), "top_k": 8}
+    lm_run(tmp_path / "build-k", top_k, temperature=2.0)
+    with pytest.raises(DistillError, match=r"temperature: 2\.0 when built, 3\.0 now"):
+        lm_run(tmp_path / "reuse-k", top_k, temperature=3.0)
+
+
 def test_a_teacher_changed_by_one_weight_is_refused_or_rebuilt(tmp_path) -> None:
     cache = str(tmp_path / "cache")
     bert_run(tmp_path / "first", cache)

@@ -2,11 +2,12 @@
 
 ``DistillationConfig(teacher_cache=...)`` turns it on. The loop then gives every batch the dataset
 indices of its examples (:mod:`.keys`); the distiller looks each example up, runs the teachers only
-for the examples it misses, stores what the configured losses read (:mod:`.layout`, dense or top-k
-logits via :mod:`.topk`) in memory or in memory-mapped files (:mod:`.store`), and checks every
+for the examples it misses, stores what the configured losses read (:mod:`.layout` says what an
+entry holds, :mod:`.encoder` makes entries and rebuilds batches from them, :mod:`.topk` dense or
+top-k token logits) in memory or in memory-mapped files (:mod:`.store`), and checks every
 entry against a fingerprint of the teacher, the output selection and the example's content
 (:mod:`.fingerprint`). :mod:`.cache` ties these together; ``distill cache info DIR`` reads a cache
-directory without loading torch models (:mod:`.info`). The user-facing account is
+directory without loading any model (:mod:`.info`). The user-facing account is
 docs/teacher-cache.md.
 """
 

@@ -31,7 +31,8 @@ from distill_core.errors import DistillError
 from distill_core.teacher_cache import fingerprint as fp
 from distill_core.teacher_cache.config import TeacherCacheConfig
 from distill_core.teacher_cache.keys import KIND_INDEX, BatchExamples, ExampleKeys, describe_batch
-from distill_core.teacher_cache.layout import Encoder, Entry, Layout
+from distill_core.teacher_cache.encoder import Encoder
+from distill_core.teacher_cache.layout import Entry, Layout
 from distill_core.teacher_cache.store import (
     DiskStore,
     MemoryStore,
