@@ -129,9 +129,7 @@ class HandWritten:
         width = out_T.hidden_states[4].shape[-1]
         squared = (self.projection(out_S.hidden_states[2]) - out_T.hidden_states[4]).pow(2)
         hidden = (squared * mask.unsqueeze(-1)).sum() / (mask.sum() * width)
-        att_S, att_T = out_S.attentions[1], out_T.attentions[3]
-        att_S = torch.where(att_S <= -1e-3, torch.zeros_like(att_S), att_S)
-        att_T = torch.where(att_T <= -1e-3, torch.zeros_like(att_T), att_T)
+        att_S, att_T = out_S.attentions[1], out_T.attentions[3]  # with a mask, the mask alone decides
         pairs = (mask.unsqueeze(-1) * mask.unsqueeze(-2)).unsqueeze(1)
         attention = ((att_S - att_T).pow(2) * pairs).sum() / (att_S.shape[1] * mask.sum(1).pow(2).sum())
         (kd + hidden + attention).backward()
