@@ -111,6 +111,8 @@ class TeacherCacheSupport:
         """
         import torch
 
+        from distill_core.runtime.distributed import set_sampler_epoch
+
         if self.teacher_cache is None:
             raise DistillError(
                 "build_teacher_cache() needs DistillationConfig.teacher_cache (e.g. teacher_cache='cache_dir' or "
@@ -123,8 +125,6 @@ class TeacherCacheSupport:
         try:
             for task, (role, loader) in loaders.items():
                 keyed = KeyedLoader(self.runtime.shard_data(loader, role, 0), role)
-                from distill_core.runtime.distributed import set_sampler_epoch
-
                 set_sampler_epoch(keyed.loader, 0)
                 bar = self._build_bar(len(keyed), role)
                 for batch, ids in keyed:

@@ -161,10 +161,17 @@ class TeacherCache:
             return
         self.kind = kind
         runtime, config = self.runtime, self.config
-        root = open_directory(config.location) if config.on_disk and runtime.is_main else None
-        runtime.barrier()
-        if config.on_disk:
-            root = Path(config.location).expanduser()
+        root = Path(config.location).expanduser() if config.on_disk else None
+        if root is not None:
+            problem = None
+            if runtime.is_main:
+                try:
+                    open_directory(config.location)
+                except DistillError as exc:
+                    problem = str(exc)
+            problem = runtime.broadcast(problem)  # every rank raises, none waits at a barrier for rank 0
+            if problem is not None:
+                raise DistillError(problem)
         plans = {}
         for key, (model, adaptor, selection, call) in teachers.items():
             current = self._fingerprint(model, adaptor, selection, call)
@@ -321,7 +328,7 @@ class TeacherCache:
         """Hit rate since the last call and entries stored, for the logs (host counters: no sync)."""
         hits, misses = self._interval
         self._interval = [0, 0]
-        entries = sum(teacher.store.summary()["entries"] for teacher in self.teachers.values())
+        entries = sum(teacher.store.count() for teacher in self.teachers.values())
         result = {"teacher_cache/entries": float(entries)}
         if hits + misses:
             result["teacher_cache/hit_rate"] = hits / (hits + misses)

@@ -52,7 +52,7 @@ def _rebuild_hint(path: Path) -> str:
     return f"delete {path} (or the whole cache directory) to rebuild it, or point teacher_cache.location elsewhere"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     key: int
     offset: int
@@ -113,6 +113,9 @@ class MemoryStore:
 
     def put_many(self, items: list[tuple[int, Entry]]) -> None:
         self.entries.update(items)
+
+    def count(self) -> int:
+        return len(self.entries)
 
     def summary(self) -> dict[str, int]:
         return {
@@ -312,6 +315,10 @@ class DiskStore:
             self.own.records[record.key] = record
         self.own.index_end += len(records) * RECORD.size
         self._data_end = offset
+
+    def count(self) -> int:
+        """Entries this rank can read (records of every shard it reads; cheap, for the logs)."""
+        return len(self.own.records) + (sum(len(shard.records) for shard in self.others) if self.share else 0)
 
     def summary(self) -> dict[str, int]:
         shards = [self.own, *self.others] if self.share else [self.own]
