@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import torch
 
-from distill_core import Distillation, DistillationConfig, DistillError, TrainingConfig
+from distill_core import AdaptorError, Distillation, DistillationConfig, DistillError, TrainingConfig
 from distill_core import checkpoint as ckpt
+from distill_core.teacher_cache.store import read_records
 from tests import _resume_worker as worker
 from tests.test_no_sync import host_reads  # noqa: F401 (a fixture)
 from tests.tiny_lm import PAD, VOCAB, tiny_gpt2
@@ -149,8 +150,6 @@ def test_a_run_killed_while_building_the_cache_resumes_with_a_consistent_cache(t
             process.wait()
     assert process.returncode == -signal.SIGKILL
     assert [step for step, _ in ckpt.list_states(out)] == [2]
-    from distill_core.teacher_cache.store import read_records
-
     built = len(read_records(index)[0])
     assert 20 <= built < worker.EXAMPLES  # killed while the cache was being built
     done = subprocess.run(command[:-2] + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
@@ -573,3 +572,11 @@ def test_cache_hits_read_only_the_host_batch(tmp_path, host_reads) -> None:  # n
     epoch_2 = host_reads[marks[9] : marks[-1]]  # from the first batch of epoch 2 to the last one
     assert epoch_2, "the recorder saw nothing: the test would prove nothing"
     assert all("teacher_cache/keys.py" in read for read in epoch_2), epoch_2
+
+
+def test_a_feature_the_teacher_does_not_return_is_named_before_anything_is_stored(tmp_path) -> None:
+    match = dict(worker.MATCH, feature="attention", loss="attention_mse", proj=None, layer_S=1, layer_T=1)
+    distiller, optimizer, loader = worker.build(tmp_path / "out", teacher_cache=str(tmp_path / "cache"), match=match)
+    with pytest.raises(AdaptorError, match=r"needs 'attention' from the teacher's adaptor.*output_attentions=True"):
+        distiller.train(optimizer, None, loader, num_epochs=1, output_hidden_states=True)
+    assert all(not read_records(path)[0] for path in (tmp_path / "cache").rglob("rank-*.index"))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill_core.adaptors import as_list
+from distill_core.adaptors import as_list, select_layers
 from distill_core.errors import DistillError
 from distill_core.teacher_cache.keys import BatchExamples
 from distill_core.teacher_cache.layout import Entry, FieldSpec, Layout, dtype_name, dtype_named, pack_bits, unpack_bits
@@ -111,6 +111,8 @@ class Encoder:
                     )
                 paths += [("logits", index) for index in range(len(logits))]
         for feature, layers in selection.features:
+            # the message a match would give for a missing feature or layer, before anything is stored
+            select_layers(results, feature, list(layers), "the teacher's adaptor", f"the teacher cache ({feature!r})")
             paths += [(feature, layer) for layer in layers]
         if selection.masks:
             if results.get("inputs_mask") is not None:
