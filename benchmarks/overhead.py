@@ -284,7 +284,7 @@ def main() -> None:
         "max_weight_gap": max(gaps),
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result))
         return
     print(
         f"device {device}, {args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, batch "

@@ -282,7 +282,10 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         if task not in self._checked_tasks:
             for key, results in results_T.items():
                 check_adaptor_output(losses_for_check(results, self._role_T(key), False, ""), self._role_T(key))
-        teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
+        if self.teacher_cache is None and self.train_config.gradient_accumulation_steps == 1:
+            teacher = results_T  # used at once: nothing to trim (and no Python work per step)
+        else:
+            teacher = {key: self._needed(key, task, results) for key, results in results_T.items()}
         captured = {}
         for bound in self.custom:  # custom-match features of the teachers, taken before the next batch runs
             key = self.match_teacher(bound.spec, task)
@@ -433,9 +436,10 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
             self.capture.clear()
         if check:
             self._check_terms(terms)
-        total = terms[0] * weights[0]
-        for term, weight in zip(terms[1:], weights[1:]):
-            total = total + term * weight
+        total = None
+        for term, weight in zip(terms, weights):
+            weighted = term if weight == 1.0 else term * weight  # no op for the common weight 1
+            total = weighted if total is None else total + weighted
         if check:
             self._checked_tasks.add(task)
         return total, terms

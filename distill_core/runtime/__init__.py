@@ -34,11 +34,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Checkpointer", "Precision", "Runtime", "move_to_device"]
 
+_NO_CONTEXT = contextlib.nullcontext()
+
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in a (nested) batch to ``device``; other values pass through."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
         return {key: move_to_device(value, device) for key, value in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
@@ -217,12 +219,14 @@ class Runtime:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return self.precision.autocast()
 
-    @contextlib.contextmanager
-    def micro_batch(self, distiller: BaseDistiller, *, last: bool) -> Iterator[None]:
+    def micro_batch(self, distiller: BaseDistiller, *, last: bool) -> contextlib.AbstractContextManager[Any]:
         """Run one micro-batch's forward and backward; gradients are synchronised on the last one only."""
         if last or not self.distributed:
-            yield
-            return
+            return _NO_CONTEXT  # the common case costs no generator
+        return self._accumulating(distiller)
+
+    @contextlib.contextmanager
+    def _accumulating(self, distiller: BaseDistiller) -> Iterator[None]:
         if self._ddp:
             with distiller.model_S.no_sync():
                 yield

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: nullcontext keeps no state
 
 
 class Precision:
@@ -27,7 +28,7 @@ class Precision:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
