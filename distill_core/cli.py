@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON schema of the configs with the live registry's names")
     schema.set_defaults(func=_schema)
     # listed for `distill --help`; main() hands everything after "demo" to the demo's own parser
-    sub.add_parser("demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)")
+    sub.add_parser("demo", help="distil a real MiniLM teacher on real data, or with --task lm SmolLM2-135M into a "
+                   "small LM (see `distill demo --help`)")
     return parser
 
 
