@@ -23,7 +23,7 @@ from distill_core.demo.assets import BBC_NEWS, SMOLLM2, MissingDependencyError, 
 #: measured on 2 CPU cores (docs/demo.md): the defaults fit the 15-minute budget with room for a busy machine
 DEFAULTS: dict[str, Any] = {
     "steps": 40, "batch_size": 4, "block_size": 128, "eval_size": 32, "eval_every": 10, "student_layers": 6,
-    "lr": 5e-4, "kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.0,
+    "lr": 2e-3, "kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.5,
 }
 PROMPT = "The government said on Monday that"
 TEACHER_LAYERS = 30

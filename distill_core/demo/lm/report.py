@@ -86,7 +86,12 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
                 teacher_loss: float | None = None, title: str = "") -> Path:
     """Plot held-out loss (nats per token) against training steps, one line per run, and save a PNG.
 
-    :param curves: ``{label: [run, ...]}``, each run a list of ``(step, loss)``; runs of a label share a colour.
+    :param curves: ``{label: [run, ...]}``, each run a list of ``(step, loss)`` starting at step 0;
+        runs of a label share a colour.
+
+    The untrained student (step 0) scores far above everything after it (a copy of 6 of 30 layers
+    has a perplexity in the hundreds of thousands), so the axis is fitted to the trained points and
+    the step-0 loss is written in a corner instead of squashing the curves flat.
     """
     require_module("matplotlib", 'pip install "matplotlib>=3.7"', "the held-out loss plot")
     import matplotlib
@@ -96,19 +101,20 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
 
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-    highest = 0.0
+    trained = [value for runs in curves.values() for run in runs for step, value in run if step > 0]
+    initial = [value for runs in curves.values() for run in runs for step, value in run if step == 0]
     for colour, (label, runs) in zip(colours, curves.items()):
         for index, run in enumerate(runs):
-            steps = [step for step, _ in run]
-            values = [value for _, value in run]
-            highest = max([highest, *values[1:]])
-            axes.plot(steps, values, marker="o", markersize=3, color=colour, alpha=0.9,
-                      label=label if index == 0 else None)
+            axes.plot([step for step, _ in run], [value for _, value in run], marker="o", markersize=3, color=colour,
+                      alpha=0.9, label=label if index == 0 else None)
     if teacher_loss is not None:
         axes.axhline(teacher_loss, color="black", linestyle="--", linewidth=1, label="teacher")
-    if highest:  # the untrained student's loss (step 0) is far above the rest; keep the training visible
-        bottom = min(teacher_loss or highest, *(value for runs in curves.values() for run in runs for _, value in run))
-        axes.set_ylim(bottom - 0.2, highest + 0.5)
+    if trained:
+        low = min([*trained, *([] if teacher_loss is None else [teacher_loss])])
+        axes.set_ylim(low - 0.3, max(trained) + 0.6)
+    if initial:
+        axes.text(0.02, 0.5, f"step 0 (untrained student): {initial[0]:.2f}, off the scale", transform=axes.transAxes,
+                  fontsize=8, color="dimgrey")
     axes.set_xlabel("training step")
     axes.set_ylabel("held-out loss (nats / token)")
     axes.set_title(title)

@@ -52,14 +52,14 @@ def teacher_cache_settings(cache_folder: str | None) -> dict[str, Any]:
     return {}
 
 
-def _train_config(settings: TrainSettings) -> Any:
+def _train_config(settings: TrainSettings, precision: str) -> Any:
     from distill_core import TrainingConfig
 
     # one checkpoint, at the end (distill always writes it; the demo deletes it unless asked to keep it)
     return TrainingConfig(output_dir=str(settings.output_dir), log_dir=str(settings.log_dir), device="cpu",
                           log_steps=max(1, min(5, settings.eval_every)), progress_bar=settings.progress_bar,
                           ckpt_steps=settings.steps, eval_steps=settings.eval_every, keep_last=1,
-                          best_metric_mode="min")
+                          best_metric_mode="min", mixed_precision=precision)
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -83,18 +83,20 @@ def _held_out_callback(blocks: Sequence[Sequence[int]], reference: torch.Tensor 
 
 def distil(teacher: nn.Module, student: nn.Module, loader: Any, held_out: Sequence[Sequence[int]],
            settings: TrainSettings, distill_fields: dict[str, Any], *, label: str, say: Callable[[str], None],
-           reference: torch.Tensor | None = None, sampler: Any = None, tokenizer: Any = None) -> RunOutcome:
+           reference: torch.Tensor | None = None, sampler: Any = None, tokenizer: Any = None,
+           precision: str = "no") -> RunOutcome:
     """Distil ``teacher`` into ``student`` with token-level KD; return the held-out curve and timings.
 
     :param reference: the teacher's argmax predictions on ``held_out``, for the top-1 agreement.
     :param distill_fields: ``DistillationConfig`` fields (divergence, temperature, weights, cache).
     :param sampler: an :class:`~distill_core.on_policy.OnPolicySampler` for on-policy batches, or None.
+    :param precision: ``TrainingConfig.mixed_precision`` ("no" or "bf16").
     """
     from distill_core import Distillation, DistillationConfig
 
     outcome = RunOutcome()
     config = DistillationConfig(**distill_fields)
-    distiller = Distillation(train_config=_train_config(settings), distill_config=config, model_T=teacher,
+    distiller = Distillation(train_config=_train_config(settings, precision), distill_config=config, model_T=teacher,
                              model_S=student, adaptor_T=None, adaptor_S=None, tokenizer_T=tokenizer,
                              tokenizer_S=tokenizer)
     timer = ForwardTimer()
@@ -111,12 +113,13 @@ def distil(teacher: nn.Module, student: nn.Module, loader: Any, held_out: Sequen
 
 
 def train_alone(student: nn.Module, loader: Any, held_out: Sequence[Sequence[int]], settings: TrainSettings, *,
-                label: str, say: Callable[[str], None], reference: torch.Tensor | None = None) -> RunOutcome:
+                label: str, say: Callable[[str], None], reference: torch.Tensor | None = None,
+                precision: str = "no") -> RunOutcome:
     """Train ``student`` on its own next-token loss; return the held-out curve and timings."""
     from distill_core import BasicTraining
 
     outcome = RunOutcome()
-    trainer = BasicTraining(train_config=_train_config(settings), model=student, adaptor=None)
+    trainer = BasicTraining(train_config=_train_config(settings, precision), model=student, adaptor=None)
     started = time.perf_counter()
     with trainer:
         trainer.train(_optimizer(student, settings), scheduler=linear_schedule(settings), dataloader=loader,
