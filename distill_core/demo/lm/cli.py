@@ -23,7 +23,7 @@ from distill_core.demo.assets import BBC_NEWS, SMOLLM2, MissingDependencyError, 
 #: measured on 2 CPU cores (docs/demo.md): the defaults fit the 15-minute budget with room for a busy machine
 DEFAULTS: dict[str, Any] = {
     "steps": 40, "batch_size": 4, "block_size": 128, "eval_size": 32, "eval_every": 10, "student_layers": 6,
-    "lr": 2e-3, "kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.5,
+    "lr": 2e-3, "kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.5, "kd_chunk_size": 128,
 }
 PROMPT = "The government said on Monday that"
 TEACHER_LAYERS = 30
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--temperature", type=float, help="KD temperature")
     training.add_argument("--hard-label-weight", type=float,
                           help="weight of the distilled student's own next-token loss beside KD")
+    training.add_argument("--kd-chunk-size", type=int,
+                          help="positions per chunk of chunked token KD (peak memory grows with it)")
     training.add_argument("--on-policy", type=float, default=0.0, metavar="LAMBDA",
                           help="also train an on-policy (GKD) student per seed: with probability LAMBDA a batch's "
                                "second halves are replaced by the student's samples, scored by the teacher")
@@ -111,7 +113,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, name, value)
     if args.train_size is None:
         args.train_size = args.steps * args.batch_size
-    for name in ("steps", "batch_size", "train_size", "eval_size", "eval_every", "student_layers", "new_tokens"):
+    for name in ("steps", "batch_size", "train_size", "eval_size", "eval_every", "student_layers", "new_tokens",
+                 "kd_chunk_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.block_size < 4:
@@ -144,7 +147,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
 def distill_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The ``DistillationConfig`` of the distilled students, from the options (the cache is added by the runner)."""
     return {"kd_loss_type": args.kd_loss, "kd_loss_params": args.kd_params, "temperature": args.temperature,
-            "kd_loss_weight": 1.0, "hard_label_weight": args.hard_label_weight}
+            "kd_loss_weight": 1.0, "hard_label_weight": args.hard_label_weight,
+            "token_kd_chunk_size": args.kd_chunk_size}
 
 
 def check_requirements(args: argparse.Namespace) -> None:
