@@ -88,12 +88,18 @@ def _store(folder: Path, model: nn.Module, tokenizer: Any, info: dict[str, Any])
         raise
 
 
-def load_teacher(root: Path | None, say: Callable[[str], None]) -> tuple[nn.Module, Any, dict[str, Any]]:
+def load_teacher(root: Path | None, say: Callable[[str], None], *,
+                 progress: bool = True) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Return the float32 teacher (eval mode, no gradients), its tokenizer, and where it came from.
 
     :param root: the cache folder; None dequantises without reading or writing a cache.
+    :param progress: show transformers' progress bars (dequantising, loading, saving).
     """
     transformers = _transformers()
+    if progress:
+        transformers.utils.logging.enable_progress_bar()
+    else:
+        transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     folder = None if root is None else root / "teachers" / teacher_key()
     if folder is not None and (folder / "info.json").is_file():

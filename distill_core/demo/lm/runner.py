@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,66 @@ def _sampler(args: argparse.Namespace, student: torch.nn.Module, tokenizer: Any)
                            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
 
 
+@dataclass
+class Students:
+    """Everything the seeds' trainings produced: a row, curves and run records per kind, the last students."""
+
+    rows: dict[str, LMRow] = field(default_factory=dict)
+    curves: dict[str, list[list[tuple[int, float]]]] = field(default_factory=dict)
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+
+def _describe(args: argparse.Namespace, kind: str) -> str:
+    if kind == "alone":
+        return "next-token loss only"
+    text = f"KD {args.kd_loss} at temperature {args.temperature:g}"
+    if args.hard_label_weight:
+        text += f" + next-token loss x {args.hard_label_weight:g}"
+    return text + (f", on-policy with probability {args.on_policy:g}" if kind == "on-policy" else "")
+
+
+def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer: Any, train_blocks: list[list[int]],
+                   held_out: list[list[int]], teacher_argmax: torch.Tensor, layers: list[int],
+                   initial: HeldOut, distill_config: dict[str, Any]) -> Students:
+    """For each seed, train every kind of student from the same copy of the teacher's ``layers``."""
+    kinds = ["distilled", "alone"] + (["on-policy"] if args.on_policy > 0 else [])
+    done = Students(curves={KINDS[kind]: [] for kind in kinds}, runs={kind: [] for kind in kinds})
+    for seed in args.seeds:
+        for kind in kinds:
+            run_name = f"{kind}-seed{seed}"
+            student = make_student(teacher, layers)
+            torch.manual_seed(seed)
+            loader = block_loader(train_blocks, batch_size=args.batch_size, shuffle=True, seed=seed)
+            settings = _settings(args, run_name)
+            _say(f"[{run_name}] {KINDS[kind]}, {args.steps} steps, {_describe(args, kind)}")
+            if kind == "alone":
+                outcome = train_alone(student, loader, held_out, settings, label=run_name, say=_say,
+                                      reference=teacher_argmax)
+            else:
+                sampler = _sampler(args, student, tokenizer) if kind == "on-policy" else None
+                outcome = distil(teacher, student, loader, held_out, settings, distill_config, label=run_name,
+                                 say=_say, reference=teacher_argmax, sampler=sampler, tokenizer=tokenizer)
+            _drop_checkpoints(args, settings)
+            final = outcome.final  # distill evaluates at the last step: the trained student's scores
+            if final is None:
+                raise RuntimeError(f"{run_name}: the training ended without its final held-out evaluation")
+            row = done.rows.get(kind) or done.rows.setdefault(
+                kind, _row(f"{KINDS[kind]} ({args.student_layers} layers)", student))
+            row.perplexities.append(final.perplexity)
+            row.agreements.append(final.agreement or 0.0)
+            row.train_seconds.append(round(outcome.seconds, 1))
+            if kind != "alone":
+                row.teacher_seconds.append(round(outcome.teacher_seconds, 1))
+            done.curves[KINDS[kind]].append([(0, initial.loss), *outcome.curve])
+            done.runs[kind].append(_outcome_record(seed, outcome, final))
+            done.models[kind] = student
+            teacher_part = f", of which teacher forward {outcome.teacher_seconds:.0f} s" if kind != "alone" else ""
+            _say(f"[{run_name}] held-out perplexity {final.perplexity:,.1f}, top-1 agreement {final.agreement:.1%} "
+                 f"({outcome.seconds:.0f} s{teacher_part})")
+    return done
+
+
 def run_lm_demo(args: argparse.Namespace) -> bool:
     """Run the LM demo with resolved options; print the table; return whether distillation did its job."""
     started = time.perf_counter()
@@ -75,7 +136,7 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
          f"{args.threads} CPU thread(s), load average {load_at_start}")
     phases: dict[str, Any] = {}
     root = None if args.no_cache else cache.cache_root(args.cache_dir)
-    teacher, tokenizer, teacher_info = load_teacher(root, _say)
+    teacher, tokenizer, teacher_info = load_teacher(root, _say, progress=not args.no_progress)
     phases["teacher_load_s"] = teacher_info["load_seconds"]
     _say(f"[teacher] ready in {teacher_info['load_seconds']:.0f} s")
 
@@ -102,77 +163,37 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
     initial, _ = evaluate(make_student(teacher, layers), held_out, reference=teacher_argmax)
     _say(f"[students] {args.student_layers} layers, a copy of teacher layers {layers}: held-out perplexity "
          f"{initial.perplexity:,.0f} before training")
-
-    fields = {**distill_fields(args), **teacher_cache_settings(None if root is None else str(root / "teacher-outputs"))}
-    kinds = ["distilled", "alone"] + (["on-policy"] if args.on_policy > 0 else [])
-    rows: dict[str, LMRow] = {}
-    curves: dict[str, list[list[tuple[int, float]]]] = {KINDS[kind]: [] for kind in kinds}
-    outcomes: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-    students: dict[str, torch.nn.Module] = {}
-    for seed in args.seeds:
-        for kind in kinds:
-            run_name = f"{kind}-seed{seed}"
-            student = make_student(teacher, layers)
-            torch.manual_seed(seed)
-            loader = block_loader(train_blocks, batch_size=args.batch_size, shuffle=True, seed=seed)
-            settings = _settings(args, run_name)
-            _say(f"[{run_name}] {KINDS[kind]}, {args.steps} steps" + (
-                f", KD {args.kd_loss} at temperature {args.temperature:g}" if kind != "alone" else
-                ", next-token loss only"))
-            if kind == "alone":
-                outcome = train_alone(student, loader, held_out, settings, label=run_name, say=_say,
-                                      reference=teacher_argmax)
-            else:
-                sampler = _sampler(args, student, tokenizer) if kind == "on-policy" else None
-                outcome = distil(teacher, student, loader, held_out, settings, fields, label=run_name, say=_say,
-                                 reference=teacher_argmax, sampler=sampler, tokenizer=tokenizer)
-            _drop_checkpoints(args, settings)
-            final = outcome.final  # the evaluation at the last step
-            assert final is not None, "distill evaluates at the last step"
-
-            row = rows.get(kind)
-            if row is None:
-                row = rows[kind] = _row(f"{KINDS[kind]} ({args.student_layers} layers)", student)
-            row.perplexities.append(final.perplexity)
-            row.agreements.append(final.agreement or 0.0)
-            row.train_seconds.append(round(outcome.seconds, 1))
-            if kind != "alone":
-                row.teacher_seconds.append(round(outcome.teacher_seconds, 1))
-            curves[KINDS[kind]].append([(0, initial.loss), *outcome.curve])
-            outcomes[kind].append(_outcome_record(seed, outcome, final))
-            students[kind] = student
-            _say(f"[{run_name}] held-out perplexity {final.perplexity:,.1f}, top-1 agreement {final.agreement:.1%} "
-                 f"({outcome.seconds:.0f} s" + (f", of which teacher forward {outcome.teacher_seconds:.0f} s"
-                                                if kind != "alone" else "") + ")")
+    cache_fields = teacher_cache_settings(None if root is None else str(root / "teacher-outputs"))
+    students = train_students(args, teacher, tokenizer, train_blocks, held_out, teacher_argmax, layers, initial,
+                              {**distill_fields(args), **cache_fields})
 
     mark = time.perf_counter()
     _say(f"[latency] greedy continuation of {args.new_tokens} tokens per model, batch 1, {args.threads} thread(s), "
          f"3 interleaved rounds")
     stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    table_rows = [teacher_row, *(rows[kind] for kind in kinds)]
-    continuations = greedy_continuations([teacher, *(students[kind] for kind in kinds)], tokenizer, args.prompt,
+    table_rows = [teacher_row, *students.rows.values()]
+    continuations = greedy_continuations([teacher, *students.models.values()], tokenizer, args.prompt,
                                          new_tokens=args.new_tokens, stop_ids=stops)
     for row, continuation in zip(table_rows, continuations):
         row.ms_per_token, row.continuation = continuation.ms_per_token, continuation.text
     phases["latency_s"] = round(time.perf_counter() - mark, 1)
 
-    passed, lines = verdict(rows["distilled"], rows["alone"])
-    total_seconds = time.perf_counter() - started
+    passed, lines = verdict(students.rows["distilled"], students.rows["alone"])
     print()
     print(format_table(table_rows))
     print()
-    for line in lines:
-        print(line)
+    print("\n".join(lines))
     print()
     print(f"greedy continuations of {args.prompt!r}:")
     for row in table_rows:
         print(f"  {row.name}: {row.continuation!r}")
     outputs = [f"TensorBoard logs: tensorboard --logdir {args.output_dir / 'logs'}"]
     if not args.no_plot:
-        plot_path = plot_curves(curves, args.output_dir / "held_out_loss_vs_steps.png",
+        plot_path = plot_curves(students.curves, args.output_dir / "held_out_loss_vs_steps.png",
                                 teacher_loss=teacher_scores.loss,
                                 title=f"{TEACHER_NAME} -> {args.student_layers}-layer student: held-out loss")
         outputs.append(f"plot: {plot_path}")
+    total_seconds = time.perf_counter() - started
     phases["total_s"] = round(total_seconds, 1)
     results = {
         "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
@@ -180,11 +201,11 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
         "student_layers_from_teacher": layers,
         "initial_student": vars(initial),
         "rows": [vars(row) for row in table_rows],
-        "runs": outcomes,
-        "curves": curves,
+        "runs": students.runs,
+        "curves": students.curves,
         "phases": phases,
         "load_average": {"start": load_at_start, "end": _load()},
-        "teacher_cache": bool(teacher_cache_settings(None)),
+        "teacher_cache": bool(cache_fields),
         "passed": passed,
         "total_seconds": round(total_seconds, 1),
     }
