@@ -37,6 +37,7 @@ def test_task_is_split_off_before_each_demo_parses_its_options():
     assert split_task(["--steps", "5", "--task=lm"]) == ("lm", ["--steps", "5"])
     assert split_task(["--dataset", "bbc"]) == ("classify", ["--dataset", "bbc"])
     assert split_task(["--task", "classify", "--dataset", "bbc"]) == ("classify", ["--dataset", "bbc"])
+    assert split_task(["--", "--task", "lm"]) == ("lm", [])
     assert split_task(["--task", "xyz"]) == ("classify", ["--task", "xyz"])  # the parser rejects it with the choices
 
 

@@ -31,6 +31,8 @@ def split_task(argv: Sequence[str]) -> tuple[str, list[str]]:
     ('lm', ['--steps', '5'])
     """
     args = list(argv)
+    if args[:1] == ["--"]:  # `distill demo -- --task lm`: the separator is not ours
+        args = args[1:]
     for index, arg in enumerate(args):
         if arg == "--":
             break
