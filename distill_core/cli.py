@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--verify", action="store_true", help="also read every entry and check its checksum")
     info.set_defaults(func=_cache_info)
     # listed for `distill --help`; main() hands everything after "demo" to the demo's own parser
-    sub.add_parser("demo", help="distil a real MiniLM teacher on real data (see `distill demo --help`)")
+    sub.add_parser("demo", help="distil a real MiniLM teacher on real data, or with --task lm SmolLM2-135M into a "
+                   "small LM (see `distill demo --help`)")
     return parser
 
 

