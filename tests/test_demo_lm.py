@@ -193,7 +193,12 @@ def test_tiny_lm_demo_runs_end_to_end_on_smollm2_and_reuses_the_dequantised_teac
         assert row["perplexities"][0] > 1 and 0 <= row["agreements"][0] <= 1 and row["ms_per_token"] > 0
         assert row["continuation"].startswith("The government said on Monday that")
     assert [step for step, _ in results["curves"]["distilled student"][0]] == [0, 1, 2]
-    assert results["runs"]["distilled"][0]["teacher_calls"] == 2  # the teacher ran once per step (no cache yet)
+    # the top-64 teacher cache was built ahead: the distilled student never ran the teacher, the on-policy one
+    # (whose batches are sampled during training) ran it every step
+    cache = results["phases"]["cache"]
+    assert cache["entries"] == cache["stored_now"] == 4 and 256 <= cache["bytes_per_token"] < 300  # 64 x (2 + 2) bytes + mass + index
+    assert results["runs"]["distilled"][0]["teacher_calls"] == 0
+    assert results["runs"]["on-policy"][0]["teacher_calls"] == 2
     sampler = results["runs"]["on-policy"][0]["sampler"]
     assert sampler["sampled_batches"] == 2 and sampler["sampled_tokens"] > 0
     assert (tmp_path / "out" / "held_out_loss_vs_steps.png").read_bytes()[:4] == b"\x89PNG"
@@ -206,3 +211,6 @@ def test_tiny_lm_demo_runs_end_to_end_on_smollm2_and_reuses_the_dequantised_teac
     assert run_demo_cli(second) in (0, 1)
     out = capsys.readouterr().out
     assert "loading the dequantised SmolLM2-135M-Instruct from the cache" in out and "dequantising" not in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["phases"]["cache"]["stored_now"] == 0 and results["phases"]["cache"]["entries"] == 4
+    assert results["runs"]["distilled"][0]["teacher_calls"] == 0

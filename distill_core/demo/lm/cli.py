@@ -24,6 +24,7 @@ from distill_core.demo.assets import BBC_NEWS, SMOLLM2, MissingDependencyError, 
 DEFAULTS: dict[str, Any] = {
     "steps": 40, "batch_size": 4, "block_size": 128, "eval_size": 32, "eval_every": 10, "student_layers": 6,
     "lr": 2e-3, "kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.5, "kd_chunk_size": 128,
+    "cache_top_k": 64,
 }
 PROMPT = "The government said on Monday that"
 TEACHER_LAYERS = 30
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="weight of the distilled student's own next-token loss beside KD")
     training.add_argument("--kd-chunk-size", type=int,
                           help="positions per chunk of chunked token KD (peak memory grows with it)")
+    training.add_argument("--cache-top-k", type=int, metavar="K",
+                          help="the teacher-output cache keeps the K largest log-probabilities per position "
+                               "(0: all 49,152 logits, 98 KB per token)")
+    training.add_argument("--no-teacher-cache", action="store_true",
+                          help="run the teacher in every distilled student's training instead of once, ahead of them")
     training.add_argument("--on-policy", type=float, default=0.0, metavar="LAMBDA",
                           help="also train an on-policy (GKD) student per seed: with probability LAMBDA a batch's "
                                "second halves are replaced by the student's samples, scored by the teacher")
@@ -86,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output-dir", type=Path, default=Path("distill-demo-lm"),
                         help="TensorBoard logs, the plot and results.json go here")
     output.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the dequantised teacher is kept (default: $DISTILL_CACHE_DIR, "
+                        help="where the dequantised teacher and its output cache are kept (default: $DISTILL_CACHE_DIR, "
                              "$XDG_CACHE_HOME/distill or ~/.cache/distill)")
-    output.add_argument("--no-cache", action="store_true", help="dequantise the teacher again and store nothing")
+    output.add_argument("--no-cache", action="store_true", help="dequantise the teacher again and keep nothing between runs (the teacher-output cache goes "
+                                                               "under OUTPUT_DIR)")
     output.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each run's final checkpoint under OUTPUT_DIR/runs (about 400 MB per run)")
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")
@@ -117,6 +124,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
                  "kd_chunk_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.cache_top_k < 0:
+        raise ValueError(f"--cache-top-k must be >= 0 (0: dense logits), got {args.cache_top_k}")
     if args.block_size < 4:
         raise ValueError(f"--block-size must be at least 4, got {args.block_size}")
     if args.student_layers > TEACHER_LAYERS:

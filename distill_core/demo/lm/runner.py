@@ -20,7 +20,7 @@ from distill_core.demo.lm.data import block_loader, lm_splits
 from distill_core.demo.lm.measure import HeldOut, evaluate, greedy_continuations
 from distill_core.demo.lm.models import TEACHER_NAME, count_parameters, load_teacher, make_student, spread_layers
 from distill_core.demo.lm.report import LMRow, format_table, plot_curves, verdict
-from distill_core.demo.lm.train import RunOutcome, distil, teacher_cache_settings, train_alone
+from distill_core.demo.lm.train import RunOutcome, build_cache, distil, teacher_cache_settings, train_alone
 from distill_core.demo.models import set_threads
 from distill_core.demo.pipeline import TrainSettings
 
@@ -104,7 +104,10 @@ def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer
                                       reference=teacher_argmax)
             else:
                 sampler = _sampler(args, student, tokenizer) if kind == "on-policy" else None
-                outcome = distil(teacher, student, loader, held_out, settings, distill_config, label=run_name,
+                # on-policy batches are sampled during training: no stored output can stand in for the teacher
+                fields = distill_config if kind == "distilled" else {
+                    name: value for name, value in distill_config.items() if name != "teacher_cache"}
+                outcome = distil(teacher, student, loader, held_out, settings, fields, label=run_name,
                                  say=_say, reference=teacher_argmax, sampler=sampler, tokenizer=tokenizer)
             _drop_checkpoints(args, settings)
             final = outcome.final  # distill evaluates at the last step: the trained student's scores
@@ -120,7 +123,9 @@ def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer
             done.curves[KINDS[kind]].append([(0, initial.loss), *outcome.curve])
             done.runs[kind].append(_outcome_record(seed, outcome, final))
             done.models[kind] = student
-            teacher_part = f", of which teacher forward {outcome.teacher_seconds:.0f} s" if kind != "alone" else ""
+            teacher_part = ""
+            if kind != "alone":
+                teacher_part = f", of which teacher forward {outcome.teacher_seconds:.0f} s ({outcome.teacher_calls} calls)"
             _say(f"[{run_name}] held-out perplexity {final.perplexity:,.1f}, top-1 agreement {final.agreement:.1%} "
                  f"({outcome.seconds:.0f} s{teacher_part})")
     return done
@@ -163,7 +168,22 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
     initial, _ = evaluate(make_student(teacher, layers), held_out, reference=teacher_argmax)
     _say(f"[students] {args.student_layers} layers, a copy of teacher layers {layers}: held-out perplexity "
          f"{initial.perplexity:,.0f} before training")
-    cache_fields = teacher_cache_settings(None if root is None else str(root / "teacher-outputs"))
+    cache_fields: dict[str, Any] = {}
+    if not args.no_teacher_cache:
+        folder = (root if root is not None else args.output_dir) / "teacher-outputs"
+        cache_fields = teacher_cache_settings(str(folder), args.cache_top_k)
+        what = f"top-{args.cache_top_k} log-probabilities" if args.cache_top_k else "dense logits"
+        _say(f"[teacher cache] {what} of the teacher on the {len(train_blocks)} training blocks, in {folder}")
+        build = build_cache(teacher, make_student(teacher, layers),
+                            block_loader(train_blocks, batch_size=args.batch_size, shuffle=False),
+                            {**distill_fields(args), **cache_fields}, _settings(args, "teacher-cache"),
+                            tokenizer=tokenizer)
+        phases["cache_build_s"] = round(build.seconds, 1)
+        phases["cache"] = {"entries": build.entries, "stored_now": build.stored,
+                           "bytes_per_token": build.bytes_per_token, "folder": str(folder)}
+        reused = f", {build.entries - build.stored} already stored by an earlier run" if build.entries > build.stored else ""
+        _say(f"[teacher cache] {build.entries} blocks, {build.bytes_per_token} bytes per token{reused} "
+             f"({build.seconds:.0f} s); the distilled students read it instead of running the teacher")
     students = train_students(args, teacher, tokenizer, train_blocks, held_out, teacher_argmax, layers, initial,
                               {**distill_fields(args), **cache_fields})
 

@@ -4,6 +4,7 @@
   are causal LMs, so distill picks the automatic causal-LM adaptor and chunked token KD (hidden
   states x head, a chunk of positions at a time; the (tokens, 49,152) logits never exist at once).
   Optionally with an :class:`~distill_core.on_policy.OnPolicySampler` as ``batch_postprocessor``.
+- :func:`build_cache`: the top-k teacher-output cache, filled once before the students train.
 - :func:`train_alone`: :class:`~distill_core.BasicTraining` on the model's own next-token loss,
   same blocks, steps, batch size, learning rate and schedule.
 
@@ -38,18 +39,50 @@ class RunOutcome:
     final: HeldOut | None = None  # the last evaluation: the trained student's scores
 
 
-def teacher_cache_settings(cache_folder: str | None) -> dict[str, Any]:
+def teacher_cache_settings(cache_folder: str | None, top_k: int) -> dict[str, Any]:
     """Return the ``DistillationConfig`` fields that make the teacher run once per example.
 
-    This is where the teacher-output cache (DESIGN §10) switches on, once ``DistillationConfig``
-    has its field: ``{"teacher_cache": {"location": cache_folder, "top_k": 64}}``, with the
-    blocks' dataset indices as keys. The demo trains every seed on the same blocks (one epoch), so
-    the first distilled run builds the cache and every later run, and every later invocation,
-    reads it. Until the field exists the teacher runs live in each distilled run, and
-    :class:`~distill_core.demo.lm.measure.ForwardTimer` reports what that costs.
+    The top-k teacher-output cache (DESIGN §10, docs/teacher-cache.md) in ``cache_folder``, keyed by
+    the blocks' dataset indices: :func:`build_cache` fills it before the students train, and every
+    distilled student (every seed; every later invocation on the same blocks) reads it instead of
+    running the teacher. ``top_k=0`` stores the dense logits. A cache built for other blocks, another
+    temperature or another teacher is rebuilt (``on_stale="rebuild"``). ``cache_folder=None``: no
+    cache, the teacher runs in every distilled training.
     """
-    del cache_folder  # used once the field exists
-    return {}
+    if cache_folder is None:
+        return {}
+    return {"teacher_cache": {"location": cache_folder, "top_k": top_k or None, "on_stale": "rebuild"}}
+
+
+@dataclass
+class CacheBuild:
+    """What :func:`build_cache` did: seconds, entries stored now and before, bytes per token on disk."""
+
+    seconds: float
+    stored: int
+    entries: int
+    bytes_per_token: float | None
+
+
+def build_cache(teacher: nn.Module, student: nn.Module, loader: Any, distill_fields: dict[str, Any],
+                settings: TrainSettings, *, tokenizer: Any = None) -> CacheBuild:
+    """Run the teacher once over ``loader`` and store its outputs, before any student trains.
+
+    ``student`` only has to exist for the distiller (no step is taken); examples already in the
+    cache are skipped, so a later invocation on the same blocks finishes at once.
+    """
+    from distill_core import Distillation, DistillationConfig
+
+    distiller = Distillation(train_config=_train_config(settings, "no"), distill_config=DistillationConfig(**distill_fields),
+                             model_T=teacher, model_S=student, adaptor_T=None, adaptor_S=None, tokenizer_T=tokenizer,
+                             tokenizer_S=tokenizer)
+    started = time.perf_counter()
+    summary = distiller.build_teacher_cache(loader)
+    seconds = time.perf_counter() - started
+    (record,) = summary.values()  # one teacher
+    rows = record["rows"]  # the token positions whose teacher distribution is stored
+    return CacheBuild(seconds=seconds, stored=record["stored"], entries=record["entries"],
+                      bytes_per_token=round(record["bytes"] / rows, 1) if rows else None)
 
 
 def _train_config(settings: TrainSettings, precision: str) -> Any:
