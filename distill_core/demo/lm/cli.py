@@ -92,10 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output-dir", type=Path, default=Path("distill-demo-lm"),
                         help="TensorBoard logs, the plot and results.json go here")
     output.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the dequantised teacher and its output cache are kept (default: $DISTILL_CACHE_DIR, "
+                        help="where the dequantised teacher and its output cache are kept "
+                             "(default: $DISTILL_CACHE_DIR, "
                              "$XDG_CACHE_HOME/distill or ~/.cache/distill)")
-    output.add_argument("--no-cache", action="store_true", help="dequantise the teacher again and keep nothing between runs (the teacher-output cache goes "
-                                                               "under OUTPUT_DIR)")
+    output.add_argument("--no-cache", action="store_true",
+                        help="dequantise the teacher again and keep nothing between runs (the teacher-output cache "
+                             "goes under OUTPUT_DIR)")
     output.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each run's final checkpoint under OUTPUT_DIR/runs (about 400 MB per run)")
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")

@@ -125,7 +125,8 @@ def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer
             done.models[kind] = student
             teacher_part = ""
             if kind != "alone":
-                teacher_part = f", of which teacher forward {outcome.teacher_seconds:.0f} s ({outcome.teacher_calls} calls)"
+                teacher_part = (f", of which teacher forward {outcome.teacher_seconds:.0f} s "
+                                f"({outcome.teacher_calls} calls)")
             _say(f"[{run_name}] held-out perplexity {final.perplexity:,.1f}, top-1 agreement {final.agreement:.1%} "
                  f"({outcome.seconds:.0f} s{teacher_part})")
     return done
@@ -181,7 +182,8 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
         phases["cache_build_s"] = round(build.seconds, 1)
         phases["cache"] = {"entries": build.entries, "stored_now": build.stored,
                            "bytes_per_token": build.bytes_per_token, "folder": str(folder)}
-        reused = f", {build.entries - build.stored} already stored by an earlier run" if build.entries > build.stored else ""
+        earlier = build.entries - build.stored
+        reused = f", {earlier} already stored by an earlier run" if earlier else ""
         _say(f"[teacher cache] {build.entries} blocks, {build.bytes_per_token} bytes per token{reused} "
              f"({build.seconds:.0f} s); the distilled students read it instead of running the teacher")
     students = train_students(args, teacher, tokenizer, train_blocks, held_out, teacher_argmax, layers, initial,

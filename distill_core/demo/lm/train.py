@@ -73,8 +73,9 @@ def build_cache(teacher: nn.Module, student: nn.Module, loader: Any, distill_fie
     """
     from distill_core import Distillation, DistillationConfig
 
-    distiller = Distillation(train_config=_train_config(settings, "no"), distill_config=DistillationConfig(**distill_fields),
-                             model_T=teacher, model_S=student, adaptor_T=None, adaptor_S=None, tokenizer_T=tokenizer,
+    config = DistillationConfig(**distill_fields)
+    distiller = Distillation(train_config=_train_config(settings, "no"), distill_config=config, model_T=teacher,
+                             model_S=student, adaptor_T=None, adaptor_S=None, tokenizer_T=tokenizer,
                              tokenizer_S=tokenizer)
     started = time.perf_counter()
     summary = distiller.build_teacher_cache(loader)
