@@ -6,7 +6,7 @@ Top-k, at temperature T (the config's; a temperature scheduler is refused with t
   over all V entries), their indices j, and the remaining mass ``m = Σ_{j ∉ top-k} p_j``;
 - read back as logits ``z̃ = T · log p̃``, so that the loss plugin's own ``softmax(z̃ / T)`` is
   ``p̃``: the stored probabilities on the top k and, on the other V − k entries, ``m / (V − k)``
-  each (``missing_mass="spread"``) or 0 (``"zero"``: the top k renormalised by the softmax).
+  each (``missing_mass="spread"``) or 0 (``"zero"``, the default: the top k renormalised by the softmax).
 
 A plugin therefore sees ordinary logits and needs no special case. Entries without mass get
 ``log p̃ = -10,000`` rather than ``-inf``: probability exactly 0 in float32, and no ``0 · -inf`` NaN in
@@ -83,7 +83,7 @@ class TeacherRows:
         rows: Tensor | None = None,
         top_k: tuple[Tensor, Tensor, Tensor] | None = None,
         temperature: float = 1.0,
-        missing_mass: str = "spread",
+        missing_mass: str = "zero",
     ) -> None:
         self.mask = mask
         self.flat_positions = positions

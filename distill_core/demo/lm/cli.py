@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--cache-top-k", type=int, metavar="K",
                           help="the teacher-output cache keeps the K largest log-probabilities per position "
                                "(0: all 49,152 logits, 98 KB per token)")
+    training.add_argument("--cache-missing-mass", choices=["spread", "zero"], default="zero",
+                          help="top-k cache: the teacher's probability outside the top K dropped and the top K "
+                               "renormalised, or spread evenly over the other tokens (docs/teacher-cache.md)")
     training.add_argument("--no-teacher-cache", action="store_true",
                           help="run the teacher in every distilled student's training instead of once, ahead of them")
     training.add_argument("--on-policy", type=float, default=0.0, metavar="LAMBDA",

@@ -172,7 +172,7 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
     cache_fields: dict[str, Any] = {}
     if not args.no_teacher_cache:
         folder = (root if root is not None else args.output_dir) / "teacher-outputs"
-        cache_fields = teacher_cache_settings(str(folder), args.cache_top_k)
+        cache_fields = teacher_cache_settings(str(folder), args.cache_top_k, args.cache_missing_mass)
         what = f"top-{args.cache_top_k} log-probabilities" if args.cache_top_k else "dense logits"
         _say(f"[teacher cache] {what} of the teacher on the {len(train_blocks)} training blocks, in {folder}")
         build = build_cache(teacher, make_student(teacher, layers),

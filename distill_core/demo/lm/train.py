@@ -39,7 +39,7 @@ class RunOutcome:
     final: HeldOut | None = None  # the last evaluation: the trained student's scores
 
 
-def teacher_cache_settings(cache_folder: str | None, top_k: int) -> dict[str, Any]:
+def teacher_cache_settings(cache_folder: str | None, top_k: int, missing_mass: str = "spread") -> dict[str, Any]:
     """Return the ``DistillationConfig`` fields that make the teacher run once per example.
 
     The top-k teacher-output cache (DESIGN §10, docs/teacher-cache.md) in ``cache_folder``, keyed by
@@ -51,7 +51,8 @@ def teacher_cache_settings(cache_folder: str | None, top_k: int) -> dict[str, An
     """
     if cache_folder is None:
         return {}
-    return {"teacher_cache": {"location": cache_folder, "top_k": top_k or None, "on_stale": "rebuild"}}
+    return {"teacher_cache": {"location": cache_folder, "top_k": top_k or None, "missing_mass": missing_mass,
+                              "on_stale": "rebuild"}}
 
 
 @dataclass
