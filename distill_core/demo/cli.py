@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distill_core.demo.assets import TEACHER_MODEL, MissingDependencyError, offline_hub, require_module
+from distill_core.demo.assets import TEACHER_MODEL, offline_hub, require_module
+from distill_core.demo.command import run_command
 from distill_core.demo.data import DEV_POOL, TRAIN_POOL
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
@@ -147,25 +148,18 @@ def check_requirements(args: argparse.Namespace) -> None:
 
 def run_demo_cli(argv: Sequence[str] | None = None) -> int:
     """Run ``distill demo`` with command-line arguments ``argv``; return the exit status."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `distill demo -- --help`: the separator is not ours
         argv = argv[1:]
-    args = parser.parse_args(argv)
-    try:
+
+    def prepare(args: argparse.Namespace) -> None:
         resolve_options(args)
         check_requirements(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    except MissingDependencyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    offline_hub()
-    from distill_core.demo.runner import run_demo
+        offline_hub()
 
-    try:
-        passed = run_demo(args)
-    except MissingDependencyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 1 if args.check and not passed else 0
+    def run(args: argparse.Namespace) -> bool:
+        from distill_core.demo.runner import run_demo
+
+        return run_demo(args)
+
+    return run_command(build_parser(), argv, prepare=prepare, run=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from distill_core.demo.assets import require_module
 from distill_core.demo.measure import describe, mean
@@ -75,15 +76,8 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
     :param curves: ``{label: [run, ...]}``, each run a list of ``(step, accuracy)``; runs of one label
         share a colour.
     """
-    require_module("matplotlib", MATPLOTLIB_INSTALL, "the accuracy plot")
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-    for colour, (label, runs) in zip(colours, curves.items()):
+    figure, axes = new_figure("the accuracy plot")
+    for colour, (label, runs) in zip(COLOURS, curves.items()):
         for index, run in enumerate(runs):
             steps = [step for step, _ in run]
             values = [value * 100 for _, value in run]
@@ -92,11 +86,33 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
     if teacher_accuracy is not None:
         axes.axhline(teacher_accuracy * 100, color="black", linestyle="--", linewidth=1, label="teacher")
         axes.axhline(teacher_accuracy * 95, color="grey", linestyle=":", linewidth=1, label="95% of teacher")
+    return save_figure(figure, axes, path, ylabel="dev accuracy (%)", title=title, legend="lower right")
+
+
+#: one colour per kind of run (runs of a kind share it)
+COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+
+
+def new_figure(what: str) -> tuple[Any, Any]:
+    """A figure and axes of the demos' size, with matplotlib's file-only backend (``what``: for the error)."""
+    require_module("matplotlib", MATPLOTLIB_INSTALL, what)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.2), dpi=110)
+
+
+def save_figure(figure: Any, axes: Any, path: Path, *, ylabel: str, title: str, legend: str) -> Path:
+    """Label the step axis, add title, grid and legend, write the PNG to ``path`` and close the figure."""
+    import matplotlib.pyplot as plt
+
     axes.set_xlabel("training step")
-    axes.set_ylabel("dev accuracy (%)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc=legend)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -45,8 +45,8 @@ def _settings(args: argparse.Namespace, name: str, *, steps: int, lr: float, eva
                          progress_bar=not args.no_progress)
 
 
-def _drop_checkpoints(args: argparse.Namespace, settings: TrainSettings) -> None:
-    """The demo needs no checkpoint once a run is over; they are large, so remove them unless asked."""
+def drop_checkpoints(args: argparse.Namespace, settings: TrainSettings) -> None:
+    """The demos need no checkpoint once a run is over; they are large, so remove them unless asked."""
     if not args.keep_checkpoints:
         shutil.rmtree(settings.output_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -93,7 +93,7 @@ def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
     curve = fine_tune(teacher, make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.teacher_seed),
                       dev_loader, settings)
     dev_accuracy = curve[-1][1]  # the callback's evaluation of the final teacher
-    _drop_checkpoints(args, settings)
+    drop_checkpoints(args, settings)
     seconds = time.perf_counter() - start
     info = {"key": key, "train_seconds": round(seconds, 1), "source": str(TEACHER_SOURCE),
             "dev_accuracy": {dev_key: dev_accuracy}}
@@ -163,7 +163,7 @@ def run_demo(args: argparse.Namespace) -> bool:
             else:
                 curve = fine_tune(student, loader, dev_loader, settings)
             elapsed = time.perf_counter() - start
-            _drop_checkpoints(args, settings)
+            drop_checkpoints(args, settings)
             curves[label].append([(0, initial_accuracy), *curve])
             row = distilled_row if label == "distilled student" else alone_row
             if row is None:

