@@ -137,6 +137,44 @@ def test_fsdp2_sharded_model_ends_equal_to_the_ddp_run(ddp, tmp_path, sharded) -
     assert all(isinstance(value, torch.Tensor) for value in saved["student"].values())  # full tensors, no DTensor
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (read from /proc: torchrun starts its workers in new sessions,
+    so killing the launcher's process group alone would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the parenthesised command name
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the launcher and all its workers at once, as a node failure would."""
+    for pid in _process_tree(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=60)
+
+
 def test_sigkill_of_the_group_after_its_second_checkpoint_then_resume_equals_the_uninterrupted_run(
     ddp, tmp_path
 ) -> None:
@@ -147,7 +185,6 @@ def test_sigkill_of_the_group_after_its_second_checkpoint_then_resume_equals_the
         stdout=log,
         stderr=subprocess.STDOUT,
         env=_env(),
-        start_new_session=True,  # its own process group: the launcher and both ranks die together
     )
     try:
         deadline = time.monotonic() + 300
@@ -157,13 +194,16 @@ def test_sigkill_of_the_group_after_its_second_checkpoint_then_resume_equals_the
             if time.monotonic() > deadline:
                 pytest.fail("the group did not reach its second checkpoint in time")
             time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
+        survivors = _process_tree(process.pid)
+        _kill_tree(process)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _kill_tree(process)
         log.close()
+    assert len(survivors) >= 3  # the launcher and both ranks were running, and were killed
+    time.sleep(0.5)
+    alive = [pid for pid in survivors if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert not alive, f"processes {alive} outlived the SIGKILL"
     assert [step for step, _ in ckpt.list_states(out)] == [2, 4]
     assert ckpt.read_evaluation(ckpt.state_path(out, 4)) is None  # killed during the callback of step 4
     done = torchrun(out, "--workload", "bert", "--resume")
