@@ -371,7 +371,14 @@ class TrainingLoop:
                 if keys is None:
                     micro.append(distiller.prepare(runtime.to_device(host), task, self.model_args))
                     continue
-                examples = keys if postprocess is None else replace(keys, host_batch=host)
+                if postprocess is None:
+                    examples = keys
+                elif host is not batch and getattr(postprocess, "makes_new_examples", False):
+                    from distill_core.teacher_cache.keys import KIND_GENERATED
+
+                    examples = replace(keys, ids=(), kind=KIND_GENERATED, host_batch=host)
+                else:  # the same examples, transformed: the cache checks their content as the batch now is
+                    examples = replace(keys, host_batch=host)
                 micro.append(distiller.prepare(runtime.to_device(host), task, self.model_args, examples))
         tokens = distiller.step_tokens(micro)
         if tokens is not None:

@@ -18,8 +18,9 @@ prompt was padded). Its ``labels`` are -100 on the prompt and after the first en
 token, and ``attention_mask`` is 0 after it, so the automatic causal-LM adaptor keeps exactly the
 sampled tokens (the end-of-sequence token included: stopping is part of what the student learns).
 Every other key of the incoming batch is dropped on purpose: an on-policy batch is no dataset
-example, so nothing that ties a batch to stored examples (such as the example indices a teacher
-cache looks up) may survive into it; the teacher must run on it.
+example. The sampler says so to the loop (``makes_new_examples = True``): with a teacher-output
+cache, a sampled batch is neither looked up nor stored (the teachers run on it), while the batches
+the coin leaves alone are served by the cache as usual.
 
 The coin and the sampling draw from torch's global generator, which distill's checkpoints save
 and restore, so a resumed run draws what the uninterrupted run would have.
@@ -82,6 +83,10 @@ class OnPolicySampler:
     :param pad_token_id: fills prompts shorter than ``prompt_length`` and rows after their end; None:
         the model's ``generation_config.pad_token_id``, else the first EOS id.
     """
+
+    #: a batch this returns in place of the one it got is no dataset example: distill's loop runs the
+    #: teachers on it instead of the teacher cache (any batch_postprocessor may declare this)
+    makes_new_examples = True
 
     def __init__(
         self,

@@ -149,3 +149,50 @@ def test_in_the_loop_the_teacher_scores_the_sampled_batch_on_the_sampled_positio
     logged = read_scalars(tmp_path / "logs")["loss/kd"][0][1]
     assert logged == pytest.approx(float(rows[keep].mean()), rel=1e-5)
     assert abs(float(rows.mean()) - logged) > 1e-3  # counting the prompt would give another value
+
+
+def test_with_a_teacher_cache_sampled_batches_run_the_teacher_and_the_others_read_the_cache(tmp_path):
+    """A sampled batch is no dataset example: it must neither be stored under the loader's index (the next
+    epoch would find another example there: a stale-cache error) nor be served from the cache."""
+    teacher, student = tiny_llama(seed=0), tiny_llama(width=16, seed=1)
+    calls: list[torch.Tensor] = []
+    teacher.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"]),
+                                      with_kwargs=True)
+    data = [{"input_ids": row, "attention_mask": torch.ones_like(row)}
+            for row in torch.randint(3, VOCAB, (8, 8), generator=torch.Generator().manual_seed(5))]
+    loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=True)
+    sampler = OnPolicySampler(student, probability=0.5, prompt_length=3, max_new_tokens=4, eos_token_id=EOS,
+                              pad_token_id=PAD)
+    coins: list[bool] = []
+
+    def record(batch):
+        out = sampler(batch)
+        coins.append(out is not batch)
+        return out
+
+    record.makes_new_examples = True  # a wrapper around the sampler declares what the sampler does
+    torch.manual_seed(0)
+    run = Distillation(TrainingConfig(output_dir=str(tmp_path / "out"), progress_bar=False),
+                       DistillationConfig(kd_loss_type="kl", temperature=1.0,
+                                          teacher_cache={"location": str(tmp_path / "cache"), "top_k": 8,
+                                                         "on_stale": "error"}),
+                       teacher, student, None, None)
+    run.train(torch.optim.SGD(student.parameters(), lr=1e-3), dataloader=loader, num_epochs=3,
+              batch_postprocessor=record)
+    # 3 epochs under on_stale="error": nothing sampled was ever stored under a dataset index
+    assert any(coins[4:]) and not all(coins[4:])
+    stats = run.teacher_cache.last_summary["0"]
+    unsampled = coins.count(False)
+    assert stats["hits"] + stats["misses"] == 2 * unsampled  # only unsampled batches were looked up
+    assert stats["stored"] == stats["misses"] == stats["entries"] and stats["hits"] > 0
+    # the teacher ran on every sampled batch, and on the unsampled ones that missed
+    assert sum(coins) < len(calls) <= sum(coins) + stats["misses"]
+
+
+def test_build_teacher_cache_refuses_a_postprocessor_that_makes_new_examples(tmp_path):
+    teacher, student = tiny_llama(seed=0), tiny_llama(width=16, seed=1)
+    run = Distillation(TrainingConfig(output_dir=str(tmp_path / "out"), progress_bar=False),
+                       DistillationConfig(kd_loss_type="kl", teacher_cache="memory"), teacher, student, None, None)
+    sampler = OnPolicySampler(student, probability=1.0, prompt_length=3, max_new_tokens=4, pad_token_id=PAD)
+    with pytest.raises(Exception, match="makes new examples.*build the cache without it"):
+        run.build_teacher_cache([causal_batch()], batch_postprocessor=sampler)

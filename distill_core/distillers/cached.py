@@ -118,6 +118,12 @@ class TeacherCacheSupport:
                 "build_teacher_cache() needs DistillationConfig.teacher_cache (e.g. teacher_cache='cache_dir' or "
                 "{'location': 'memory'})"
             )
+        if getattr(batch_postprocessor, "makes_new_examples", False):
+            raise DistillError(
+                f"build_teacher_cache() got batch_postprocessor={type(batch_postprocessor).__name__}, which makes new "
+                f"examples (e.g. on-policy samples) that no dataset index names; build the cache without it (train() "
+                f"runs the teachers on such batches and serves the others from the cache)"
+            )
         loaders = self._cache_loaders(dataloader, dataloaders)
         entered_here = not self._in_context
         if entered_here:

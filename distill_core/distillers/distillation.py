@@ -257,7 +257,8 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         them, and the teachers run only on misses.
         """
         keys = self.teacher_keys(task)
-        if self.teacher_cache is None:
+        if self.teacher_cache is None or (examples is not None and examples.generated):
+            # no cache, or examples a batch_postprocessor made (on-policy samples): the teachers run on them
             teacher, captured = self._run_teachers(batch, task, model_args, keys)
         else:
             if examples is None:

@@ -33,6 +33,8 @@ from distill_core.errors import DistillError
 KIND_INDEX = "dataset-index"
 #: keys are (batch position << 24) | row in a list of batches: the same example in every epoch of one process
 KIND_POSITION = "batch-position"
+#: no keys: a batch_postprocessor made new examples (e.g. on-policy samples); the teachers run on them
+KIND_GENERATED = "generated"
 _ROW_BITS = 24
 
 
@@ -43,6 +45,11 @@ class ExampleKeys:
     ids: tuple[int, ...]
     kind: str
     host_batch: Any
+
+    @property
+    def generated(self) -> bool:
+        """The batch holds no dataset examples: nothing may be read from or stored in a cache for it."""
+        return self.kind == KIND_GENERATED
 
 
 class _RecordingBatchSampler:

@@ -95,10 +95,8 @@ def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer
                                       reference=teacher_argmax)
             else:
                 sampler = _sampler(args, student, tokenizer) if kind == "on-policy" else None
-                # on-policy batches are sampled during training: no stored output can stand in for the teacher
-                fields = distill_config if kind == "distilled" else {
-                    name: value for name, value in distill_config.items() if name != "teacher_cache"}
-                outcome = distil(teacher, student, loader, held_out, settings, fields, label=run_name,
+                # sampled batches bypass the cache (OnPolicySampler.makes_new_examples); the others read it
+                outcome = distil(teacher, student, loader, held_out, settings, distill_config, label=run_name,
                                  say=_say, reference=teacher_argmax, sampler=sampler, tokenizer=tokenizer)
             drop_checkpoints(args, settings)
             final = outcome.final  # distill evaluates at the last step: the trained student's scores
