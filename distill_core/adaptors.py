@@ -135,14 +135,14 @@ class BoundAdaptor:
             parameters = {}
         self.takes_task = "task" in parameters
         self._model_kwargs = dict(getattr(self.function, "model_kwargs", {}))  # fixed once chosen
+        self._model_batch = getattr(self.function, "model_batch", None)  # looked up once, not per step
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
         return dict(self._model_kwargs)
 
     def model_batch(self, batch: Any) -> Any:
-        model_batch = getattr(self.function, "model_batch", None)
-        return batch if model_batch is None else model_batch(batch)
+        return batch if self._model_batch is None else self._model_batch(batch)
 
     def call_args(self, model_args: Mapping[str, Any]) -> Mapping[str, Any]:
         """The keyword arguments of the model call: the user's, with the adaptor's own over them."""

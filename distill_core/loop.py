@@ -100,7 +100,7 @@ class StepInfo:
 
 def call_model(model: torch.nn.Module, batch: Any, model_args: Mapping[str, Any]) -> Any:
     """Call ``model(**batch)`` for mappings, ``model(*batch)`` for tuples/lists, else ``model(batch)``."""
-    if isinstance(batch, Mapping):
+    if type(batch) is dict or isinstance(batch, Mapping):
         return model(**batch, **model_args)
     if isinstance(batch, (list, tuple)):
         return model(*batch, **model_args)
@@ -193,17 +193,22 @@ class NonFiniteGuard:
             f"check the inputs and the loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
         )
 
-    def skip(self, values: torch.Tensor, runtime: Runtime) -> bool:
+    def skip(self, values: torch.Tensor | list[torch.Tensor], runtime: Runtime) -> bool:
         """Under policy "skip": whether this step saw a non-finite loss on any rank (one read per step)."""
         if self.policy != "skip":
             return False
-        return runtime.any_rank(~torch.isfinite(values).all())
+        return runtime.any_rank(~torch.isfinite(loss_vector(values)).all())
 
 
-def _loss_vector(total: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
-    """``[total, *terms]`` as one float32 vector outside the graph (for the guard and the logs)."""
-    with torch.no_grad():  # one stack, no per-term detach
-        return torch.stack([t if t.dtype == torch.float32 else t.float() for t in (total, *terms)])
+def loss_vector(values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """A step's ``[total, *terms]`` (0-d tensors outside the graph, or already one vector) as a float32 vector."""
+    vector = values if isinstance(values, torch.Tensor) else torch.stack(values)
+    return vector if vector.dtype == torch.float32 else vector.float()
+
+
+def _detached(total: torch.Tensor, terms: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[total, *terms]`` outside the graph: one detach each, no kernel (the tracker stacks at logging points)."""
+    return [total.detach(), *[term.detach() for term in terms]]
 
 
 class TrainingLoop:
@@ -243,6 +248,14 @@ class TrainingLoop:
         self._clip_params = [p for module in distiller.trainable_modules() for p in module.parameters()]
         self.guard = NonFiniteGuard(distiller.term_names(), self.config.nonfinite_policy)
         self._applied_weights: list[float] = []
+        self._plain_steps: dict[int, StepInfo] = {}
+
+    def _plain_step(self, micro_batches: int) -> StepInfo:
+        """The StepInfo of a step without token counts: one per micro-batch count, made once."""
+        step = self._plain_steps.get(micro_batches)
+        if step is None:
+            step = self._plain_steps[micro_batches] = StepInfo(micro_batches, self.runtime.world_size, None)
+        return step
 
     def _count_steps(self) -> None:
         batches = self.source.batches_per_epoch()
@@ -384,7 +397,7 @@ class TrainingLoop:
         if tokens is not None:
             tokens = runtime.sum_across_ranks(tokens)
         count = len(micro)
-        step = StepInfo(count, runtime.world_size, tokens)
+        step = StepInfo(count, runtime.world_size, tokens) if tokens is not None else self._plain_step(count)
         values = None
         for index in range(count):
             item = micro[index]
@@ -393,11 +406,14 @@ class TrainingLoop:
                 with runtime.autocast():
                     total, terms = distiller.compute_loss(item, self.state, self.model_args, step)
                 runtime.backward(total / count if count > 1 else total)
-            vector = _loss_vector(total, terms)
-            values = vector if values is None else values + vector
+            if count == 1:
+                values = _detached(total, terms)
+            else:
+                vector = loss_vector(_detached(total, terms))
+                values = vector if values is None else values + vector
         return self._optimizer_step(tracker, values / count if count > 1 else values)
 
-    def _optimizer_step(self, tracker: Tracker, values: torch.Tensor) -> bool:
+    def _optimizer_step(self, tracker: Tracker, values: torch.Tensor | list[torch.Tensor]) -> bool:
         """Step, schedule, log, checkpoint, evaluate. Returns True when training is complete."""
         state, distiller, runtime = self.state, self.distiller, self.runtime
         if self.guard.skip(values, runtime):

@@ -37,7 +37,7 @@ class Tracker:
         self.sum_across_ranks = sum_across_ranks
         self.world_size = world_size
         self.steps: list[int] = []  # the optimisation steps of the interval not yet logged
-        self.values: list[torch.Tensor] = []  # their [total, *terms] vectors, on the device
+        self.values: list[torch.Tensor | list[torch.Tensor]] = []  # their [total, *terms], on the device
         self.last_logged_step = initial_step
         self.writer = None
         self.bar = None
@@ -50,8 +50,8 @@ class Tracker:
 
             self.bar = tqdm(total=total_steps, initial=initial_step, desc="distill", unit="step", dynamic_ncols=True)
 
-    def add_step(self, global_step: int, values: torch.Tensor) -> None:
-        """Keep one optimisation step's ``[total, *terms]`` vector (no sync, no tensor op)."""
+    def add_step(self, global_step: int, values: torch.Tensor | list[torch.Tensor]) -> None:
+        """Keep one optimisation step's ``[total, *terms]`` (a vector, or a list of 0-d tensors; no sync, no op)."""
         self.steps.append(global_step)
         self.values.append(values)
         if self.bar is not None:
@@ -64,7 +64,13 @@ class Tracker:
         """
         if not self.values:
             return None
-        stacked = torch.stack(self.values)
+        rows = self.values
+        if all(isinstance(row, list) for row in rows):  # one stack for the whole interval
+            stacked = torch.stack([value for row in rows for value in row]).view(len(rows), -1)
+        else:
+            stacked = torch.stack([row if isinstance(row, torch.Tensor) else torch.stack(row) for row in rows])
+        if stacked.dtype != torch.float32:
+            stacked = stacked.float()
         if self.sum_across_ranks is not None:
             stacked = self.sum_across_ranks(stacked) / self.world_size
         return stacked

@@ -117,13 +117,23 @@ def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
 
     ``torch.where`` rather than multiplication, so a NaN or infinity in a dropped entry (padding)
     cannot leak into the result. With no mask, the plain mean.
+
+    Where ``keep`` broadcasts over some axes of ``values`` (a (B, L, 1) token mask over (B, L, D)
+    features, a (B, 1, L, L) pair mask over heads), ``values`` is first summed over those axes, so
+    the select runs on the mask's own shape: an entry of that sum is made of dropped entries only,
+    or of kept ones only. The same value, with the (unvectorised) select over far fewer elements.
     """
     if keep is None:
         return values.mean()
+    broadcast = values.numel() // keep.numel() if keep.numel() else 1
+    if broadcast > 1 and keep.ndim == values.ndim:
+        axes = [axis for axis, size in enumerate(keep.shape) if size == 1 and values.shape[axis] != 1]
+        if axes:
+            values = values.sum(axes, keepdim=True)
     total = torch.where(keep, values, zero_like(values)).sum()
-    count = keep.sum(dtype=values.dtype)
-    if keep.numel() != values.numel():  # keep broadcasts over trailing singleton dims (e.g. (B, L, 1))
-        count = count * (values.numel() // keep.numel())
+    count = keep.sum()  # an integer count: no cast; the division below gives the float mean
+    if broadcast > 1:
+        count = count * broadcast
     return safe_div(total, count)
 
 

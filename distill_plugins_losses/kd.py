@@ -39,6 +39,8 @@ Temperature = float | Tensor
 
 def _check_temperature_number(temperature: object) -> float:
     """Return ``temperature`` as a float if it is a positive finite real number; raise otherwise."""
+    if type(temperature) is float and 0.0 < temperature < math.inf:  # the common case, without the ABC check
+        return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(
             f"Expected argument `temperature` to be a number or a tensor of shape (), (B,) or (B, L) but "
