@@ -79,7 +79,7 @@ def keep_mask(
     """
     if mask is None:
         return None
-    if tuple(mask.shape) != tuple(expected):
+    if mask.shape != tuple(expected):
         described = what if shape is None else f"{what} of shape {shape_str(shape)}"
         raise ShapeMismatchError(
             f"Expected `mask` of shape {shape_str(expected)} to fit {described} but got a mask of shape "
@@ -113,23 +113,27 @@ def safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
 
 
 def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
-    """Return the mean of ``values`` over the entries where ``keep`` (broadcast to them) is True.
+    """Return the mean of ``values`` over the entries where ``keep`` is True.
 
+    ``keep`` broadcasts to ``values`` as usual (a (B, 1, L, L) pair mask over heads), or covers their
+    leading axes (a (B, L) token mask over (B, L, D) features: every entry of a kept token counts).
     ``torch.where`` rather than multiplication, so a NaN or infinity in a dropped entry (padding)
     cannot leak into the result. With no mask, the plain mean.
 
-    Where ``keep`` broadcasts over some axes of ``values`` (a (B, L, 1) token mask over (B, L, D)
-    features, a (B, 1, L, L) pair mask over heads), ``values`` is first summed over those axes, so
-    the select runs on the mask's own shape: an entry of that sum is made of dropped entries only,
-    or of kept ones only. The same value, with the (unvectorised) select over far fewer elements.
+    ``values`` is first summed over the axes the mask does not cover, so the select runs on the
+    mask's own shape: each entry of that sum is made of dropped entries only, or of kept ones only.
+    The same value, with the (unvectorised) select over far fewer elements.
     """
     if keep is None:
         return values.mean()
     broadcast = values.numel() // keep.numel() if keep.numel() else 1
-    if broadcast > 1 and keep.ndim == values.ndim:
-        axes = [axis for axis, size in enumerate(keep.shape) if size == 1 and values.shape[axis] != 1]
-        if axes:
-            values = values.sum(axes, keepdim=True)
+    if broadcast > 1:
+        if keep.ndim < values.ndim and keep.shape == values.shape[: keep.ndim]:  # a mask of the leading axes
+            values = values.sum(tuple(range(keep.ndim, values.ndim)))
+        elif keep.ndim == values.ndim:
+            axes = [axis for axis, size in enumerate(keep.shape) if size == 1 and values.shape[axis] != 1]
+            if axes:
+                values = values.sum(axes, keepdim=True)
     total = torch.where(keep, values, zero_like(values)).sum()
     count = keep.sum()  # an integer count: no cast; the division below gives the float mean
     if broadcast > 1:
@@ -142,7 +146,10 @@ def pair_mask(keep: Tensor, ndim: int) -> Tensor:
 
     (B, L, L) for ``ndim == 3``; (B, 1, L, L) for ``ndim == 4`` (broadcast over heads).
     """
-    pairs = keep.unsqueeze(-1) & keep.unsqueeze(-2)
+    # the product of the masks as bytes (bool and uint8 share their storage): bool & has no
+    # vectorised CPU kernel, uint8 * has
+    as_bytes = (keep if keep.dtype == torch.bool else keep != 0).view(torch.uint8)
+    pairs = (as_bytes.unsqueeze(-1) * as_bytes.unsqueeze(-2)).view(torch.bool)
     return pairs.unsqueeze(1) if ndim == 4 else pairs
 
 

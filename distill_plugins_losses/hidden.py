@@ -41,7 +41,7 @@ def hidden_mse_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = 
     feature_S, feature_T = student_teacher(feature_S, feature_T)
     keep = keep_mask(mask, feature_S.shape[:-1], "features", feature_S.shape)
     squared_error = (feature_S - feature_T).square()
-    return masked_mean(squared_error, None if keep is None else keep.unsqueeze(-1))
+    return masked_mean(squared_error, keep)
 
 
 def cos_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -168,7 +168,7 @@ def kd_mse_loss(
     """
     soft_S, soft_T, _, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
     squared_error = (soft_S - soft_T).square()
-    return masked_mean(squared_error, None if keep is None else keep.unsqueeze(-1))
+    return masked_mean(squared_error, keep)
 
 
 def kd_kl_loss(
@@ -206,7 +206,7 @@ def kd_bce_loss(
     """
     soft_S, soft_T, _, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
     elementwise = F.binary_cross_entropy_with_logits(soft_S, soft_T.sigmoid(), reduction="none")
-    return masked_mean(elementwise, None if keep is None else keep.unsqueeze(-1))
+    return masked_mean(elementwise, keep)
 
 
 KdLossFn = Callable[..., Tensor]

@@ -196,3 +196,19 @@ def test_a_plugin_loss_that_is_not_a_scalar_fails_on_the_first_step_naming_it(tm
     register_plugin(plugin, "test-unreduced")
     pattern = r"intermediate_matches\.0 .*: plugin 'test-unreduced' .*shape \(8, \d+, 32\).*scalar tensor"
     expect_first_step(tmp_path, PluginError, pattern, intermediate_matches=[{**HIDDEN, "loss": "test_unreduced"}])
+
+
+def test_a_later_step_with_too_few_layers_still_names_the_match(tmp_path) -> None:
+    """After the first step matches index their layers directly; a failure there falls back to the checked path."""
+
+    def fewer_layers_on_step_2(batch, outputs):
+        results = bert_adaptor(batch, outputs)
+        if len(steps) >= 1:
+            results["hidden"] = results["hidden"][:2]  # layer 2 is gone
+        steps.append(1)
+        return results
+
+    steps: list[int] = []
+    with pytest.raises(AdaptorError, match=r"intermediate_matches\.0 .*layer 2 is out of range"):
+        run(tmp_path, adaptor_S=fewer_layers_on_step_2, intermediate_matches=[HIDDEN])
+    assert len(steps) == 2  # the first step passed; the second failed with the match named

@@ -236,3 +236,30 @@ def test_loss_modules_register_as_pluggy_plugins():
     torch.testing.assert_close(value, hidden.cos_loss(feature_S, feature_T))
     names = [info.name for infos in manager.hook.declare_components() for info in infos]
     assert sorted(names) == sorted(set(names)) and "kl" in names and "relation_kl" in names
+
+
+def test_masked_mean_selects_as_indexing_would_for_each_mask_layout():
+    """A mask of the leading axes, a broadcast mask and a same-shape mask: the mean of the kept entries.
+
+    masked_mean sums over the axes the mask does not cover before it selects; NaN and infinity in
+    dropped entries must not reach the value, nor NaN its gradient through the selection.
+    """
+    from distill_plugins_losses._common import masked_mean, pair_mask
+
+    generator = torch.Generator().manual_seed(0)
+    keep = torch.rand(3, 5, generator=generator) > 0.4
+    features = torch.randn(3, 5, 4, generator=generator)
+    expected = features[keep].mean()
+    torch.testing.assert_close(masked_mean(features, keep), expected)  # (B, L) over (B, L, D)
+    torch.testing.assert_close(masked_mean(features, keep.unsqueeze(-1)), expected)  # (B, L, 1) broadcast
+    maps = torch.randn(3, 2, 5, 5, generator=generator)
+    pairs = pair_mask(keep, 4)
+    assert pairs.dtype == torch.bool and pairs.shape == (3, 1, 5, 5)
+    assert torch.equal(pairs[:, 0], keep[:, :, None] & keep[:, None, :])
+    torch.testing.assert_close(masked_mean(maps, pairs), maps[pairs.expand_as(maps)].mean())
+    values = torch.randn(3, 5, generator=generator)
+    torch.testing.assert_close(masked_mean(values, keep), values[keep].mean())
+    poisoned = features.masked_fill(~keep.unsqueeze(-1), float("nan"))
+    poisoned[~keep, 0] = float("inf")
+    torch.testing.assert_close(masked_mean(poisoned, keep), expected)
+    assert masked_mean(features, torch.zeros_like(keep)).item() == 0.0

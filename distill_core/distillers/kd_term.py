@@ -94,6 +94,9 @@ class KDTerm:
         self.vocab_size = vocab_size
         self.chunk_size = config.token_kd_chunk_size
         self.last_temperature: float | torch.Tensor | None = None
+        # the common dense case: one logits tensor per side, used as they are (no vocabulary cut, shift
+        # or scheduled temperature)
+        self._plain = vocab_size is None and not config.probability_shift and self.temperature_fn is None
 
     @property
     def needs_full_logits(self) -> str | None:
@@ -149,6 +152,19 @@ class KDTerm:
         return float(step.micro_batches * step.world_size) / step.tokens.clamp_min(1.0)
 
     def _dense(self, results_S: Mapping[str, Any], teachers: Teachers) -> torch.Tensor:
+        if self._plain and len(teachers) == 1:
+            student, results_T = results_S.get("logits"), teachers[0][1]
+            teacher = results_T.get("logits")
+            if (
+                isinstance(student, torch.Tensor)
+                and isinstance(teacher, torch.Tensor)
+                and results_T.get("cached_logits") is None
+                and not is_chunked(results_T)
+            ):
+                mask = results_S.get("logits_mask")
+                if mask is None:
+                    mask = results_T.get("logits_mask")
+                return self._dense_pair(0, student, teacher, self.config.temperature, mask)
         config = self.config
         logits_S = as_list(results_S.get("logits"))
         logits_T = self.target(teachers)
@@ -170,15 +186,21 @@ class KDTerm:
             temperature: float | torch.Tensor = config.temperature
             if self.temperature_fn is not None:
                 temperature = self.temperature_fn(student, teacher, config.temperature)
-            self.last_temperature = temperature
-            try:
-                loss = self._call(student, teacher, temperature, mask if student.dim() == 3 else None)
-            except ShapeMismatchError as exc:
-                raise ShapeMismatchError(f"kd_loss_type {config.kd_loss_type!r} on logits {index}: {exc}") from exc
+            loss = self._dense_pair(index, student, teacher, temperature, mask)
             total = loss if total is None else total + loss
         if total is None:
             raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
         return total
+
+    def _dense_pair(
+        self, index: int, student: torch.Tensor, teacher: torch.Tensor, temperature: Any, mask: Any
+    ) -> torch.Tensor:
+        """The plugin on one pair of logits (the mask only for token-level, 3-D, logits)."""
+        self.last_temperature = temperature
+        try:
+            return self._call(student, teacher, temperature, mask if student.dim() == 3 else None)
+        except ShapeMismatchError as exc:
+            raise ShapeMismatchError(f"kd_loss_type {self.name!r} on logits {index}: {exc}") from exc
 
     @staticmethod
     def target(teachers: Teachers) -> list[torch.Tensor]:
