@@ -52,9 +52,7 @@ class BoundMatch:
                 [self.projection(f) for f in feature_S] if isinstance(feature_S, list) else self.projection(feature_S)
             )
         try:
-            return self.component.call(
-                name=self.spec.loss, feature_S=feature_S, feature_T=feature_T, mask=mask, params=self.params
-            )
+            return self.component.call_in_order(feature_S, feature_T, mask, self.params)
         except ShapeMismatchError as exc:
             raise ShapeMismatchError(f"{self.label}: {exc}") from exc
         except ValueError as exc:  # e.g. a two-layer loss given one layer

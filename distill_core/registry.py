@@ -13,12 +13,14 @@ lists the healthy plugins anyway, with ``allow_load_failures=True``).
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from distill_core import hookspecs
 from distill_core.components import COMPONENT_KINDS, ComponentInfo
 from distill_core.errors import DuplicateComponentError, PluginError, UnknownComponentError
 from distill_core.plugins import BLOCK_ENV, DistillPluginManager, get_plugin_manager
@@ -28,6 +30,10 @@ HOOK_OF_KIND = {
     "kd_loss": "compute_kd_loss",
     "match_loss": "compute_match_loss",
     "projection": "build_projection",
+}
+#: each hook's arguments in the specification's order (a plugin may take fewer, pluggy style)
+HOOK_ARGNAMES = {
+    kind: tuple(inspect.signature(getattr(hookspecs, hook)).parameters) for kind, hook in HOOK_OF_KIND.items()
 }
 KIND_LABEL = {"kd_loss": "KD loss", "match_loss": "match loss", "projection": "projection"}
 KIND_PLURAL = {"kd_loss": "KD losses", "match_loss": "match losses", "projection": "projections"}
@@ -55,7 +61,19 @@ class Component:
         The hook receives this component's canonical ``name``, also when a config named it by an alias.
         """
         kwargs["name"] = self.name
-        result = self.function(*[kwargs[arg] for arg in self.argnames])
+        return self._checked(self.function(*[kwargs[arg] for arg in self.argnames]))
+
+    def call_in_order(self, *args: Any) -> Any:
+        """:meth:`call` with the hook's arguments after ``name``, in the specification's order.
+
+        The training step's path: a hook function that takes every argument is called directly.
+        """
+        spec = HOOK_ARGNAMES[self.kind]
+        if self.argnames == spec:
+            return self._checked(self.function(self.name, *args))
+        return self.call(**dict(zip(spec[1:], args)))
+
+    def _checked(self, result: Any) -> Any:
         if result is None:
             raise PluginError(
                 f"plugin {self.plugin!r} ({self.distribution}) declares {KIND_LABEL[self.kind]} "

@@ -130,7 +130,7 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
             resolve_submodule(model_S, bound.spec.module_S, f"{bound.label}: the student")
         self.custom_projections = nn.ModuleList(bound.projection for bound in self.custom)
         self.capture = OutputCapture()
-        self._weights_at: tuple[tuple[int, int] | None, list[float]] = (None, [])
+        self._weights_at: tuple[tuple[int, int] | str | None, list[float]] = (None, [])
         self._terms = (
             (["kd"] if self.use_kd else [])
             + (["hard_label"] if self.use_hard_label else [])
@@ -208,7 +208,8 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
 
     def current_weights(self, state: RunState) -> list[float]:
         """The weight of each term at this step (schedules change them once per optimisation step)."""
-        if self._weights_at[0] == (state.global_step, state.total_steps):
+        computed_for = self._weights_at[0]
+        if computed_for == "constant" or computed_for == (state.global_step, state.total_steps):
             return self._weights_at[1]
         config, progress = self.distill_config, state.progress()
         weights = []
@@ -217,7 +218,12 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         if self.use_hard_label:
             weights.append(weight_at(config.hard_label_weight_scheduler, config.hard_label_weight, progress))
         weights.extend(b.spec.weight for b in self.matches + self.custom)
-        self._weights_at = ((state.global_step, state.total_steps), weights)
+        constant = ("none", "constant")
+        scheduled = (self.use_kd and config.kd_loss_weight_scheduler not in constant) or (
+            self.use_hard_label and config.hard_label_weight_scheduler not in constant
+        )
+        # without a weight schedule the weights never change: computed once, not once per step
+        self._weights_at = ((state.global_step, state.total_steps) if scheduled else "constant", weights)
         return weights
 
     # -- the step --------------------------------------------------------------------------------
@@ -324,12 +330,14 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         results = next(iter(results_T.values()))
         if results.get("cached_logits") is not None:  # token logits from the teacher cache: always with a mask
             return results["cached_logits"].mask.sum().to(torch.float32)
-        logits = [results["logits_hidden"]] if is_chunked(results) else as_list(results.get("logits"))
-        if not logits or logits[0].dim() != 3:
+        first = results["logits_hidden"] if is_chunked(results) else results.get("logits")
+        if isinstance(first, (list, tuple)):
+            first = first[0] if first else None
+        if not isinstance(first, torch.Tensor) or first.dim() != 3:
             return None
         mask = results.get("logits_mask")
         if mask is None:
-            return torch.tensor(float(logits[0].shape[0] * logits[0].shape[1]), device=logits[0].device)
+            return torch.tensor(float(first.shape[0] * first.shape[1]), device=first.device)
         return (mask != 0).sum().to(torch.float32)
 
     def step_tokens(self, micro_batches: list[MicroBatch]) -> torch.Tensor | None:

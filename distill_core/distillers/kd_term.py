@@ -108,9 +108,7 @@ class KDTerm:
         return None
 
     def _call(self, student: torch.Tensor, teacher: torch.Tensor, temperature: Any, mask: Any) -> torch.Tensor:
-        return self.component.call(
-            name=self.name, logits_S=student, logits_T=teacher, temperature=temperature, mask=mask, params=self.params
-        )
+        return self.component.call_in_order(student, teacher, temperature, mask, self.params)
 
     def row_loss(self, logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Any) -> torch.Tensor:
         """The plugin on 2-D (rows, V) logits, as :func:`~distill_core.token_kd.chunked_token_kd` calls it."""
