@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,12 +37,6 @@ class BoundMatch:
     component: Component
     params: Any
     projection: nn.Module
-    #: an intermediate match reading one layer of each model (integer indices)
-    single_layers: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        layers = (getattr(self.spec, "layer_T", None), getattr(self.spec, "layer_S", None))
-        self.single_layers = all(isinstance(layer, int) for layer in layers)
 
     def compute(self, feature_S: Any, feature_T: Any, mask: torch.Tensor | None, check: bool) -> torch.Tensor:
         if check:

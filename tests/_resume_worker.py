@@ -79,6 +79,17 @@ def dataset() -> list[dict[str, torch.Tensor]]:
     ]
 
 
+def two_task_run() -> tuple[dict[str, torch.nn.Module], torch.nn.Module, dict[str, Any]]:
+    """Teachers, student and shuffled loaders of a two-task run ("a", "b"), for multi-task tests."""
+    teachers = {"a": tiny_bert(32, 3, 2, seed=2), "b": tiny_bert(32, 3, 2, seed=3)}
+    data = dataset()
+    loaders = {
+        "a": torch.utils.data.DataLoader(data[:24], batch_size=4, shuffle=True),
+        "b": torch.utils.data.DataLoader(data[24:], batch_size=4, shuffle=True),
+    }
+    return teachers, tiny_bert(16, 2, 2, seed=1), loaders
+
+
 def adaptor(batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, Any]:
     return {
         "logits": outputs.logits,

@@ -199,7 +199,7 @@ def test_a_plugin_loss_that_is_not_a_scalar_fails_on_the_first_step_naming_it(tm
 
 
 def test_a_later_step_with_too_few_layers_still_names_the_match(tmp_path) -> None:
-    """After the first step matches index their layers directly; a failure there falls back to the checked path."""
+    """Layers are checked on every step, not only the first: a later bad output names the match too."""
 
     def fewer_layers_on_step_2(batch, outputs):
         results = bert_adaptor(batch, outputs)

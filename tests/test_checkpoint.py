@@ -174,13 +174,7 @@ def test_multi_task_run_resumes_exactly(tmp_path) -> None:
     from distill_core import DistillationConfig, MultiTaskDistillation
 
     def train(output_dir: Path, *, stop_at: int | None = None, resume_from: str | None = None) -> None:
-        teachers = {"a": worker.tiny_bert(32, 3, 2, seed=2), "b": worker.tiny_bert(32, 3, 2, seed=3)}
-        student = worker.tiny_bert(16, 2, 2, seed=1)
-        data = worker.dataset()
-        loaders = {
-            "a": torch.utils.data.DataLoader(data[:24], batch_size=4, shuffle=True),
-            "b": torch.utils.data.DataLoader(data[24:], batch_size=4, shuffle=True),
-        }
+        teachers, student, loaders = worker.two_task_run()
         config = TrainingConfig(
             output_dir=str(output_dir), device="cpu", progress_bar=False, ckpt_steps=2, gradient_accumulation_steps=2
         )

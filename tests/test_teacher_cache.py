@@ -446,13 +446,7 @@ def test_multi_teacher_with_custom_matches_and_multi_task_runs_match_uncached(tm
         return terms, distiller
 
     def multi_task(cache: Any) -> tuple[list, Any]:
-        teachers = {"a": worker.tiny_bert(32, 3, 2, seed=2), "b": worker.tiny_bert(32, 3, 2, seed=3)}
-        student = worker.tiny_bert(16, 2, 2, seed=1)
-        data = worker.dataset()
-        loaders = {
-            "a": torch.utils.data.DataLoader(data[:24], batch_size=4, shuffle=True),
-            "b": torch.utils.data.DataLoader(data[24:], batch_size=4, shuffle=True),
-        }
+        teachers, student, loaders = worker.two_task_run()
         config = DistillationConfig(
             hard_label_weight=0.5, intermediate_matches=[dict(worker.MATCH)], teacher_cache=cache
         )

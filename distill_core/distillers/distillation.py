@@ -426,7 +426,8 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         for bound in self.matches:
             spec = bound.spec
             teacher_results = self._teacher_results(results_T, bound, task)
-            feature_T, feature_S = self._match_features(bound, teacher_results, results_S, check)
+            feature_T = select_layers(teacher_results, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label)
+            feature_S = select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label)
             match_mask = feature_mask(results_S, spec.feature)  # the feature's own mask, else inputs_mask
             if match_mask is None:
                 match_mask = feature_mask(teacher_results, spec.feature)
@@ -451,26 +452,6 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         if check:
             self._checked_tasks.add(task)
         return total, terms
-
-    @staticmethod
-    def _match_features(
-        bound: BoundMatch, results_T: Mapping[str, Any], results_S: Mapping[str, Any], check: bool
-    ) -> tuple[Any, Any]:
-        """The teacher's and the student's features of a match (one layer each, or lists of layers).
-
-        After the first step a single layer is indexed directly; the checked selection, and its error
-        naming the match, runs on the first step and whenever direct indexing fails.
-        """
-        spec = bound.spec
-        if not check and bound.single_layers:
-            try:
-                return results_T[spec.feature][spec.layer_T], results_S[spec.feature][spec.layer_S]
-            except (KeyError, IndexError, TypeError):
-                pass
-        return (
-            select_layers(results_T, spec.feature, spec.layer_T, "the teacher's adaptor", bound.label),
-            select_layers(results_S, spec.feature, spec.layer_S, "adaptor_S", bound.label),
-        )
 
     def _check_terms(self, terms: list[torch.Tensor]) -> None:
         """First step only: every loss a plugin returned must be a floating-point scalar tensor.

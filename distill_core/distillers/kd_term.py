@@ -94,9 +94,6 @@ class KDTerm:
         self.vocab_size = vocab_size
         self.chunk_size = config.token_kd_chunk_size
         self.last_temperature: float | torch.Tensor | None = None
-        # the common dense case: one logits tensor per side, used as they are (no vocabulary cut, shift
-        # or scheduled temperature)
-        self._plain = vocab_size is None and not config.probability_shift and self.temperature_fn is None
 
     @property
     def needs_full_logits(self) -> str | None:
@@ -150,19 +147,6 @@ class KDTerm:
         return float(step.micro_batches * step.world_size) / step.tokens.clamp_min(1.0)
 
     def _dense(self, results_S: Mapping[str, Any], teachers: Teachers) -> torch.Tensor:
-        if self._plain and len(teachers) == 1:
-            student, results_T = results_S.get("logits"), teachers[0][1]
-            teacher = results_T.get("logits")
-            if (
-                isinstance(student, torch.Tensor)
-                and isinstance(teacher, torch.Tensor)
-                and results_T.get("cached_logits") is None
-                and not is_chunked(results_T)
-            ):
-                mask = results_S.get("logits_mask")
-                if mask is None:
-                    mask = results_T.get("logits_mask")
-                return self._dense_pair(0, student, teacher, self.config.temperature, mask)
         config = self.config
         logits_S = as_list(results_S.get("logits"))
         logits_T = self.target(teachers)
