@@ -102,9 +102,7 @@ def kd_loss_for_rows(name: str, params: Any = None) -> RowKdLoss:
         raise ValueError(f"invalid params for KD loss {name!r}: {exc}") from exc
 
     def kd_loss(logits_S: Tensor, logits_T: Tensor, temperature: float | Tensor) -> Tensor:
-        return component.call(
-            name=name, logits_S=logits_S, logits_T=logits_T, temperature=temperature, mask=None, params=validated
-        )
+        return component.call_in_order(logits_S, logits_T, temperature, None, validated)
 
     kd_loss.__name__ = name
     return kd_loss

@@ -191,3 +191,39 @@ def test_different_vocabularies_stop_at_setup_naming_both_sizes(tmp_path):
     run = make(tmp_path, teacher, student, kd_loss_type="kl", kd_vocab_size=100)
     run.train(torch.optim.SGD(student.parameters(), lr=0.1), dataloader=[causal_batch()], num_epochs=1)
     assert read_scalars(tmp_path / "logs")["loss/kd"][0][1] > 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_padded_teacher_vocabulary_is_cut_too(tmp_path, chunked):
+    """kd_vocab_size cuts whichever side is padded; before, only a padded student was cut (dense path)."""
+    teacher, student = tiny_gpt2(vocab=120, seed=0), tiny_gpt2(seed=1)
+    run = make(tmp_path, teacher, student, kd_loss_type="kl", kd_vocab_size=100, chunked_token_kd=chunked)
+    run.train(torch.optim.SGD(student.parameters(), lr=0.1), dataloader=[causal_batch()], num_epochs=1)
+    assert first_logged(tmp_path) > 0
+
+
+def test_chunked_hard_labels_accept_int32_and_name_misaligned_labels(tmp_path):
+    from distill_core import AdaptorError
+    from distill_core.model_adaptors import auto_adaptor_for
+
+    teacher, student = tiny_gpt2(seed=0), tiny_gpt2(seed=1)
+    batch = {key: value.to(torch.int32) for key, value in causal_batch().items()}  # a numpy collator's dtype
+    run = make(tmp_path / "int32", teacher, student, kd_loss_type="kl", hard_label_weight=1.0)
+    run.train(torch.optim.SGD(student.parameters(), lr=0.1), dataloader=[batch], num_epochs=1)
+    assert first_logged(tmp_path / "int32", "loss/hard_label") > 0
+
+    automatic = auto_adaptor_for(student, chunked=True)
+
+    def unshifted_labels(batch, outputs):
+        results = dict(automatic(batch, outputs))
+        results["labels"] = batch["labels"]  # (B, L), not aligned with the (B, L - 1) predicting positions
+        return results
+
+    unshifted_labels.model_kwargs = automatic.model_kwargs
+    unshifted_labels.model_batch = automatic.model_batch
+    run = make(
+        tmp_path / "bad", teacher, student, adaptors=(None, unshifted_labels), kd_loss_type="kl",
+        hard_label_weight=1.0,
+    )
+    with pytest.raises(AdaptorError, match=r"'labels' of shape \(\d+, \d+\) next to 'logits_hidden'.*labels\[:, 1:\]"):
+        run.train(torch.optim.SGD(student.parameters(), lr=0.1), dataloader=[causal_batch()], num_epochs=1)

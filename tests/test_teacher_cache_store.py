@@ -189,3 +189,22 @@ def test_ranks_read_each_others_entries_when_keys_are_dataset_indices(tmp_path) 
     private = open_store(tmp_path, 2, share=False)
     assert private.get(3) is None  # batch-position keys name other examples on another rank
     assert rank0.summary()["entries"] == 10
+
+
+def test_damaged_or_foreign_files_are_named_not_a_traceback(tmp_path) -> None:
+    """A stray copy beside the shards is ignored; a rank that has not learnt the layout yet treats another
+    rank's entry as a miss; a layout that does not fit the stored bytes, and a malformed meta.json, are
+    errors naming the file and the fix."""
+    store = open_store(tmp_path)
+    store.put_many([(key, entry(key, 2)) for key in range(3)])
+    (tmp_path / "rank-00000.bak.index").write_bytes((tmp_path / "rank-00000.index").read_bytes())
+    fresh = DiskStore(tmp_path, 1, share=True)  # before its first put: no layout yet
+    assert fresh.get(1) is None
+    fresh.layout = Layout(fields=LAYOUT.fields[:1], layers=LAYOUT.layers, logits_list=False, vocab=None)
+    with pytest.raises(DistillError, match=r"rank-00000\.data: the entry of example 1 holds \d+ bytes.*delete"):
+        fresh.get(1)
+
+    from distill_core.teacher_cache.cache import _stored_layout
+
+    with pytest.raises(DistillError, match=r"meta\.json: the stored layout is malformed \(KeyError\('kind'\)\)"):
+        _stored_layout({"fields": [{"path": ["logits"], "dtype": "float32", "dims": []}]}, tmp_path / "meta.json")

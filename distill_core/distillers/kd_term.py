@@ -150,16 +150,14 @@ class KDTerm:
         config = self.config
         logits_S = as_list(results_S.get("logits"))
         logits_T = self.target(teachers)
-        mask = results_S.get("logits_mask")
-        if mask is None:
-            mask = teachers[0][1].get("logits_mask")
+        mask = _kd_mask(results_S, teachers)
         labels = results_S.get("labels") if config.probability_shift else None
         if config.probability_shift and labels is None:
             raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
         vocab = self.vocab_size
         total = None
         for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
-            if vocab is not None and student.shape[-1] != vocab:  # a padded vocabulary: its shared first N
+            if vocab is not None:  # a padded vocabulary (either side): the shared first N (views, no copy)
                 student, teacher = student[..., :vocab], teacher[..., :vocab]
             if labels is not None:
                 teacher = probability_shift(
@@ -202,9 +200,7 @@ class KDTerm:
         self, results_S: Mapping[str, Any], teachers: Teachers, hard_labels: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden_S = results_S["logits_hidden"]
-        mask = results_S.get("logits_mask")
-        if mask is None:
-            mask = teachers[0][1].get("logits_mask")
+        mask = _kd_mask(results_S, teachers)
         keep = (
             torch.ones(hidden_S.shape[:2], dtype=torch.bool, device=hidden_S.device)
             if mask is None
@@ -213,7 +209,7 @@ class KDTerm:
         rows_S = hidden_S[keep]  # reads the number of valid rows (one host sync per micro-batch on CUDA)
         weight_S, bias_S = _head_params(results_S["logits_head"], self.vocab_size)
         teacher_chunk = self._teacher_chunks(teachers, keep)
-        temperature = self._row_temperature(keep)
+        temperature = self.last_temperature = self.config.temperature
         labels = None
         if hard_labels:
             labels = results_S.get("labels")
@@ -222,7 +218,13 @@ class KDTerm:
                     "hard_label_weight > 0 with chunked token KD needs 'labels' from adaptor_S (the next-token ids, "
                     "-100 where ignored), since the model then builds no full logits for its own loss"
                 )
-            labels = labels.to(hidden_S.device)[keep]
+            if labels.shape != keep.shape:
+                raise AdaptorError(
+                    f"adaptor_S returned 'labels' of shape {tuple(labels.shape)} next to 'logits_hidden' of shape "
+                    f"{tuple(hidden_S.shape)}: the labels must be aligned with the positions that predict them, "
+                    f"shape {tuple(keep.shape)} (for a causal LM, labels[:, 1:] next to hidden[:, :-1])"
+                )
+            labels = labels.to(hidden_S.device, torch.long)[keep]  # int32 from a numpy collator too
         return chunked_token_kd(
             self.row_loss,
             rows_S,
@@ -248,7 +250,8 @@ class KDTerm:
                 if len(logits) != 1 or logits[0].dim() != 3:
                     raise DistillError(
                         "chunked token KD pairs the student's hidden states with one (B, L, V) logits tensor of the "
-                        f"teacher, but the teacher's adaptor returned {len(logits)} logits tensors"
+                        f"teacher, but the teacher's adaptor returned "
+                        f"{_describe_logits(logits)}; return its token logits (B, L, V) as 'logits'"
                     )
                 rows = logits[0].to(keep.device)[keep]
                 if self.vocab_size is not None:
@@ -267,10 +270,18 @@ class KDTerm:
 
         return averaged
 
-    def _row_temperature(self, keep: torch.Tensor) -> float | torch.Tensor:
-        temperature = self.config.temperature
-        self.last_temperature = temperature
-        return temperature
+
+
+def _kd_mask(results_S: Mapping[str, Any], teachers: Teachers) -> Any:
+    """The KD positions' mask: the student adaptor's 'logits_mask', else the first teacher's (None: all)."""
+    mask = results_S.get("logits_mask")
+    return teachers[0][1].get("logits_mask") if mask is None else mask
+
+
+def _describe_logits(logits: list[torch.Tensor]) -> str:
+    if len(logits) != 1:
+        return f"{len(logits)} logits tensors"
+    return f"logits of shape {tuple(logits[0].shape)}"
 
 
 def _slicer(rows: torch.Tensor) -> TeacherChunk:

@@ -101,12 +101,6 @@ def shard_fsdp2(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 

@@ -38,12 +38,23 @@ from distill_core.teacher_cache.store import (
     MemoryStore,
     clear_folder,
     open_directory,
+    _rebuild_hint,
     read_json,
     write_meta,
 )
 
 #: fresh outputs of the teachers that ran: ({teacher key: adapted outputs}, {capture key: feature})
 RunTeachers = Callable[[list[Any]], tuple[dict[Any, Mapping[str, Any]], dict[tuple, torch.Tensor]]]
+
+
+def _stored_layout(data: Any, meta_path: Path) -> Layout:
+    """The layout recorded in a cache's meta.json, or an error naming the file if it is not one."""
+    try:
+        return Layout.from_json(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DistillError(
+            f"{meta_path}: the stored layout is malformed ({exc!r}); {_rebuild_hint(meta_path.parent)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -232,7 +243,7 @@ class TeacherCache:
         else:
             return None, False
         if not reasons:
-            return (None if meta.get("layout") is None else Layout.from_json(meta["layout"])), False
+            return (None if meta.get("layout") is None else _stored_layout(meta["layout"], meta_path)), False
         if self.config.on_stale == "rebuild":
             return None, True
         raise DistillError(

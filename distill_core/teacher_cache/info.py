@@ -14,7 +14,7 @@ from typing import Any
 
 from distill_core.errors import DistillError
 from distill_core.teacher_cache.fingerprint import digest_of
-from distill_core.teacher_cache.store import _HEADER, FORMAT, _checksum, read_json, read_records
+from distill_core.teacher_cache.store import _HEADER, FORMAT, _checksum, read_json, read_records, shard_indexes
 
 
 def describe_cache(location: str | Path, *, verify: bool = False) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def _describe_teacher(folder: Path, verify: bool) -> dict[str, Any]:
     latest: dict[int, tuple] = {}
     shards = {}
     size = (folder / "meta.json").stat().st_size
-    for index in sorted(folder.glob("rank-*.index")):
+    for index, _ in shard_indexes(folder):
         data = index.with_suffix(".data")
         records, _ = read_records(index)
         data_size = data.stat().st_size if data.exists() else 0

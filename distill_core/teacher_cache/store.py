@@ -24,6 +24,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -61,6 +62,19 @@ class Record:
     rows: int
     digest: bytes
     checksum: bytes
+
+
+_SHARD_INDEX = re.compile(r"rank-(\d+)\.index")
+
+
+def shard_indexes(folder: Path) -> list[tuple[Path, int]]:
+    """The shard index files of a cache folder and their ranks (other files, e.g. copies, are ignored)."""
+    found = []
+    for path in sorted(folder.glob("rank-*.index")):
+        match = _SHARD_INDEX.fullmatch(path.name)
+        if match:
+            found.append((path, int(match.group(1))))
+    return found
 
 
 def read_records(path: Path, *, torn_tail: str = "ignore") -> tuple[list[Record], int]:
@@ -183,10 +197,18 @@ class _Shard:
                     f"mismatch); {_rebuild_hint(self.data_path.parent)}"
                 )
             self._verified.add(record.offset)
+        fields = [(dtype, shape, torch.Size(shape).numel() * dtype.itemsize) for dtype, shape in layout.stored(
+            record.length, record.rows
+        )]
+        if sum(size + (-size) % _ALIGN for _, _, size in fields) != record.nbytes:
+            raise DistillError(
+                f"{self.data_path}: the entry of example {record.key} holds {record.nbytes} bytes, but the layout in "
+                f"meta.json describes another size; the files do not belong together. "
+                f"{_rebuild_hint(self.data_path.parent)}"
+            )
         arrays = []
         offset = record.offset
-        for dtype, shape in layout.stored(record.length, record.rows):
-            size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        for dtype, shape, size in fields:
             if size == 0:
                 arrays.append(torch.empty(shape, dtype=dtype))
             else:
@@ -219,11 +241,7 @@ class DiskStore:
                 f"teacher_cache.location with the same rank); use another location for concurrent runs"
             ) from None
         self._open_own()
-        self.others = [
-            _Shard(folder, int(path.stem.split("-")[1]))
-            for path in sorted(folder.glob("rank-*.index"))
-            if path != self.own.index_path
-        ]
+        self.others = [_Shard(folder, rank) for path, rank in shard_indexes(folder) if path != self.own.index_path]
         if share:
             for shard in self.others:
                 shard.load(*read_records(shard.index_path))
@@ -263,6 +281,9 @@ class DiskStore:
                 results.append(None)
                 continue
             shard, record = item
+            if self.layout is None:  # another rank's entry, before this rank knows the layout: run the teacher
+                results.append(None)
+                continue
             arrays = shard.read(record, self.layout)
             results.append((Entry(arrays, record.length, record.rows, record.digest), str(shard.data_path)))
         return results
@@ -280,9 +301,9 @@ class DiskStore:
 
     def _adopt_new_shards(self) -> None:
         known = {shard.index_path for shard in self.others} | {self.own.index_path}
-        for path in sorted(self.folder.glob("rank-*.index")):
+        for path, rank in shard_indexes(self.folder):
             if path not in known:
-                shard = _Shard(self.folder, int(path.stem.split("-")[1]))
+                shard = _Shard(self.folder, rank)
                 shard.refresh()
                 self.others.append(shard)
 
