@@ -208,3 +208,14 @@ def test_damaged_or_foreign_files_are_named_not_a_traceback(tmp_path) -> None:
 
     with pytest.raises(DistillError, match=r"meta\.json: the stored layout is malformed \(KeyError\('kind'\)\)"):
         _stored_layout({"fields": [{"path": ["logits"], "dtype": "float32", "dims": []}]}, tmp_path / "meta.json")
+
+
+def test_a_shard_another_rank_is_still_creating_is_read_later(tmp_path) -> None:
+    """Another rank's index file exists but its header is not written yet (it is opening the cache at the
+    same moment): opening must not call it corrupt, and its entries are found once it has written them."""
+    (tmp_path / "rank-00001.index").write_bytes(b"")
+    store = open_store(tmp_path, 0)
+    (tmp_path / "rank-00001.index").unlink()
+    other = open_store(tmp_path, 1)
+    other.put_many([(4, entry(4, 2))])
+    assert_reads(store, range(4, 5), {4: 2})

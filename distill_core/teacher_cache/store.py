@@ -244,6 +244,8 @@ class DiskStore:
         self.others = [_Shard(folder, rank) for path, rank in shard_indexes(folder) if path != self.own.index_path]
         if share:
             for shard in self.others:
+                if shard.index_path.stat().st_size < _HEADER:
+                    continue  # another rank is creating it right now: refresh() reads its records later
                 shard.load(*read_records(shard.index_path))
 
     def _open_own(self) -> None:
