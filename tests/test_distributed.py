@@ -41,6 +41,11 @@ def _env() -> dict[str, str]:
     }
 
 
+def _log_dir(output_dir: Path) -> Path:
+    """Where torchrun writes each rank's stderr (beside the run's output, not in it)."""
+    return output_dir.with_name(output_dir.name + "-logs")
+
+
 def _torchrun_command(output_dir: Path, *args: str) -> list[str]:
     return [
         sys.executable,
@@ -49,15 +54,25 @@ def _torchrun_command(output_dir: Path, *args: str) -> list[str]:
         "--standalone",
         "--nproc_per_node",
         "2",
+        "--log-dir",
+        str(_log_dir(output_dir)),
+        "--redirects",
+        "2",  # each rank's stderr to its own file, so a failure shows every rank's traceback
         str(WORKER),
         str(output_dir),
         *args,
     ]
 
 
+def rank_errors(output_dir: Path) -> str:
+    """The end of each rank's stderr, for a failure message."""
+    logs = sorted(_log_dir(output_dir).glob("**/stderr.log"))
+    return "\n".join(f"--- {log.relative_to(_log_dir(output_dir))}:\n{log.read_text()[-4000:]}" for log in logs)
+
+
 def torchrun(output_dir: Path, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(_torchrun_command(output_dir, *args), capture_output=True, text=True, env=_env(), timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + "\n" + rank_errors(output_dir)
     return done
 
 
@@ -190,7 +205,8 @@ def test_sigkill_of_the_group_after_its_second_checkpoint_then_resume_equals_the
         deadline = time.monotonic() + 300
         while not marker.exists():
             if process.poll() is not None:
-                pytest.fail("the group exited before blocking:\n" + (tmp_path / "killed.log").read_text()[-5000:])
+                log_text = (tmp_path / "killed.log").read_text()[-3000:]
+                pytest.fail(f"the group exited before blocking:\n{log_text}\n{rank_errors(out)}")
             if time.monotonic() > deadline:
                 pytest.fail("the group did not reach its second checkpoint in time")
             time.sleep(0.05)

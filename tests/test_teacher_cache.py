@@ -20,6 +20,7 @@ import torch
 
 from distill_core import AdaptorError, Distillation, DistillationConfig, DistillError, TrainingConfig
 from distill_core import checkpoint as ckpt
+from distill_core.teacher_cache.info import describe_cache
 from distill_core.teacher_cache.store import read_records
 from tests import _resume_worker as worker
 from tests.test_no_sync import host_reads  # noqa: F401 (a fixture)
@@ -156,8 +157,6 @@ def test_a_run_killed_while_building_the_cache_resumes_with_a_consistent_cache(t
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"finished at step {worker.TOTAL_STEPS}" in done.stdout
     assert_same_state(final_state(tmp_path / "reference"), final_state(out))
-    from distill_core.teacher_cache.info import describe_cache
-
     info = describe_cache(cache, verify=True)["teachers"]["teacher-0"]
     assert info["entries"] == worker.EXAMPLES
 
@@ -352,13 +351,20 @@ def test_a_truncated_or_corrupt_cache_file_is_detected_naming_the_file(tmp_path)
     data = cache / "teacher-0" / "rank-00000.data"
     intact = data.read_bytes()
     data.write_bytes(intact[: len(intact) - 100])
-    with pytest.raises(DistillError, match=rf"{data}.* is truncated: the entry of example \d+ ends at byte"):
+    truncated = rf"{data}.* is truncated: the entry of example \d+ ends at byte"
+    with pytest.raises(DistillError, match=truncated):
         bert_run(tmp_path / "second", str(cache))
+    with pytest.raises(DistillError, match=truncated):  # `distill cache info` says the same, without --verify
+        describe_cache(cache)
     corrupt = bytearray(intact)
     corrupt[200] ^= 0xFF
     data.write_bytes(bytes(corrupt))
-    with pytest.raises(DistillError, match=rf"{data}: the entry of example \d+ at byte \d+ is corrupt"):
+    corrupt_entry = rf"{data}: the entry of example \d+ at byte \d+ is corrupt"
+    with pytest.raises(DistillError, match=corrupt_entry):
         bert_run(tmp_path / "third", str(cache))
+    assert describe_cache(cache)["teachers"]["teacher-0"]["entries"] > 0  # payloads are read with --verify only
+    with pytest.raises(DistillError, match=corrupt_entry):
+        describe_cache(cache, verify=True)
     (cache / "teacher-0" / "meta.json").write_text('{"fingerprint": ')
     with pytest.raises(DistillError, match=r"meta\.json cannot be read"):
         bert_run(tmp_path / "fourth", str(cache))

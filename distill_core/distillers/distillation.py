@@ -100,7 +100,9 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
                 self.kd_vocab_size = check_vocabularies(
                     teacher, model_S, tokenizer_T=tokenizer_T, tokenizer_S=tokenizer_S, vocab_size=config.kd_vocab_size
                 )
-        self.kd = KDTerm(config, self.kd_vocab_size)
+        # the KD term cuts logits only for a padded vocabulary (kd_vocab_size set): else both sizes are equal
+        self.kd = KDTerm(config, self.kd_vocab_size if config.kd_vocab_size is not None else None)
+        self._wanted_layers: dict[tuple[Any, str | None], dict[str, set[int]]] = {}
         chunk = self._chunk_plan(config, model_S, adaptors_T, adaptors_S)
         self.adaptors_T = {
             key: BoundAdaptor(a, self._role_T(key), model=self.teachers[key], chunked=chunk.get(("T", key), False))
@@ -309,11 +311,13 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         """
         if not isinstance(results, Mapping):
             return results
-        wanted: dict[str, set[int]] = {}
-        for bound in self.matches:
-            if self.match_teacher(bound.spec, task) == key:
-                layers = bound.spec.layer_T if isinstance(bound.spec.layer_T, list) else [bound.spec.layer_T]
-                wanted.setdefault(bound.spec.feature, set()).update(layers)
+        wanted = self._wanted_layers.get((key, task))
+        if wanted is None:  # which layers of each feature the matches read: worked out once per teacher and task
+            wanted = self._wanted_layers[(key, task)] = {}
+            for bound in self.matches:
+                if self.match_teacher(bound.spec, task) == key:
+                    layers = bound.spec.layer_T if isinstance(bound.spec.layer_T, list) else [bound.spec.layer_T]
+                    wanted.setdefault(bound.spec.feature, set()).update(layers)
         kept: dict[str, Any] = {}
         for name, value in results.items():
             if name in FEATURE_KEYS:

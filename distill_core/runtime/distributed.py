@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distill_core.data import rebuild_dataloader
 from distill_core.errors import DistillError
 
 #: environment variables torchrun sets for every process
@@ -147,21 +148,9 @@ def shard_dataloader(loader: Any, info: ProcessGroupInfo, seed: int, role: str) 
         seed=seed,
         drop_last=loader.drop_last,
     )
-    options: dict[str, Any] = {
-        "batch_size": loader.batch_size,
-        "sampler": distributed_sampler,
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "drop_last": loader.drop_last,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "persistent_workers": loader.persistent_workers,
-    }
-    if loader.num_workers > 0:
-        options["prefetch_factor"] = loader.prefetch_factor
-        options["multiprocessing_context"] = loader.multiprocessing_context
-    return DataLoader(loader.dataset, **options)
+    return rebuild_dataloader(
+        loader, batch_size=loader.batch_size, sampler=distributed_sampler, drop_last=loader.drop_last
+    )
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:

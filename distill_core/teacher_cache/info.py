@@ -14,7 +14,15 @@ from typing import Any
 
 from distill_core.errors import DistillError
 from distill_core.teacher_cache.fingerprint import digest_of
-from distill_core.teacher_cache.store import _HEADER, FORMAT, _checksum, read_json, read_records, shard_indexes
+from distill_core.teacher_cache.store import (
+    _HEADER,
+    FORMAT,
+    check_extent,
+    check_payload,
+    read_json,
+    read_records,
+    shard_indexes,
+)
 
 
 def describe_cache(location: str | Path, *, verify: bool = False) -> dict[str, Any]:
@@ -49,11 +57,7 @@ def _describe_teacher(folder: Path, verify: bool) -> dict[str, Any]:
         data_size = data.stat().st_size if data.exists() else 0
         size += index.stat().st_size + data_size
         for record in records:
-            if record.offset + record.nbytes > data_size:
-                raise DistillError(
-                    f"{data} is truncated: the entry of example {record.key} ends at byte "
-                    f"{record.offset + record.nbytes} but the file has {data_size} bytes; delete {folder} to rebuild it"
-                )
+            check_extent(data, record, data_size)
             latest[record.key] = (record.length, record.rows)
         if verify and records:
             _verify(data, records)
@@ -83,8 +87,7 @@ def _verify(data: Path, records: list[Any]) -> None:
             raise DistillError(f"{data} is not a teacher-cache data file (bad header)")
         for record in records:
             handle.seek(record.offset)
-            if _checksum(handle.read(record.nbytes)) != record.checksum:
-                raise DistillError(f"{data}: the entry of example {record.key} is corrupt (checksum mismatch)")
+            check_payload(data, record, handle.read(record.nbytes))
 
 
 def _field_text(field: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from distill_core.data import rebuild_dataloader
 from distill_core.errors import DistillError
 
 #: keys are indices into the dataset (a DataLoader): the same example on every rank and in every epoch
@@ -101,7 +102,7 @@ class KeyedLoader:
                     f"drawn, so the teacher cache cannot tell which examples a batch holds; use in_order=True"
                 )
             self._recorder = _RecordingBatchSampler(loader.batch_sampler)
-            self.loader = _rebuild(loader, self._recorder)
+            self.loader = rebuild_dataloader(loader, batch_sampler=self._recorder)
             self.kind = KIND_INDEX
         elif isinstance(loader, (list, tuple)):
             self.loader = loader
@@ -126,27 +127,6 @@ class KeyedLoader:
         queue = self._recorder.current
         for batch in iterator:
             yield batch, tuple(queue.popleft())
-
-
-def _rebuild(loader: Any, batch_sampler: Any) -> Any:
-    """The same DataLoader, drawing its index lists from ``batch_sampler``."""
-    from torch.utils.data import DataLoader
-
-    options: dict[str, Any] = {
-        "batch_sampler": batch_sampler,
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "generator": loader.generator,
-        "persistent_workers": loader.persistent_workers,
-        "pin_memory_device": loader.pin_memory_device,
-    }
-    if loader.num_workers > 0:
-        options["prefetch_factor"] = loader.prefetch_factor
-        options["multiprocessing_context"] = loader.multiprocessing_context
-    return DataLoader(loader.dataset, **options)
 
 
 def _tensors(batch: Any) -> list[tuple[str, Any]]:

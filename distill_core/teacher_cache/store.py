@@ -53,6 +53,25 @@ def _rebuild_hint(path: Path) -> str:
     return f"delete {path} (or the whole cache directory) to rebuild it, or point teacher_cache.location elsewhere"
 
 
+def check_extent(data_path: Path, record: Record, size: int) -> None:
+    """Raise DistillError unless ``record``'s entry lies within the ``size`` bytes of its data file."""
+    if record.offset + record.nbytes > size:
+        raise DistillError(
+            f"{data_path} is truncated: the entry of example {record.key} ends at byte {record.offset + record.nbytes} "
+            f"but the file has {size} bytes (the cache was damaged after it was written; a killed run never leaves "
+            f"this); {_rebuild_hint(data_path.parent)}"
+        )
+
+
+def check_payload(data_path: Path, record: Record, payload: Any) -> None:
+    """Raise DistillError, naming the file and the example, unless ``payload`` matches ``record``'s checksum."""
+    if _checksum(payload) != record.checksum:
+        raise DistillError(
+            f"{data_path}: the entry of example {record.key} at byte {record.offset} is corrupt (checksum mismatch); "
+            f"{_rebuild_hint(data_path.parent)}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     key: int
@@ -157,12 +176,7 @@ class _Shard:
     def load(self, records: list[Record], end: int) -> None:
         size = self.data_path.stat().st_size if self.data_path.exists() else 0
         for record in records:
-            if record.offset + record.nbytes > size:
-                raise DistillError(
-                    f"{self.data_path} is truncated: the entry of example {record.key} ends at byte "
-                    f"{record.offset + record.nbytes} but the file has {size} bytes (the cache was damaged after it "
-                    f"was written; a killed run never leaves this); {_rebuild_hint(self.data_path.parent)}"
-                )
+            check_extent(self.data_path, record, size)
             self.records[record.key] = record  # a later record of a key (a rebuilt entry) wins
         self.index_end = end
 
@@ -191,11 +205,7 @@ class _Shard:
                 # copy-on-write pages: writable for torch.frombuffer, never written back
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         if record.offset not in self._verified:
-            if _checksum(memoryview(self._map)[record.offset : end]) != record.checksum:
-                raise DistillError(
-                    f"{self.data_path}: the entry of example {record.key} at byte {record.offset} is corrupt (checksum "
-                    f"mismatch); {_rebuild_hint(self.data_path.parent)}"
-                )
+            check_payload(self.data_path, record, memoryview(self._map)[record.offset : end])
             self._verified.add(record.offset)
         fields = [(dtype, shape, torch.Size(shape).numel() * dtype.itemsize) for dtype, shape in layout.stored(
             record.length, record.rows
@@ -241,12 +251,12 @@ class DiskStore:
                 f"teacher_cache.location with the same rank); use another location for concurrent runs"
             ) from None
         self._open_own()
-        self.others = [_Shard(folder, rank) for path, rank in shard_indexes(folder) if path != self.own.index_path]
-        if share:
-            for shard in self.others:
-                if shard.index_path.stat().st_size < _HEADER:
-                    continue  # another rank is creating it right now: refresh() reads its records later
-                shard.load(*read_records(shard.index_path))
+        others = shard_indexes(folder) if share else []  # the other ranks' shards: read only when shared
+        self.others = [_Shard(folder, rank) for path, rank in others if path != self.own.index_path]
+        for shard in self.others:
+            if shard.index_path.stat().st_size < _HEADER:
+                continue  # another rank is creating it right now: refresh() reads its records later
+            shard.load(*read_records(shard.index_path))
 
     def _open_own(self) -> None:
         own = self.own
@@ -294,11 +304,10 @@ class DiskStore:
         record = self.own.records.get(key)
         if record is not None:
             return self.own, record
-        if self.share:
-            for shard in self.others:
-                record = shard.records.get(key)
-                if record is not None:
-                    return shard, record
+        for shard in self.others:
+            record = shard.records.get(key)
+            if record is not None:
+                return shard, record
         return None
 
     def _adopt_new_shards(self) -> None:
@@ -341,10 +350,10 @@ class DiskStore:
 
     def count(self) -> int:
         """Entries this rank can read (records of every shard it reads; cheap, for the logs)."""
-        return len(self.own.records) + (sum(len(shard.records) for shard in self.others) if self.share else 0)
+        return len(self.own.records) + sum(len(shard.records) for shard in self.others)
 
     def summary(self) -> dict[str, int]:
-        shards = [self.own, *self.others] if self.share else [self.own]
+        shards = [self.own, *self.others]
         latest: dict[int, Record] = {}
         for shard in shards:
             latest.update(shard.records)

@@ -1,0 +1,39 @@
+"""Rebuilding a user's DataLoader with other sampling, every other option kept.
+
+Two places draw a user's batches differently from how the DataLoader was built: the distributed
+runtime (a ``DistributedSampler``, so each rank reads its share) and the teacher cache (a batch
+sampler that records which examples each batch holds). Both rebuild the loader through
+:func:`rebuild_dataloader`, so neither drops an option the user set (the ``generator`` seeds the
+workers, ``pin_memory_device`` says where to pin) and a new DataLoader option is added once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def rebuild_dataloader(loader: Any, **sampling: Any) -> Any:
+    """A DataLoader over ``loader.dataset`` with ``loader``'s options and the given sampling.
+
+    ``sampling``: the sampling arguments of the new loader (``batch_sampler=...``, or ``sampler=...``
+    with ``batch_size`` and ``drop_last``). Every other option of ``loader`` is kept as it was.
+    """
+    from torch.utils.data import DataLoader
+
+    options: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "generator": loader.generator,
+        "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+    }
+    if hasattr(loader, "in_order"):  # torch >= 2.6
+        options["in_order"] = loader.in_order
+    if loader.num_workers > 0:
+        options["prefetch_factor"] = loader.prefetch_factor
+        options["multiprocessing_context"] = loader.multiprocessing_context
+    options.update(sampling)
+    return DataLoader(loader.dataset, **options)
