@@ -154,18 +154,21 @@ class OnPolicySampler:
                 "OnPolicySampler needs batches that are mappings with 'input_ids' of shape (batch, length), got "
                 f"{type(batch).__name__}" + ("" if input_ids is None else f" with input_ids {tuple(input_ids.shape)}")
             )
+        input_ids = input_ids.cpu()  # a host batch already (the loop samples before moving it): no copy
         real = batch.get("attention_mask")
-        real = torch.ones_like(input_ids, dtype=torch.bool) if real is None else real.to(input_ids.device).bool()
+        real = torch.ones_like(input_ids, dtype=torch.bool) if real is None else real.cpu().bool()
         lengths = real.sum(dim=1).clamp(max=self.prompt_length)
         if int(lengths.min()) < 1:
             raise ValueError("OnPolicySampler got a row without any real token to use as a prompt")
         width = int(lengths.max())
+        rank = real.cumsum(dim=1)  # 1, 2, ... over each row's real tokens
+        take = real & (rank <= lengths.unsqueeze(1))  # each row's first `length` real tokens
+        rows = take.nonzero(as_tuple=True)[0]
+        columns = (width - lengths)[rows] + rank[take] - 1  # right-aligned: left padding
         prompts = torch.full((input_ids.shape[0], width), self.pad_token_id, dtype=input_ids.dtype)
         prompt_mask = torch.zeros((input_ids.shape[0], width), dtype=torch.long)
-        for row in range(input_ids.shape[0]):
-            tokens = input_ids[row][real[row]][: int(lengths[row])].cpu()
-            prompts[row, width - len(tokens) :] = tokens
-            prompt_mask[row, width - len(tokens) :] = 1
+        prompts[rows, columns] = input_ids[take]
+        prompt_mask[rows, columns] = 1
         return prompts, prompt_mask
 
     @torch.no_grad()

@@ -77,6 +77,22 @@ def test_right_padded_prompts_are_left_padded_with_matching_positions():
     assert batch["labels"][0].tolist() == [-100] * 6 + [61, 62]
 
 
+def test_prompts_take_each_rows_first_real_tokens_whatever_the_padding():
+    """Left, right and inner padding: each prompt is the row's first real tokens, right-aligned."""
+    generator = torch.Generator().manual_seed(4)
+    input_ids = torch.randint(3, 50, (6, 9), generator=generator)
+    real = torch.rand((6, 9), generator=generator) > 0.4
+    real[:, 4] = True  # every row has a real token
+    sampler = OnPolicySampler(ScriptedGenerator([[1]] * 6), probability=1.0, prompt_length=4, max_new_tokens=1,
+                              pad_token_id=PAD)
+    prompts, prompt_mask = sampler.prompts({"input_ids": input_ids, "attention_mask": real.long()})
+    width = min(4, int(real.sum(1).max()))
+    for row in range(6):
+        tokens = input_ids[row][real[row]][:4].tolist()
+        assert prompts[row].tolist() == [PAD] * (width - len(tokens)) + tokens
+        assert prompt_mask[row].tolist() == [0] * (width - len(tokens)) + [1] * len(tokens)
+
+
 def test_the_coin_replaces_about_lambda_of_the_batches():
     student = ScriptedGenerator([[1, 1]] * 2)
     torch.manual_seed(0)
