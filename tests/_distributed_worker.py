@@ -22,6 +22,7 @@ processes with batch 4 see, step by step, the same examples as one process with 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
 import sys
@@ -253,6 +254,11 @@ def run_every_distiller(output_dir: str | Path, *, batch_size: int) -> dict[str,
     return results
 
 
+def _report_group_at_exit() -> None:
+    state = "still initialised" if torch.distributed.is_initialized() else "destroyed"
+    print(f"rank {os.environ.get('RANK', '0')}: process group {state} at exit", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
@@ -268,6 +274,8 @@ def main() -> None:
     parser.add_argument("--every-distiller", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # registered before distill joins the group, so it runs after distill's own exit handler (LIFO)
+    atexit.register(_report_group_at_exit)
     if args.every_distiller:
         results = run_every_distiller(args.output_dir, batch_size=args.batch_size)
         torch.save(results, Path(args.output_dir) / f"weights-rank{os.environ.get('RANK', '0')}.pt")

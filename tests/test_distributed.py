@@ -113,6 +113,12 @@ def test_ddp_student_equals_a_single_process_run_with_the_combined_batch(ddp) ->
         assert value == pytest.approx(expected_value, rel=1e-4)
 
 
+def test_the_process_group_distill_made_is_destroyed_at_exit(ddp) -> None:
+    """Left to the interpreter's teardown, gloo's threads once aborted a finished rank (SIGABRT)."""
+    for rank in (0, 1):
+        assert f"rank {rank}: process group destroyed at exit" in ddp.stdout
+
+
 def test_rank_zero_alone_writes_checkpoints_logs_and_runs_the_callback(ddp) -> None:
     assert sorted(p.name for p in ddp.out.glob("gs*.pkl")) == [f"gs{step}.pkl" for step in (2, 4, 6, 8)]
     assert [step for step, _ in ckpt.list_states(ddp.out)] == [2, 4, 6, 8]

@@ -10,7 +10,9 @@ all-reduce at each optimisation step. distill adds no launcher: torch.distribute
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,9 @@ def join_process_group(config_local_rank: int, device: str | None) -> ProcessGro
         if on_cuda:
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+        # the group distill made is distill's to end: left to the interpreter's teardown, its threads can
+        # abort the process after training finished (SIGABRT, "terminate called without an active exception")
+        atexit.register(_destroy_own_group)
         return ProcessGroupInfo(dist.get_world_size(), dist.get_rank(), local)
     if config_local_rank >= 0:
         raise DistillError(
@@ -74,6 +79,16 @@ def join_process_group(config_local_rank: int, device: str | None) -> ProcessGro
             f"(local_rank can stay -1: distill reads it from the environment), or unset local_rank"
         )
     return ProcessGroupInfo()
+
+
+def _destroy_own_group() -> None:
+    """At exit: destroy the process group :func:`join_process_group` initialised (if still there).
+
+    Not after an unhandled exception (``sys.last_value`` is set then): the other ranks may be inside a
+    collective, destroying the group could wait for them, and torchrun stops the group anyway.
+    """
+    if dist.is_initialized() and getattr(sys, "last_value", None) is None:
+        dist.destroy_process_group()
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
