@@ -132,7 +132,12 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
             resolve_submodule(model_S, bound.spec.module_S, f"{bound.label}: the student")
         self.custom_projections = nn.ModuleList(bound.projection for bound in self.custom)
         self.capture = OutputCapture()
-        self._weights_at: tuple[tuple[int, int] | str | None, list[float]] = (None, [])
+        constant = ("none", "constant")
+        # with no weight schedule the weights never change: computed at the first step only
+        self._weights_scheduled = (self.use_kd and config.kd_loss_weight_scheduler not in constant) or (
+            self.use_hard_label and config.hard_label_weight_scheduler not in constant
+        )
+        self._weights_at: tuple[tuple[int, int] | None, list[float]] = (None, [])
         self._terms = (
             (["kd"] if self.use_kd else [])
             + (["hard_label"] if self.use_hard_label else [])
@@ -211,7 +216,9 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
     def current_weights(self, state: RunState) -> list[float]:
         """The weight of each term at this step (schedules change them once per optimisation step)."""
         computed_for = self._weights_at[0]
-        if computed_for == "constant" or computed_for == (state.global_step, state.total_steps):
+        if computed_for is not None and (
+            not self._weights_scheduled or computed_for == (state.global_step, state.total_steps)
+        ):
             return self._weights_at[1]
         config, progress = self.distill_config, state.progress()
         weights = []
@@ -220,12 +227,7 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         if self.use_hard_label:
             weights.append(weight_at(config.hard_label_weight_scheduler, config.hard_label_weight, progress))
         weights.extend(b.spec.weight for b in self.matches + self.custom)
-        constant = ("none", "constant")
-        scheduled = (self.use_kd and config.kd_loss_weight_scheduler not in constant) or (
-            self.use_hard_label and config.hard_label_weight_scheduler not in constant
-        )
-        # without a weight schedule the weights never change: computed once, not once per step
-        self._weights_at = ((state.global_step, state.total_steps) if scheduled else "constant", weights)
+        self._weights_at = ((state.global_step, state.total_steps), weights)
         return weights
 
     # -- the step --------------------------------------------------------------------------------

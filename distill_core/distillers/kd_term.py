@@ -166,21 +166,15 @@ class KDTerm:
             temperature: float | torch.Tensor = config.temperature
             if self.temperature_fn is not None:
                 temperature = self.temperature_fn(student, teacher, config.temperature)
-            loss = self._dense_pair(index, student, teacher, temperature, mask)
+            self.last_temperature = temperature
+            try:
+                loss = self._call(student, teacher, temperature, mask if student.dim() == 3 else None)
+            except ShapeMismatchError as exc:
+                raise ShapeMismatchError(f"kd_loss_type {self.name!r} on logits {index}: {exc}") from exc
             total = loss if total is None else total + loss
         if total is None:
             raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
         return total
-
-    def _dense_pair(
-        self, index: int, student: torch.Tensor, teacher: torch.Tensor, temperature: Any, mask: Any
-    ) -> torch.Tensor:
-        """The plugin on one pair of logits (the mask only for token-level, 3-D, logits)."""
-        self.last_temperature = temperature
-        try:
-            return self._call(student, teacher, temperature, mask if student.dim() == 3 else None)
-        except ShapeMismatchError as exc:
-            raise ShapeMismatchError(f"kd_loss_type {self.name!r} on logits {index}: {exc}") from exc
 
     @staticmethod
     def target(teachers: Teachers) -> list[torch.Tensor]:
@@ -269,7 +263,6 @@ class KDTerm:
             return total
 
         return averaged
-
 
 
 def _kd_mask(results_S: Mapping[str, Any], teachers: Teachers) -> Any:

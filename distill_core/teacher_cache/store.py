@@ -204,18 +204,17 @@ class _Shard:
             with open(self.data_path, "rb") as handle:
                 # copy-on-write pages: writable for torch.frombuffer, never written back
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        if record.offset not in self._verified:
+        stored = layout.stored(record.length, record.rows)
+        fields = [(dtype, shape, torch.Size(shape).numel() * dtype.itemsize) for dtype, shape in stored]
+        if record.offset not in self._verified:  # checked on the first read of each entry only
             check_payload(self.data_path, record, memoryview(self._map)[record.offset : end])
+            if sum(size + (-size) % _ALIGN for _, _, size in fields) != record.nbytes:
+                raise DistillError(
+                    f"{self.data_path}: the entry of example {record.key} holds {record.nbytes} bytes, but the layout "
+                    f"in meta.json describes another size; the files do not belong together. "
+                    f"{_rebuild_hint(self.data_path.parent)}"
+                )
             self._verified.add(record.offset)
-        fields = [(dtype, shape, torch.Size(shape).numel() * dtype.itemsize) for dtype, shape in layout.stored(
-            record.length, record.rows
-        )]
-        if sum(size + (-size) % _ALIGN for _, _, size in fields) != record.nbytes:
-            raise DistillError(
-                f"{self.data_path}: the entry of example {record.key} holds {record.nbytes} bytes, but the layout in "
-                f"meta.json describes another size; the files do not belong together. "
-                f"{_rebuild_hint(self.data_path.parent)}"
-            )
         arrays = []
         offset = record.offset
         for dtype, shape, size in fields:
