@@ -168,13 +168,10 @@ class AutoAdaptor:
         return f"{type(self).__name__}({self.model_name}, chunked={self.chunked})"
 
 
-def _common_outputs(batch: Any, outputs: Mapping[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+def _loss_and_inputs_mask(batch: Any, outputs: Mapping[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """Add the fields every automatic adaptor returns alike: ``losses`` and ``inputs_mask``."""
     if outputs.get("loss") is not None:
         results["losses"] = [outputs["loss"]]
-    if outputs.get("hidden_states") is not None:
-        results["hidden"] = outputs["hidden_states"]
-    if outputs.get("attentions") is not None:
-        results["attention"] = outputs["attentions"]
     if isinstance(batch, Mapping) and batch.get("attention_mask") is not None:
         results["inputs_mask"] = batch["attention_mask"]
     return results
@@ -261,7 +258,11 @@ class CausalLMAdaptor(AutoAdaptor):
         results["logits_mask"] = keep
         if labels is not None:
             results["labels"] = labels
-        return _common_outputs(batch, outputs, results)
+        if outputs.get("hidden_states") is not None:
+            results["hidden"] = outputs["hidden_states"]
+        if outputs.get("attentions") is not None:
+            results["attention"] = outputs["attentions"]
+        return _loss_and_inputs_mask(batch, outputs, results)
 
     def _check_head(self, final: torch.Tensor, logits: torch.Tensor | None) -> None:
         """First call only (it reads a value from the device once)."""
@@ -333,10 +334,7 @@ class EncoderDecoderAdaptor(AutoAdaptor):
         if logits is not None:
             results["logits"] = logits
             results["logits_mask"] = logits_keep if logits_keep is not None else decoder_mask
-        if outputs.get("loss") is not None:
-            results["losses"] = [outputs["loss"]]
-        if attention_mask is not None:
-            results["inputs_mask"] = attention_mask
+        _loss_and_inputs_mask(batch, outputs, results)
         masks = self._feature_masks(results, attention_mask, decoder_mask)
         if masks:
             results["masks"] = masks

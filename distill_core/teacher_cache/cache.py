@@ -38,7 +38,7 @@ from distill_core.teacher_cache.store import (
     MemoryStore,
     clear_folder,
     open_directory,
-    _rebuild_hint,
+    rebuild_hint,
     read_json,
     write_meta,
 )
@@ -53,7 +53,7 @@ def _stored_layout(data: Any, meta_path: Path) -> Layout:
         return Layout.from_json(data)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise DistillError(
-            f"{meta_path}: the stored layout is malformed ({exc!r}); {_rebuild_hint(meta_path.parent)}"
+            f"{meta_path}: the stored layout is malformed ({exc!r}); {rebuild_hint(meta_path.parent)}"
         ) from None
 
 

@@ -49,7 +49,7 @@ def _checksum(data: Any) -> bytes:
     return hashlib.blake2b(data, digest_size=8).digest()
 
 
-def _rebuild_hint(path: Path) -> str:
+def rebuild_hint(path: Path) -> str:
     return f"delete {path} (or the whole cache directory) to rebuild it, or point teacher_cache.location elsewhere"
 
 
@@ -59,7 +59,7 @@ def check_extent(data_path: Path, record: Record, size: int) -> None:
         raise DistillError(
             f"{data_path} is truncated: the entry of example {record.key} ends at byte {record.offset + record.nbytes} "
             f"but the file has {size} bytes (the cache was damaged after it was written; a killed run never leaves "
-            f"this); {_rebuild_hint(data_path.parent)}"
+            f"this); {rebuild_hint(data_path.parent)}"
         )
 
 
@@ -68,7 +68,7 @@ def check_payload(data_path: Path, record: Record, payload: Any) -> None:
     if _checksum(payload) != record.checksum:
         raise DistillError(
             f"{data_path}: the entry of example {record.key} at byte {record.offset} is corrupt (checksum mismatch); "
-            f"{_rebuild_hint(data_path.parent)}"
+            f"{rebuild_hint(data_path.parent)}"
         )
 
 
@@ -104,7 +104,7 @@ def read_records(path: Path, *, torn_tail: str = "ignore") -> tuple[list[Record]
     """
     data = path.read_bytes()
     if len(data) < _HEADER or not data.startswith(_INDEX_MAGIC):
-        raise DistillError(f"{path} is not a teacher-cache index (bad or missing header); {_rebuild_hint(path.parent)}")
+        raise DistillError(f"{path} is not a teacher-cache index (bad or missing header); {rebuild_hint(path.parent)}")
     records: list[Record] = []
     end = _HEADER
     count = (len(data) - _HEADER) // RECORD.size
@@ -115,7 +115,7 @@ def read_records(path: Path, *, torn_tail: str = "ignore") -> tuple[list[Record]
         if _checksum(raw[:-8]) != fields[-1]:
             if number == count - 1:
                 break  # torn by a kill (or still being written by another rank)
-            raise DistillError(f"{path}: record {number} is corrupt (checksum mismatch); {_rebuild_hint(path.parent)}")
+            raise DistillError(f"{path}: record {number} is corrupt (checksum mismatch); {rebuild_hint(path.parent)}")
         records.append(Record(*fields[:-1]))
         end = start + RECORD.size
     if end != len(data) and torn_tail == "warn":
@@ -212,7 +212,7 @@ class _Shard:
                 raise DistillError(
                     f"{self.data_path}: the entry of example {record.key} holds {record.nbytes} bytes, but the layout "
                     f"in meta.json describes another size; the files do not belong together. "
-                    f"{_rebuild_hint(self.data_path.parent)}"
+                    f"{rebuild_hint(self.data_path.parent)}"
                 )
             self._verified.add(record.offset)
         arrays = []
@@ -392,7 +392,7 @@ def open_directory(location: str) -> Path:
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise DistillError(
                 f"{marker} is a teacher cache of format {meta.get('format')!r} version {meta.get('version')!r}; this "
-                f"distill reads {FORMAT!r} version {VERSION}; {_rebuild_hint(root)}"
+                f"distill reads {FORMAT!r} version {VERSION}; {rebuild_hint(root)}"
             )
     return root
 
@@ -401,9 +401,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DistillError(f"{path} cannot be read ({exc}); {_rebuild_hint(path.parent)}") from None
+        raise DistillError(f"{path} cannot be read ({exc}); {rebuild_hint(path.parent)}") from None
     if not isinstance(data, dict):
-        raise DistillError(f"{path} does not hold a JSON object; {_rebuild_hint(path.parent)}")
+        raise DistillError(f"{path} does not hold a JSON object; {rebuild_hint(path.parent)}")
     return data
 
 
