@@ -12,7 +12,8 @@ compared: they must agree to float tolerance, which shows both computed the same
 
 The hand loop masks by multiplying with the mask, as one usually writes it; distill's losses mask
 with ``torch.where``, so that a NaN or infinity in padding (a model's -inf attention scores, the
-fully masked rows of a left-padded causal LM) cannot reach the loss, and ``0 · log 0`` counts as 0.
+fully masked rows of a left-padded causal LM) can reach neither the loss nor its gradient (the
+differences are selected before they are squared), and ``0 · log 0`` counts as 0.
 ``time_ratio`` is against that plain loop. A second series, ``time_ratio_nan_safe_hand``, runs
 against a hand loop that masks as distill does: what the framework costs apart from that guarantee.
 
@@ -120,8 +121,9 @@ def make_distiller(teacher: torch.nn.Module, student: torch.nn.Module, device: t
 class HandWritten:
     """The same distillation as a plain PyTorch loop body, written out by hand.
 
-    ``nan_safe``: mask as distill's losses do, with ``torch.where`` (a NaN or infinity in padding, or a
-    ``0 · log 0``, cannot reach the loss), instead of multiplying by the mask.
+    ``nan_safe``: mask as distill's losses do, with ``torch.where`` on the differences (a NaN or
+    infinity in padding, or a ``0 · log 0``, reaches neither the loss nor its gradient), instead of
+    multiplying by the mask.
     """
 
     def __init__(
@@ -157,15 +159,16 @@ class HandWritten:
     def _nan_safe_losses(self, batch: dict[str, torch.Tensor], out_T: Any, out_S: Any) -> torch.Tensor:
         soft_T = F.softmax(out_T.logits / TEMPERATURE, -1)
         log_S = F.log_softmax(out_S.logits / TEMPERATURE, -1)
-        kd = -torch.where(soft_T > 0, soft_T * log_S, 0.0).sum(-1).mean()
+        kd = -torch.where(soft_T != 0, soft_T * log_S, 0.0).sum(-1).mean()
         keep = batch["attention_mask"] != 0
         width = out_T.hidden_states[4].shape[-1]
-        per_token = (self.projection(out_S.hidden_states[2]) - out_T.hidden_states[4]).pow(2).sum(-1)
-        hidden = torch.where(keep, per_token, 0.0).sum() / (keep.sum() * width).clamp_min(1)
+        # the difference is selected before it is squared, so padding reaches neither value nor gradient
+        difference = self.projection(out_S.hidden_states[2]) - out_T.hidden_states[4]
+        hidden = torch.where(keep.unsqueeze(-1), difference, 0.0).pow(2).sum() / (keep.sum() * width).clamp_min(1)
         att_S, att_T = out_S.attentions[1], out_T.attentions[3]
         pairs = (keep.unsqueeze(-1) & keep.unsqueeze(-2)).unsqueeze(1)
-        per_pair = (att_S - att_T).pow(2).sum(1, keepdim=True)  # heads first: the select runs on (B, 1, L, L)
-        attention = torch.where(pairs, per_pair, 0.0).sum() / (pairs.sum() * att_S.shape[1]).clamp_min(1)
+        kept = torch.where(pairs, att_S - att_T, 0.0)
+        attention = kept.pow(2).sum() / (pairs.sum() * att_S.shape[1]).clamp_min(1)
         return kd + hidden + attention
 
 

@@ -112,13 +112,33 @@ def safe_div(numerator: Tensor, denominator: Tensor) -> Tensor:
     return numerator / denominator.clamp_min(1)
 
 
+def _fit_mask(keep: Tensor, ndim: int) -> Tensor:
+    """``keep`` with trailing axes of size 1 added, so a mask of the leading axes broadcasts to ``ndim`` axes."""
+    return keep.reshape(keep.shape + (1,) * (ndim - keep.ndim)) if keep.ndim < ndim else keep
+
+
+def zero_dropped(tensor: Tensor, keep: Tensor | None) -> Tensor:
+    """Return ``tensor`` with 0 in every entry ``keep`` drops (``keep`` as in :func:`masked_mean`).
+
+    Apply it to a loss's inputs before any arithmetic: a NaN or infinity in a dropped entry (a
+    model's -inf attention scores, a NaN row of padding) then reaches neither the loss nor its
+    gradient. Selecting the result alone is not enough: backward multiplies the zero gradient of a
+    dropped entry by the input there (``2 · (S − T)`` for a square, ``p`` for ``p · log q``), and
+    ``0 · inf`` is NaN. ``torch.where``'s own backward only selects, so it passes an exact 0.
+    """
+    if keep is None:
+        return tensor
+    return torch.where(_fit_mask(keep, tensor.ndim), tensor, zero_like(tensor))
+
+
 def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
     """Return the mean of ``values`` over the entries where ``keep`` is True.
 
     ``keep`` broadcasts to ``values`` as usual (a (B, 1, L, L) pair mask over heads), or covers their
     leading axes (a (B, L) token mask over (B, L, D) features: every entry of a kept token counts).
     ``torch.where`` rather than multiplication, so a NaN or infinity in a dropped entry (padding)
-    cannot leak into the result. With no mask, the plain mean.
+    cannot leak into the value. (Its gradient is safe when the inputs were passed through
+    :func:`zero_dropped` first.) With no mask, the plain mean.
 
     ``values`` is first summed over the axes the mask does not cover, so the select runs on the
     mask's own shape: each entry of that sum is made of dropped entries only, or of kept ones only.
@@ -135,10 +155,23 @@ def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
             if axes:
                 values = values.sum(axes, keepdim=True)
     total = torch.where(keep, values, zero_like(values)).sum()
-    count = keep.sum()  # an integer count: no cast; the division below gives the float mean
-    if broadcast > 1:
-        count = count * broadcast
-    return safe_div(total, count)
+    return safe_div(total, _kept_count(keep, broadcast))
+
+
+def _kept_count(keep: Tensor, broadcast: int) -> Tensor:
+    count = keep.sum()  # an integer count: no cast; the division gives the float mean
+    return count * broadcast if broadcast > 1 else count
+
+
+def zeroed_mean(values: Tensor, keep: Tensor | None) -> Tensor:
+    """:func:`masked_mean` of ``values`` that are already 0 wherever ``keep`` drops (:func:`zero_dropped`).
+
+    The sum over everything is then the sum over the kept entries: no second select.
+    """
+    if keep is None:
+        return values.mean()
+    broadcast = values.numel() // keep.numel() if keep.numel() else 1
+    return safe_div(values.sum(), _kept_count(keep, broadcast))
 
 
 def pair_mask(keep: Tensor, ndim: int) -> Tensor:
@@ -154,9 +187,13 @@ def pair_mask(keep: Tensor, ndim: int) -> Tensor:
 
 
 def xlogy_safe(p: Tensor, log_q: Tensor) -> Tensor:
-    """Return ``p · log_q`` with the convention ``0 · log 0 = 0`` (no NaN from ``0 · -inf``)."""
+    """Return ``p · log_q`` with the convention ``0 · log 0 = 0`` (no NaN from ``0 · -inf``).
+
+    Only an exact 0 is special: a NaN ``p`` stays NaN in the value, so a broken target shows as a
+    non-finite loss at the step it happens instead of as NaN gradients under a finite loss.
+    """
     product = p * log_q
-    return torch.where(p > 0, product, zero_like(product))
+    return torch.where(p != 0, product, zero_like(product))
 
 
 def resolve_params(model: type[ParamsT], params: Any) -> ParamsT:

@@ -35,7 +35,6 @@ from distill_plugins_losses._common import (
     check_ndim,
     check_same_shape,
     keep_mask,
-    masked_mean,
     pair_mask,
     resolve_params,
     safe_div,
@@ -43,6 +42,8 @@ from distill_plugins_losses._common import (
     single_layer,
     student_teacher,
     xlogy_safe,
+    zero_dropped,
+    zeroed_mean,
 )
 
 #: Attention entries at or below this are treated as masked out by the model itself.
@@ -124,7 +125,7 @@ def _mse(attention_S: Tensor, attention_T: Tensor, pairs: Tensor | None) -> Tens
     if pairs is None:  # no mask: drop what the model masked itself (large negative scores)
         return (_zero_masked(attention_S) - _zero_masked(attention_T)).square().mean()
     # with a mask, the mask alone decides; kept negative scores are real values
-    return masked_mean((attention_S - attention_T).square(), pairs)
+    return zeroed_mean(zero_dropped(attention_S - attention_T, pairs).square(), pairs)
 
 
 def _mean_over_queries(terms: Tensor, pairs: Tensor | None) -> Tensor:
@@ -153,7 +154,8 @@ def _ce(attention_S: Tensor, attention_T: Tensor, pairs: Tensor | None, inputs: 
         log_q = attention_S.log_softmax(-1)
     else:
         p_T, log_q = attention_T, _log_probs(attention_S)
-    return -_mean_over_queries(xlogy_safe(p_T, log_q), pairs)
+    # dropped pairs get p_T = 0, so their (NaN, -inf) terms give an exact 0 gradient as well
+    return -_mean_over_queries(xlogy_safe(zero_dropped(p_T, pairs), log_q), pairs)
 
 
 def attention_mse_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -262,7 +264,7 @@ def attention_kl_loss(
         p_T, log_q = log_p_T.exp(), attention_S.log_softmax(-1)
     else:
         p_T, log_p_T, log_q = attention_T, _log_probs(attention_T), _log_probs(attention_S)
-    return _mean_over_queries(xlogy_safe(p_T, log_p_T - log_q), pairs)
+    return _mean_over_queries(xlogy_safe(zero_dropped(p_T, pairs), log_p_T - log_q), pairs)
 
 
 _NAMES = frozenset({"attention_mse", "attention_mse_sum", "attention_ce", "attention_ce_mean", "attention_kl"})

@@ -24,6 +24,8 @@ from distill_plugins_losses._common import (
     shape_str,
     single_layer,
     student_teacher,
+    zero_dropped,
+    zeroed_mean,
 )
 
 
@@ -40,8 +42,8 @@ def hidden_mse_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = 
     check_same_shape(feature_S, feature_T, "hidden states")
     feature_S, feature_T = student_teacher(feature_S, feature_T)
     keep = keep_mask(mask, feature_S.shape[:-1], "features", feature_S.shape)
-    squared_error = (feature_S - feature_T).square()
-    return masked_mean(squared_error, keep)
+    squared_error = zero_dropped(feature_S - feature_T, keep).square()
+    return zeroed_mean(squared_error, keep)
 
 
 def cos_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -56,6 +58,7 @@ def cos_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = None) -
     check_same_shape(feature_S, feature_T, "hidden states")
     feature_S, feature_T = student_teacher(feature_S, feature_T)
     keep = keep_mask(mask, feature_S.shape[:-1], "features", feature_S.shape)
+    feature_S, feature_T = zero_dropped(feature_S, keep), zero_dropped(feature_T, keep)
     token_loss = 1 - F.cosine_similarity(feature_S, feature_T, dim=-1)
     return masked_mean(token_loss, keep)
 
@@ -88,8 +91,9 @@ def pkd_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = None) -
     feature_S, feature_T = student_teacher(feature_S, feature_T)
     if feature_S.ndim == 3:
         feature_S, feature_T = feature_S[:, 0], feature_T[:, 0]
-    difference = F.normalize(feature_S, dim=-1) - F.normalize(feature_T, dim=-1)
     keep = None if mask is None else keep_mask(mask[:, 0], mask.shape[:1], "the first position")
+    feature_S, feature_T = zero_dropped(feature_S, keep), zero_dropped(feature_T, keep)
+    difference = F.normalize(feature_S, dim=-1) - F.normalize(feature_T, dim=-1)
     return masked_mean(difference.square().sum(-1), keep)
 
 

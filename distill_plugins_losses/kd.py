@@ -32,6 +32,7 @@ from distill_plugins_losses._common import (
     student_teacher,
     upcast,
     xlogy_safe,
+    zero_dropped,
 )
 
 Temperature = float | Tensor
@@ -101,6 +102,10 @@ def prepare_kd_logits(
             f"mask=None (or a per-example mask of shape (B,)) for (B, C) logits"
         )
     keep = keep_mask(mask, logits_S.shape[:-1], "logits", logits_S.shape)
+    if keep is not None:
+        # the teacher's dropped rows (padding: NaN or -inf rows are possible) become zeros, whose
+        # uniform distribution keeps every term, and so its gradient, finite
+        logits_T = zero_dropped(logits_T, keep)
     if isinstance(tau, float) and tau == 1.0:
         return logits_S, logits_T, tau, keep
     return logits_S / tau, logits_T / tau, tau, keep

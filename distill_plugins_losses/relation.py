@@ -34,6 +34,7 @@ from distill_plugins_losses._common import (
     two_layers,
     upcast,
     xlogy_safe,
+    zero_dropped,
 )
 
 
@@ -123,6 +124,7 @@ def _mmd_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: 
             f"{shape_str(S_0.shape)} and teacher {shape_str(T_0.shape)}"
         )
     keep = keep_mask(mask, S_0.shape[:2], "layers", S_0.shape)
+    T_0, T_1 = zero_dropped(T_0, keep), zero_dropped(T_1, keep)  # no NaN from padding in the gradient either
     gram_S = S_0 @ S_1.transpose(1, 2) / S_0.shape[-1]
     gram_T = T_0 @ T_1.transpose(1, 2) / T_0.shape[-1]
     squared_error = (gram_S - gram_T).square()
@@ -180,7 +182,7 @@ def relation_kl_loss(
                 f"choose a common divisor of both widths"
             )
     keep = keep_mask(mask, feature_S.shape[:2], "features", feature_S.shape)
-    feature_S, feature_T = upcast(feature_S), upcast(feature_T.detach())
+    feature_S, feature_T = upcast(feature_S), zero_dropped(upcast(feature_T.detach()), keep)
     log_R_S = _relation_log_probs(feature_S, num_relation_heads, keep)
     log_R_T = _relation_log_probs(feature_T, num_relation_heads, keep)
     terms = xlogy_safe(log_R_T.exp(), log_R_T - log_R_S)

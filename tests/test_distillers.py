@@ -291,6 +291,37 @@ def test_multi_teacher_averages_teacher_logits(tmp_path) -> None:
         )
 
 
+@pytest.mark.parametrize("weights", [[float("nan"), 1], [float("inf"), 1], [-1, 2], [0, 0], [1]])
+def test_multi_teacher_refuses_weights_that_are_not_finite_non_negative(tmp_path, weights) -> None:
+    """A NaN weight passed the old `w < 0` check and made every KD target NaN."""
+    teachers = [tiny_bert(32, 4, 4, seed=s) for s in (10, 11)]
+    with pytest.raises(ValueError, match="teacher_weights must be 2 finite non-negative numbers"):
+        MultiTeacherDistillation(
+            train_config(tmp_path),
+            DistillationConfig(),
+            teachers,
+            tiny_bert(16, 2, 2, seed=1),
+            bert_adaptor,
+            bert_adaptor,
+            teacher_weights=weights,
+        )
+
+
+@pytest.mark.parametrize("weight", [-2.0, float("nan"), float("inf")])
+def test_multi_task_refuses_task_weights_that_are_not_finite_non_negative(tmp_path, weight) -> None:
+    teachers = {"a": tiny_bert(32, 4, 4, seed=2), "b": tiny_bert(32, 4, 4, seed=3)}
+    with pytest.raises(ValueError, match=r"task_weights must be finite non-negative numbers .*'b'"):
+        MultiTaskDistillation(
+            train_config(tmp_path),
+            DistillationConfig(),
+            teachers,
+            tiny_bert(16, 2, 2, seed=1),
+            {t: bert_adaptor for t in teachers},
+            {t: bert_adaptor for t in teachers},
+            task_weights={"a": 1.0, "b": weight},
+        )
+
+
 def test_multi_task_samples_tasks_by_size_and_passes_the_task(tmp_path) -> None:
     student = tiny_bert(16, 2, 2, seed=1)
     teachers = {"big": tiny_bert(32, 4, 4, seed=2), "small": tiny_bert(32, 4, 4, seed=3)}

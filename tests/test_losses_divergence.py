@@ -284,6 +284,37 @@ def test_padding_with_nan_does_not_leak_into_the_value(name):
     torch.testing.assert_close(value, expected)
 
 
+ALL_KD = {**FUNCTIONS, "ce": kd.kd_ce_loss, "mse": kd.kd_mse_loss, "bce": kd.kd_bce_loss}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", list(ALL_KD))
+def test_nonfinite_teacher_padding_reaches_neither_value_nor_gradient(name, bad):
+    """A NaN or infinite teacher row at a dropped position (padding, a teacher cache's empty row).
+
+    The value alone is not enough: backward multiplies the dropped rows' zero gradient by the teacher
+    there (p · log q, (S − T)²), and 0 · NaN would make the student NaN under a finite loss.
+    """
+    logits_S, logits_T = make_logits((B, L, V), seed=4)
+    reference = ALL_KD[name](logits_S, logits_T, MASK, temperature=2.0)
+    poisoned = logits_T.clone()
+    poisoned[~MASK] = bad
+    student = logits_S.clone().requires_grad_(True)
+    value = ALL_KD[name](student, poisoned, MASK, temperature=2.0)
+    torch.testing.assert_close(value, reference)
+    value.backward()
+    assert torch.isfinite(student.grad).all() and torch.all(student.grad[~MASK] == 0)
+
+
+@pytest.mark.parametrize("name", list(ALL_KD))
+def test_a_nan_teacher_at_a_kept_position_is_a_nan_loss(name):
+    """A broken target must show in the loss at its own step (the non-finite check reads the loss)."""
+    logits_S, logits_T = make_logits((B, L, V), seed=5)
+    logits_T[0, 1, 3] = float("nan")  # a kept position (MASK[0, 1] is True)
+    assert bool(MASK[0, 1])
+    assert torch.isnan(ALL_KD[name](logits_S, logits_T, MASK, temperature=2.0))
+
+
 @pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_gradient_reaches_the_student_only_and_matches_float64(name):
     logits_S, logits_T = make_logits((B, L, V), seed=9)

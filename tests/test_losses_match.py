@@ -263,3 +263,42 @@ def test_masked_mean_selects_as_indexing_would_for_each_mask_layout():
     poisoned[~keep, 0] = float("inf")
     torch.testing.assert_close(masked_mean(poisoned, keep), expected)
     assert masked_mean(features, torch.zeros_like(keep)).item() == 0.0
+
+
+#: losses on attention scores whose softmax runs over every key, the padded ones included (DESIGN §6)
+SOFTMAX_OVER_ALL_KEYS = ("attention_ce", "attention_ce_mean")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", MATCH_LOSSES)
+def test_nonfinite_teacher_padding_reaches_neither_value_nor_gradient(name, bad):
+    """NaN or infinity in the teacher's padding (a padded token; for attention its row and its column).
+
+    For the score losses whose softmax includes padded keys, only the padded query's row.
+
+    Selecting the loss's value is not enough: backward multiplies a dropped entry's zero gradient by
+    the input there (0 · inf = NaN), which would make the student's weights NaN under a finite loss.
+    """
+    feature_S, feature_T = MATCH_LOSSES[name][1](7)
+    mask = torch.tensor(MASK, dtype=torch.bool)  # example 0, position 3 is padding
+    reference = compute(name, feature_S, feature_T, mask)
+
+    def poison(features):
+        out = []
+        for f in leaves(features):
+            f = f.clone()
+            if f.ndim == 4:
+                f[0, :, 3] = bad  # the padded query's row
+                if name not in SOFTMAX_OVER_ALL_KEYS:
+                    f[0, :, :, 3] = bad  # the padded key's column
+            else:
+                f[0, 3] = bad
+            out.append(f)
+        return out if isinstance(features, list) else out[0]
+
+    student = with_grad(feature_S)
+    value = compute(name, student, poison(feature_T), mask)
+    torch.testing.assert_close(value, reference)
+    value.backward()
+    for leaf in leaves(student):
+        assert torch.isfinite(leaf.grad).all(), f"{name}: non-finite gradient from the teacher's padding"

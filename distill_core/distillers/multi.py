@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -51,9 +52,13 @@ class MultiTeacherDistillation(Distillation):
         else:
             adaptors = {key: adaptor_T for key in teachers}
         weights = [1.0] * len(teachers) if teacher_weights is None else [float(w) for w in teacher_weights]
-        if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        if (
+            len(weights) != len(teachers)
+            or not all(math.isfinite(w) and w >= 0 for w in weights)  # NaN passes `w < 0`
+            or sum(weights) <= 0
+        ):
             raise ValueError(
-                f"teacher_weights must be {len(teachers)} non-negative numbers with a positive sum, "
+                f"teacher_weights must be {len(teachers)} finite non-negative numbers with a positive sum, "
                 f"got {teacher_weights!r}"
             )
         self.teacher_weights = [w / sum(weights) for w in weights]
@@ -191,6 +196,11 @@ class MultiTaskDistillation(Distillation):
             unknown = set(task_weights) - tasks
             if unknown:
                 raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks are {sorted(tasks)}")
+            bad = {task: w for task, w in task_weights.items() if not (math.isfinite(float(w)) and float(w) >= 0)}
+            if bad:
+                raise ValueError(
+                    f"task_weights must be finite non-negative numbers (each multiplies its task's loss), got {bad!r}"
+                )
             self.task_weights.update({task: float(w) for task, w in task_weights.items()})
         self._init_distillation(
             train_config, distill_config, dict(model_T), model_S, dict(adaptor_T), dict(adaptor_S), None
