@@ -207,6 +207,35 @@ def test_a_flipped_byte_is_an_error_naming_the_file_and_entry_for_states_and_stu
         ckpt.load_student(ckpt.state_path(runs.reference, 4))
 
 
+@pytest.mark.parametrize(
+    ("saved_with", "resumed_with", "expected"),
+    [
+        (None, "step", "scheduler: checkpoint no scheduler, now StepLR"),
+        ("step", None, "scheduler: checkpoint StepLR, now no scheduler"),
+        ("lambda", "step", "scheduler: checkpoint LambdaLR, now StepLR"),
+    ],
+)
+def test_resuming_with_another_scheduler_is_refused(tmp_path, saved_with, resumed_with, expected) -> None:
+    """Without the check a new scheduler silently started from its first step, and a dropped one froze the LR."""
+    schedulers = {
+        None: None,
+        "step": lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5),
+        "lambda": lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+    }
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1)
+    distiller.train(optimizer, schedulers[saved_with], loader, num_steps=2, output_hidden_states=True)
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1)
+    before = {key: value.clone() for key, value in distiller.student.state_dict().items()}
+    with pytest.raises(CheckpointError) as caught:
+        distiller.train(
+            optimizer, schedulers[resumed_with], loader, num_steps=2, output_hidden_states=True, resume_from="latest"
+        )
+    message = str(caught.value)
+    assert "does not match this run" in message and expected in message, message
+    assert "pass train() the same scheduler= or scheduler_class=" in message
+    assert all(torch.equal(before[key], value) for key, value in distiller.student.state_dict().items())
+
+
 class _Interrupt(Exception):
     pass
 
