@@ -13,6 +13,11 @@ Layout under ``output_dir``:
 Every file is written through :mod:`distill_core.atomic` (a temporary file in the same folder,
 flushed, fsynced, renamed, the folder fsynced), so a crash mid-write never leaves a half-written
 file where a good one was. ``save_atomic`` and ``write_text_atomic`` stay importable from here.
+
+Reading checks every file's integrity first: ``torch.save`` writes a zip archive whose entries carry
+CRC32s, which ``torch.load`` ignores, so a flipped bit in tensor data would otherwise load silently.
+:func:`verify_archive` checks them (one read of the file, at load time only); :func:`load_state`
+(resume) and :func:`load_student` (``gs*.pkl``, ``best.pkl``) call it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ _STATE_RE = re.compile(r"^step-(\d+)\.pt$")
 _STUDENT_RE = re.compile(r"^gs(\d+)\.pkl$")
 BEST_STUDENT = "best.pkl"
 BEST_INFO = "best.json"
+_READ_CHUNK = 1 << 22
 
 
 def capture_rng() -> dict[str, Any]:
@@ -164,10 +172,42 @@ def save_best(
     write_text_atomic(folder / BEST_INFO, json.dumps(info, indent=2) + "\n")
 
 
-def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a full-state checkpoint safely (``weights_only=True``: no code runs from the file)."""
+def verify_archive(path: str | os.PathLike[str]) -> None:
+    """Check the CRC32 of every entry of the zip archive ``torch.save`` wrote at ``path``.
+
+    ``torch.load`` does not check them, so damage inside tensor data (a flipped bit on disk or in a
+    copy) would load as changed weights. Reads the file once, in chunks. A file that is not a zip
+    archive (truncated, zeroed, or torch's legacy format) is left to ``torch.load`` to judge.
+
+    :raises CheckpointError: naming the file and its first damaged entry.
+    """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except (zipfile.BadZipFile, OSError):
+        return
+    with archive:
+        for entry in archive.infolist():
+            try:
+                with archive.open(entry) as stream:
+                    while stream.read(_READ_CHUNK):
+                        pass
+            except OSError as exc:  # the disk, not the bytes: as torch.load's own read failures are reported
+                raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({exc})") from exc
+            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} is corrupt: its entry {entry.filename!r} fails the zip archive's "
+                    f"integrity check ({exc}), so its bytes changed after they were written (damage on disk or in "
+                    f"a copy); restore the file from a good copy, or use an earlier checkpoint"
+                ) from exc
+
+
+def _load_verified(path: str | os.PathLike[str], map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` of a file whose archive CRCs are checked first."""
+    verify_archive(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
     except pickle.UnpicklingError as exc:
@@ -180,6 +220,33 @@ def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({exc})") from exc
     except Exception as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({exc})") from exc
+
+
+def load_student(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Return the student ``state_dict`` saved in ``path`` (``gs{step}.pkl`` or ``best.pkl``), checked.
+
+    The same as ``torch.load(path, weights_only=True)``, but a damaged file is an error
+    (:func:`verify_archive`) instead of silently changed weights.
+
+    :raises CheckpointError: the file is missing, damaged, or not a student file.
+    """
+    state = _load_verified(path, map_location)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is a full-state checkpoint, not a student file; use load_state(path)['student'] or "
+            f"the gs{state.get('step')}.pkl file beside {STATE_DIR}/"
+        )
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{str(path)!r} is not a student file (a state_dict) written by distill")
+    return state
+
+
+def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a full-state checkpoint safely (``weights_only=True``: no code runs from the file).
+
+    The archive's CRCs are checked first (:func:`verify_archive`), so a damaged file is refused.
+    """
+    state = _load_verified(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not a distill full-state checkpoint (a student-only gs*.pkl file cannot be "

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,75 @@ def test_resume_from_an_unreadable_path_is_an_error_not_a_fallback(runs, tmp_pat
     broken.write_bytes(ckpt.state_path(runs.reference, 4).read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         worker.run(tmp_path / "out", resume_from=str(broken))
+
+
+def _flip_a_byte_in_tensor_data(path: Path) -> str:
+    """Flip one bit in the middle of the largest tensor entry of a torch.save archive; return its name."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max((e for e in archive.infolist() if "/data/" in e.filename), key=lambda e: e.file_size)
+    data = bytearray(path.read_bytes())
+    header = entry.header_offset  # the local header: 30 bytes, then the name and its own extra field
+    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
+    data[header + 30 + name_length + extra_length + entry.file_size // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    return entry.filename
+
+
+def test_a_flipped_byte_in_the_latest_checkpoint_warns_naming_the_entry_and_falls_back(runs, tmp_path) -> None:
+    resumed = _copy(runs.killed, tmp_path / "resumed")
+    latest = ckpt.state_path(resumed, 6)
+    entry = _flip_a_byte_in_tensor_data(latest)
+    torch.load(latest, weights_only=True)  # torch.load itself does not notice: distill must
+    with pytest.warns(UserWarning, match=rf"step-00000006\.pt' is corrupt: its entry '{entry}'.*falling back"):
+        state = worker.run(resumed, resume_from="latest")
+    assert state.global_step == FINAL
+    assert_same_final_state(runs.reference, resumed)
+
+
+def test_a_flipped_byte_is_an_error_naming_the_file_and_entry_for_states_and_student_files(runs, tmp_path) -> None:
+    state_file = Path(shutil.copy(ckpt.state_path(runs.reference, 4), tmp_path / "step-00000004.pt"))
+    student_file = Path(shutil.copy(ckpt.student_path(runs.reference, 4), tmp_path / "gs4.pkl"))
+    intact = torch.load(student_file, weights_only=True)
+    assert_identical(intact, ckpt.load_student(student_file), "gs4.pkl")
+    for path, load in ((state_file, ckpt.load_state), (student_file, ckpt.load_student)):
+        entry = _flip_a_byte_in_tensor_data(path)
+        with pytest.raises(CheckpointError) as caught:
+            load(path)
+        message = str(caught.value)
+        assert repr(str(path)) in message and f"its entry {entry!r}" in message, message
+        assert "restore the file from a good copy, or use an earlier checkpoint" in message
+    with pytest.raises(CheckpointError, match="is a full-state checkpoint, not a student file"):
+        ckpt.load_student(ckpt.state_path(runs.reference, 4))
+
+
+@pytest.mark.parametrize(
+    ("saved_with", "resumed_with", "expected"),
+    [
+        (None, "step", "scheduler: checkpoint no scheduler, now StepLR"),
+        ("step", None, "scheduler: checkpoint StepLR, now no scheduler"),
+        ("lambda", "step", "scheduler: checkpoint LambdaLR, now StepLR"),
+    ],
+)
+def test_resuming_with_another_scheduler_is_refused(tmp_path, saved_with, resumed_with, expected) -> None:
+    """Without the check a new scheduler silently started from its first step, and a dropped one froze the LR."""
+    schedulers = {
+        None: None,
+        "step": lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5),
+        "lambda": lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+    }
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1)
+    distiller.train(optimizer, schedulers[saved_with], loader, num_steps=2, output_hidden_states=True)
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1)
+    before = {key: value.clone() for key, value in distiller.student.state_dict().items()}
+    with pytest.raises(CheckpointError) as caught:
+        distiller.train(
+            optimizer, schedulers[resumed_with], loader, num_steps=2, output_hidden_states=True, resume_from="latest"
+        )
+    message = str(caught.value)
+    assert "does not match this run" in message and expected in message, message
+    assert "pass train() the same scheduler= or scheduler_class=" in message
+    assert all(torch.equal(before[key], value) for key, value in distiller.student.state_dict().items())
 
 
 class _Interrupt(Exception):

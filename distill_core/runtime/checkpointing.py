@@ -102,6 +102,7 @@ class Checkpointer:
             "optimizer": self._optimizer_state(optimizer),
             "optimizer_layout": "fsdp-full" if runtime.student_sharded else "torch",
             "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scheduler_class": None if scheduler is None else type(scheduler).__qualname__,
             "scaler": runtime.precision.state_dict(),
             "run_state": run_state,
             "rng": rngs[0],
@@ -192,7 +193,7 @@ class Checkpointer:
     def restore(self, saved: dict[str, Any], optimizer: Any, scheduler: Any, state: RunState) -> None:
         """Load a full-state checkpoint into the models, optimizer, scheduler, run state and RNG."""
         runtime, distiller = self.runtime, self.distiller
-        self._check_compatible(saved)
+        self._check_compatible(saved, scheduler)
         if runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -210,7 +211,7 @@ class Checkpointer:
             set_optimizer_state_dict(self._trainables(), optimizer, saved["optimizer"], options=options)
         else:
             optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None and saved.get("scheduler") is not None:
+        if scheduler is not None:  # _check_compatible made sure the checkpoint holds its state
             scheduler.load_state_dict(saved["scheduler"])
         runtime.precision.load_state_dict(saved.get("scaler"))
         run_state = dict(saved["run_state"])
@@ -225,7 +226,7 @@ class Checkpointer:
         state.load_state_dict(run_state)
         ckpt.restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
 
-    def _check_compatible(self, saved: dict[str, Any]) -> None:
+    def _check_compatible(self, saved: dict[str, Any], scheduler: Any) -> None:
         runtime, distiller = self.runtime, self.distiller
         saved_world = saved.get("world_size", 1)
         if saved_world != runtime.world_size:
@@ -258,6 +259,9 @@ class Checkpointer:
             for key in sorted(set(old) | set(new)):
                 if old.get(key) != new.get(key):
                     differences.append(f"distillation.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+        scheduler_difference = self._scheduler_difference(saved, scheduler)
+        if scheduler_difference:
+            differences.append(scheduler_difference)
         for name, module in (
             ("student", distiller.student),
             ("projections", distiller.projections),
@@ -279,3 +283,23 @@ class Checkpointer:
             differences += found[:10] + ([f"... and {len(found) - 10} more in {name}"] if len(found) > 10 else [])
         if differences:
             raise CheckpointError("the checkpoint does not match this run:\n  " + "\n  ".join(differences))
+
+    @staticmethod
+    def _scheduler_difference(saved: dict[str, Any], scheduler: Any) -> str | None:
+        """Why the LR scheduler of this run cannot continue the checkpoint's, or None.
+
+        Without this a scheduler passed to a run saved without one would silently start from its first
+        step, and a run saved with one resumed without it would silently keep the LR frozen.
+        """
+        saved_state = saved.get("scheduler") is not None
+        # checkpoints written before the class was recorded tell only whether a scheduler was there
+        saved_class = saved.get("scheduler_class")
+        this_class = None if scheduler is None else type(scheduler).__qualname__
+        if saved_state == (scheduler is not None) and saved_class in (None, this_class):
+            return None
+        saved_name = saved_class or ("an LR scheduler" if saved_state else "no scheduler")
+        return (
+            f"scheduler: checkpoint {saved_name}, now {this_class or 'no scheduler'} (pass train() the same "
+            f"scheduler= or scheduler_class= as the run that wrote the checkpoint, or start a new run without "
+            f"resume_from, best in another output_dir)"
+        )
