@@ -366,11 +366,18 @@ class TrainingLoop:
             state.batch_in_epoch += len(group)
             if self._run_step(group, tracker):
                 return True
+        if not took_any and state.batch_in_epoch == 0:  # not even batches skipped on resume
+            if state.global_step == 0:
+                raise ValueError("the dataloader yielded no batches")
+            # a generator or iterator is spent after one pass: without this, num_steps would loop forever
+            raise ValueError(
+                f"the dataloader yielded no batches in epoch {state.epoch + 1}, after {state.global_step} of "
+                f"{state.total_steps} steps: it can be iterated only once (a generator or an iterator); pass a "
+                f"re-iterable loader (a DataLoader or a list), or num_steps no larger than the batches it yields"
+            )
         state.epoch += 1
         state.batch_in_epoch = 0
         state.step_in_epoch = 0
-        if state.steps_per_epoch == 0 and not took_any and state.global_step == 0:
-            raise ValueError("the dataloader yielded no batches")
         return False
 
     def _run_step(self, group: list[tuple[str | None, Any, ExampleKeys | None]], tracker: Tracker) -> bool:

@@ -156,3 +156,61 @@ def test_early_stopping_flushes_the_partial_logging_interval(tmp_path) -> None:
     )
     assert state.stopped_early and state.global_step == 3
     assert [step for step, _ in read_scalars(tmp_path / "logs")["loss/total"]] == [3]
+
+
+def test_a_one_pass_iterator_with_more_steps_than_batches_stops_with_the_fix(tmp_path) -> None:
+    """A generator is spent after one pass; num_steps beyond its batches looped forever on empty epochs."""
+    d = distiller(tmp_path, hard_label_weight=0.0)
+    batches = unlabelled(16)  # two batches
+    with pytest.raises(ValueError, match=r"no batches in epoch 2, after 2 of 5 steps: it can be iterated only once"):
+        d.train(
+            torch.optim.AdamW(d.student.parameters(), lr=1e-3),
+            dataloader=(batch for batch in batches),
+            num_steps=5,
+        )
+
+
+def test_an_optimizer_over_other_parameters_is_refused(tmp_path) -> None:
+    """An optimizer built over another model's parameters would train nothing, silently."""
+    d = distiller(tmp_path, hard_label_weight=0.0)
+    with pytest.raises(DistillError, match="the optimizer holds none of the student's .* trainable parameters"):
+        d.train(
+            torch.optim.AdamW(tiny_bert(16, 2, 2, seed=5).parameters(), lr=1e-3),
+            dataloader=unlabelled(),
+            num_epochs=1,
+        )
+    assert not list((tmp_path / "out").glob("gs*.pkl"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"callback": 5}, "callback must be callable as callback"),
+        ({"max_grad_norm": "1"}, "max_grad_norm must be a number"),
+        ({"scheduler_args": {"step_size": 1}}, "scheduler_args but no scheduler_class"),
+    ],
+)
+def test_bad_train_arguments_are_refused_before_training(tmp_path, arguments, message) -> None:
+    d = distiller(tmp_path, hard_label_weight=0.0)
+    with pytest.raises(TypeError, match=message):
+        d.train(torch.optim.AdamW(d.student.parameters(), lr=1e-3), dataloader=unlabelled(), num_epochs=1, **arguments)
+    assert not list((tmp_path / "out").glob("gs*.pkl"))
+
+
+def test_a_misspelt_projection_group_option_is_refused_with_a_suggestion(tmp_path) -> None:
+    """torch keeps any key in a param group and ignores it: 'lrr' trained at the default learning rate."""
+    match = {"layer_T": 2, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse"}
+    d = distiller(
+        tmp_path,
+        hard_label_weight=0.0,
+        intermediate_matches=[{**match, "proj": ["linear", 16, 32, {"lrr": 1e-3, "weight_decay": 0.1}]}],
+    )
+    with pytest.raises(
+        DistillError, match=r"intermediate_matches.0 .*'lrr' \(did you mean 'lr'\?\) are not options of AdamW"
+    ):
+        d.train(
+            torch.optim.AdamW(d.student.parameters(), lr=1e-3),
+            dataloader=unlabelled(),
+            num_epochs=1,
+            output_hidden_states=True,
+        )

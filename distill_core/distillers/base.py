@@ -8,9 +8,11 @@ loss; all of them run the one loop in :mod:`distill_core.loop`, and the runtime
 from __future__ import annotations
 
 import abc
+import difflib
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from numbers import Real
 from typing import Any
 
 import torch
@@ -119,9 +121,7 @@ class BaseDistiller(abc.ABC):
         self.runtime.detach(self)
 
     # -- the step, as the loop sees it -----------------------------------------------------------
-    def prepare(
-        self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: Any = None
-    ) -> MicroBatch:
+    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: Any = None) -> MicroBatch:
         """What the step needs of ``batch`` before any backward: the teachers' outputs (none here).
 
         ``examples``: the batch's example keys (:class:`~distill_core.teacher_cache.keys.ExampleKeys`),
@@ -256,6 +256,20 @@ class BaseDistiller(abc.ABC):
                 raise ValueError(f"Expected argument `{name}` to be a positive integer but got {value!r}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(
+                f"callback must be callable as callback(model=student, step=global_step), got {type(callback).__name__}"
+            )
+        if max_grad_norm is not None and (isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, Real)):
+            raise TypeError(
+                f"max_grad_norm must be a number (None or <= 0: no clipping), got {type(max_grad_norm).__name__} "
+                f"{max_grad_norm!r}"
+            )
+        if scheduler_args is not None and scheduler_class is None:
+            raise TypeError(
+                "train() got scheduler_args but no scheduler_class, so no scheduler would run; pass "
+                "scheduler_class=... with them (e.g. torch.optim.lr_scheduler.LambdaLR), or a built scheduler="
+            )
         if self.train_config.early_stopping_patience is not None and callback is None:
             raise DistillError(
                 "TrainingConfig.early_stopping_patience is set but train() got no callback; pass a "
@@ -274,6 +288,7 @@ class BaseDistiller(abc.ABC):
             self.__enter__()
         try:
             self.runtime.rebind_optimizer(optimizer)
+            self._check_optimizer_holds_student(optimizer)
             self._add_projection_groups(optimizer)
             scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
             resume = self.runtime.checkpointer(self).resolve(resume_from)
@@ -295,12 +310,36 @@ class BaseDistiller(abc.ABC):
             if entered_here:
                 self.__exit__(None, None, None)
 
-    def _projection_groups(self) -> list[tuple[nn.Module, dict[str, Any]]]:
+    def _check_optimizer_holds_student(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer built over other parameters (the teacher's, a copy's) would train nothing, silently."""
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if trainable and not any(id(p) in held for p in trainable):
+            raise DistillError(
+                f"the optimizer holds none of the student's {len(trainable)} trainable parameters, so training "
+                f"would change nothing; build it over the student passed to {type(self).__name__}, e.g. "
+                f"torch.optim.AdamW(student.parameters(), lr=...)"
+            )
+
+    def _projection_groups(self) -> list[tuple[str, nn.Module, dict[str, Any]]]:
+        """(match label, projection, optimizer group options) of each projection."""
         return []
 
     def _add_projection_groups(self, optimizer: torch.optim.Optimizer) -> None:
         known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        for module, options in self._projection_groups():
+        for label, module, options in self._projection_groups():
+            unknown = sorted(set(options) - set(optimizer.defaults))
+            if unknown:  # torch keeps any key in a group and ignores it: a typo would train at the default lr
+                hints = [
+                    f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+                    for key in unknown
+                    for close in [difflib.get_close_matches(key, list(optimizer.defaults), n=1)]
+                ]
+                raise DistillError(
+                    f"{label}: proj group options {', '.join(hints)} are not options of "
+                    f"{type(optimizer).__name__}, whose groups take {sorted(optimizer.defaults)}; fix the 4th entry "
+                    f"of the proj list (group_options)"
+                )
             params = [p for p in module.parameters() if id(p) not in known]
             if params:
                 optimizer.add_param_group({**options, "params": params})

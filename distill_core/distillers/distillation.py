@@ -193,8 +193,8 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
         if key not in self.teachers:
             raise DistillError(f"{bound.label}: teacher {key!r} does not exist; teachers are {sorted(self.teachers)}")
 
-    def _projection_groups(self) -> list[tuple[nn.Module, dict[str, Any]]]:
-        return [(b.projection, b.spec.proj.group_options) for b in self.matches + self.custom if b.spec.proj]
+    def _projection_groups(self) -> list[tuple[str, nn.Module, dict[str, Any]]]:
+        return [(b.label, b.projection, b.spec.proj.group_options) for b in self.matches + self.custom if b.spec.proj]
 
     def _attach_hooks(self) -> None:
         for bound in self.custom:
