@@ -8,7 +8,6 @@ that cannot be read as JSON).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -45,38 +44,11 @@ def _plugins(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _fields_at(model: Any, loc: Sequence[Any]) -> list[str]:
-    """The field names of the config model that holds the key at ``loc`` (for did-you-mean)."""
-    import typing
-
-    from pydantic import BaseModel
-
-    def model_in(annotation: Any) -> Any:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return annotation
-        for argument in typing.get_args(annotation):
-            found = model_in(argument)
-            if found is not None:
-                return found
-        return None
-
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        model = None if field is None else model_in(field.annotation)
-    return list(model.model_fields) if model is not None else []
-
-
-def _format_errors(title: str, model: Any, error: ValidationError) -> list[str]:
+def _format_errors(title: str, error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         path = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden" and item["loc"]:
-            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
-            if close:
-                message += f"; did you mean {close[0]!r}?"
+        message = item["msg"]  # a misspelt key's message already suggests the field (config.with_suggestions)
         lines.append(f"  {title}.{path}: {message}")
     return lines
 
@@ -129,7 +101,7 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             cls.model_validate(section)
         except ValidationError as exc:
-            errors.extend(_format_errors(name, cls, exc))
+            errors.extend(_format_errors(name, exc))
     if errors:
         print(f"{args.config}: {len(errors)} error(s)", file=sys.stderr)
         print("\n".join(errors), file=sys.stderr)

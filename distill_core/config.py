@@ -7,8 +7,10 @@ never mutates them (schedules live in the run state).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, Literal, Union, get_args
 
 from pydantic import (
@@ -75,8 +77,60 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
+def _fields_at(model: Any, loc: Sequence[Any]) -> list[str]:
+    """The field names of the config model that holds the key at ``loc`` (for did-you-mean)."""
+
+    def model_in(annotation: Any) -> Any:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        for argument in get_args(annotation):
+            found = model_in(argument)
+            if found is not None:
+                return found
+        return None
+
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = None if field is None else model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def with_suggestions(error: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """``error`` with "did you mean 'temperature'?" added to each unknown key close to a field of its model."""
+    details: list[Any] = []
+    changed = False
+    for item in error.errors():
+        detail: dict[str, Any] = {"type": item["type"], "loc": item["loc"], "input": item["input"]}
+        if "ctx" in item:
+            detail["ctx"] = item["ctx"]
+        if item["type"] == "extra_forbidden" and item["loc"]:
+            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
+            if close:
+                detail["type"] = PydanticCustomError(
+                    "extra_forbidden", "Extra inputs are not permitted; did you mean '{close}'?", {"close": close[0]}
+                )
+                changed = True
+        details.append(detail)
+    return ValidationError.from_exception_data(error.title, details) if changed else error
+
+
 class _SerializableConfig(_Model):
-    """Adds the seed API's dict / JSON helpers."""
+    """Adds the seed API's dict / JSON helpers, and did-you-mean hints for misspelt keys."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise with_suggestions(exc, type(self)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise with_suggestions(exc, cls) from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _SerializableConfig:
@@ -189,8 +243,6 @@ class IntermediateMatch(_MatchBase):
     @classmethod
     def _known_feature(cls, feature: Any) -> Any:
         if isinstance(feature, str) and feature not in FEATURES:
-            import difflib
-
             close = difflib.get_close_matches(feature, FEATURES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown feature {feature!r}{hint} Known: {', '.join(FEATURES)}")
@@ -234,8 +286,6 @@ def _schedule_spec(value: Any, table: dict[str, Any], field: str) -> tuple[str, 
     else:
         raise ValueError(f"{field} must be a name, [name, *args] or {{'name': .., ...}}, got {value!r}")
     if name not in table:
-        import difflib
-
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown {field} {name!r}{hint} Known: {', '.join(sorted(table))}")

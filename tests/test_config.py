@@ -295,3 +295,41 @@ def test_a_textbrewer_projection_name_validates() -> None:
     config = DistillationConfig(intermediate_matches=[{**GOOD_MATCH, "proj": ["relu", 384, 768]}])
     assert config.intermediate_matches[0].proj.name == "relu"
     assert DistillationConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (
+            lambda: TrainingConfig(ckpt_frequncy=2),
+            "ckpt_frequncy\n  Extra inputs are not permitted; did you mean 'ckpt_frequency'?",
+        ),
+        (
+            lambda: DistillationConfig(temperture=4),
+            "temperture\n  Extra inputs are not permitted; did you mean 'temperature'?",
+        ),
+        (
+            lambda: DistillationConfig.from_dict(
+                {
+                    "intermediate_matches": [
+                        {"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "wieght": 2}
+                    ]
+                }
+            ),
+            "intermediate_matches.0.wieght\n  Extra inputs are not permitted; did you mean 'weight'?",
+        ),
+    ],
+)
+def test_a_misspelt_key_in_python_gets_the_same_suggestion_as_distill_validate(build, expected) -> None:
+    """The constructors used to say only "Extra inputs are not permitted"; only the CLI suggested."""
+    with pytest.raises(ValidationError) as excinfo:
+        build()
+    assert expected in str(excinfo.value)
+
+
+def test_a_key_with_no_close_field_keeps_the_plain_message_and_other_errors_stay() -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        DistillationConfig(zzzz=1, temperature=-1)
+    message = str(excinfo.value)
+    assert "zzzz\n  Extra inputs are not permitted [type=extra_forbidden" in message
+    assert "temperature\n  Input should be greater than 0" in message
