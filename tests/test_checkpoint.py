@@ -236,6 +236,18 @@ def test_resuming_with_another_scheduler_is_refused(tmp_path, saved_with, resume
     assert all(torch.equal(before[key], value) for key, value in distiller.student.state_dict().items())
 
 
+def test_resuming_with_another_optimizer_class_is_refused(tmp_path) -> None:
+    """AdamW's state resumed into SGD failed inside torch with KeyError: 'momentum'."""
+    distiller, optimizer, loader = worker.build(tmp_path, ckpt_steps=1)
+    distiller.train(optimizer, None, loader, num_steps=2, output_hidden_states=True)
+    distiller, _, loader = worker.build(tmp_path, ckpt_steps=1)
+    sgd = torch.optim.SGD(distiller.student.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(CheckpointError) as caught:
+        distiller.train(sgd, None, loader, num_steps=2, output_hidden_states=True, resume_from="latest")
+    message = str(caught.value)
+    assert f"optimizer: checkpoint {type(optimizer).__qualname__}, now SGD (pass train() the same optimizer" in message
+
+
 class _Interrupt(Exception):
     pass
 

@@ -103,6 +103,7 @@ class Checkpointer:
             "optimizer_layout": "fsdp-full" if runtime.student_sharded else "torch",
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "scheduler_class": None if scheduler is None else type(scheduler).__qualname__,
+            "optimizer_class": type(optimizer).__qualname__,
             "scaler": runtime.precision.state_dict(),
             "run_state": run_state,
             "rng": rngs[0],
@@ -193,7 +194,7 @@ class Checkpointer:
     def restore(self, saved: dict[str, Any], optimizer: Any, scheduler: Any, state: RunState) -> None:
         """Load a full-state checkpoint into the models, optimizer, scheduler, run state and RNG."""
         runtime, distiller = self.runtime, self.distiller
-        self._check_compatible(saved, scheduler)
+        self._check_compatible(saved, optimizer, scheduler)
         if runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -226,7 +227,7 @@ class Checkpointer:
         state.load_state_dict(run_state)
         ckpt.restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
 
-    def _check_compatible(self, saved: dict[str, Any], scheduler: Any) -> None:
+    def _check_compatible(self, saved: dict[str, Any], optimizer: Any, scheduler: Any) -> None:
         runtime, distiller = self.runtime, self.distiller
         saved_world = saved.get("world_size", 1)
         if saved_world != runtime.world_size:
@@ -259,6 +260,13 @@ class Checkpointer:
             for key in sorted(set(old) | set(new)):
                 if old.get(key) != new.get(key):
                     differences.append(f"distillation.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+        saved_optimizer = saved.get("optimizer_class")  # absent in checkpoints written before it was recorded
+        if saved_optimizer is not None and saved_optimizer != type(optimizer).__qualname__:
+            # its state would not fit: torch fails later with a KeyError on a missing option ('momentum')
+            differences.append(
+                f"optimizer: checkpoint {saved_optimizer}, now {type(optimizer).__qualname__} (pass train() the same "
+                f"optimizer class as the run that wrote the checkpoint, or start a new run without resume_from)"
+            )
         scheduler_difference = self._scheduler_difference(saved, scheduler)
         if scheduler_difference:
             differences.append(scheduler_difference)
