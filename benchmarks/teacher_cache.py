@@ -104,6 +104,7 @@ def make_distiller(args: argparse.Namespace, folder: str, cached: bool) -> tuple
         device=args.device,
         progress_bar=False,
         log_steps=10**6,
+        overwrite_output_dir=True,  # the timing trains one epoch per train() call: each a new run in one folder
     )
     return Distillation(training, config, teacher, student, adaptor, adaptor), student
 

@@ -10,6 +10,9 @@ Layout under ``output_dir``:
   changed in the run state: best metric and step, patience, early stop. Reading a full state merges it.
 - ``best.pkl`` + ``best.json``: the student at the best metric the callback returned.
 
+These names are the whole of a run's files (:func:`run_files`): a fresh run refuses an ``output_dir``
+that holds any of them, or deletes exactly them with ``TrainingConfig.overwrite_output_dir``.
+
 Every file is written through :mod:`distill_core.atomic` (a temporary file in the same folder,
 flushed, fsynced, renamed, the folder fsynced), so a crash mid-write never leaves a half-written
 file where a good one was. ``save_atomic`` and ``write_text_atomic`` stay importable from here.
@@ -22,6 +25,7 @@ CRC32s, which ``torch.load`` ignores, so a flipped bit in tensor data would othe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -45,6 +49,7 @@ FORMAT_VERSION = 1
 STATE_DIR = "checkpoints"
 _STATE_RE = re.compile(r"^step-(\d+)\.pt$")
 _STUDENT_RE = re.compile(r"^gs(\d+)\.pkl$")
+_EVALUATION_RE = re.compile(r"^step-(\d+)\.eval\.json$")
 BEST_STUDENT = "best.pkl"
 BEST_INFO = "best.json"
 _READ_CHUNK = 1 << 22
@@ -91,28 +96,76 @@ def student_path(output_dir: str | os.PathLike[str], step: int) -> Path:
 
 def list_states(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     """Return ``(step, path)`` of every full-state checkpoint under ``output_dir``, oldest first."""
-    folder = Path(output_dir) / STATE_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for entry in folder.iterdir():
-        matched = _STATE_RE.match(entry.name)
-        if matched:
-            found.append((int(matched.group(1)), entry))
-    return sorted(found)
+    return _numbered(Path(output_dir) / STATE_DIR, _STATE_RE)
 
 
 def list_students(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     """Return ``(step, path)`` of every student-only ``gs{step}.pkl`` under ``output_dir``, oldest first."""
-    folder = Path(output_dir)
+    return _numbered(Path(output_dir), _STUDENT_RE)
+
+
+def list_evaluations(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Return ``(step, path)`` of every evaluation record ``step-N.eval.json``, oldest first (with or
+    without the full state it belongs to)."""
+    return _numbered(Path(output_dir) / STATE_DIR, _EVALUATION_RE)
+
+
+def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
-    found = []
-    for entry in folder.iterdir():
-        matched = _STUDENT_RE.match(entry.name)
-        if matched:
-            found.append((int(matched.group(1)), entry))
-    return sorted(found)
+    found = [(pattern.match(entry.name), entry) for entry in folder.iterdir()]
+    return sorted((int(matched.group(1)), entry) for matched, entry in found if matched)
+
+
+def run_files(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Return every checkpoint file a run wrote under ``output_dir``: full states, evaluation records,
+    ``gs*.pkl``, ``best.pkl`` and ``best.json``. Anything else there (logs, the user's files) is not a run's."""
+    files = [path for listing in (list_states, list_evaluations, list_students) for _, path in listing(output_dir)]
+    folder = Path(output_dir)
+    return files + [folder / name for name in (BEST_STUDENT, BEST_INFO) if (folder / name).is_file()]
+
+
+def describe_run(output_dir: str | os.PathLike[str]) -> str | None:
+    """Say what checkpoints of a run ``output_dir`` holds (latest step, best), or None when it holds none."""
+    parts = []
+    states = [step for step, _ in list_states(output_dir)]
+    if states:
+        parts.append(f"full states of {_count(len(states), 'step')} under {STATE_DIR}/ (the latest: step {states[-1]})")
+    else:  # evaluation records are their full states' companions: named only when alone
+        evaluations = list_evaluations(output_dir)
+        if evaluations:
+            parts.append(f"evaluation records of {_count(len(evaluations), 'step')} under {STATE_DIR}/")
+    students = [step for step, _ in list_students(output_dir)]
+    if students:
+        parts.append(f"student files gs*.pkl of {_count(len(students), 'step')} (the latest: step {students[-1]})")
+    folder = Path(output_dir)
+    best = [name for name in (BEST_STUDENT, BEST_INFO) if (folder / name).is_file()]
+    if best:
+        try:
+            info = json.loads((folder / BEST_INFO).read_text(encoding="utf-8"))
+            at = f" (step {info['step']}, metric {info['metric']})"
+        except (OSError, ValueError, TypeError, KeyError):
+            at = ""
+        parts.append(" and ".join(best) + at)
+    return "; ".join(parts) if parts else None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def remove_run(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the run files :func:`run_files` lists (the ``checkpoints`` folder too once empty); return them.
+
+    The full states go first: a removal cut short leaves none that ``resume_from="latest"`` could
+    pick, and what is left (student files, best) is still found by the next fresh run's check.
+    """
+    files = run_files(output_dir)
+    for path in files:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (Path(output_dir) / STATE_DIR).rmdir()  # only when empty: a user's file there stays, with its folder
+    return files
 
 
 def prune(output_dir: str | os.PathLike[str], *, current_step: int, keep_last: int, keep: set[int]) -> None:

@@ -309,6 +309,13 @@ class TrainingConfig(_SerializableConfig):
     ckpt_steps: int | None = Field(None, ge=1)
     log_dir: str | None = None
     output_dir: str = "./saved_models"
+    overwrite_output_dir: bool = Field(
+        False,
+        strict=True,
+        description="a new run (no resume_from) in an output_dir holding a previous run's checkpoints deletes "
+        "them first (gs*.pkl, checkpoints/step-*.pt and step-*.eval.json, best.pkl, best.json; other files "
+        "stay); False: such a run is refused at setup. A run that resumes ignores it",
+    )
     device: str | None = Field(
         None, description="torch device; None picks cuda (cuda:<local rank> under torchrun) when available"
     )

@@ -173,6 +173,8 @@ def train_config(args: argparse.Namespace, run: str) -> Any:
         log_steps=10,
         progress_bar=args.progress,
         keep_last=1,
+        # each invocation starts its runs over: the checkpoints of an earlier invocation are replaced
+        overwrite_output_dir=True,
     )
 
 

@@ -407,7 +407,9 @@ def test_modes_restored_and_teacher_eval_outside_context(tmp_path) -> None:
 def test_scheduler_built_before_projection_groups_is_refused(tmp_path) -> None:
     teacher, student = models()
     config = DistillationConfig(intermediate_matches=[HIDDEN_MATCH])
-    distiller = Distillation(train_config(tmp_path), config, teacher, student, bert_adaptor, bert_adaptor)
+    # three runs of one distiller, each a new run in the same output_dir: each starts over
+    training = train_config(tmp_path, overwrite_output_dir=True)
+    distiller = Distillation(training, config, teacher, student, bert_adaptor, bert_adaptor)
     batches = dict_batches(tiny_data(16), 8)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     early = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)

@@ -275,6 +275,26 @@ def test_every_distiller_runs_under_ddp_with_the_same_weights_on_every_rank(tmp_
         assert gap <= TOLERANCE, f"{name}: {gap}"
 
 
+def test_a_new_run_over_another_runs_checkpoints_is_refused_on_every_rank(tmp_path) -> None:
+    """Rank 0 looks at output_dir and every rank raises: none is left waiting for it in a collective."""
+    out = tmp_path / "used"
+    (out / ckpt.STATE_DIR).mkdir(parents=True)
+    for path in (ckpt.student_path(out, 2), ckpt.state_path(out, 2)):
+        path.write_bytes(b"a previous run's file")
+    done = subprocess.run(
+        _torchrun_command(out, "--workload", "bert"), capture_output=True, text=True, env=_env(), timeout=300
+    )
+    assert done.returncode != 0
+    logs = sorted(_log_dir(out).glob("**/stderr.log"))
+    assert len(logs) == 2, rank_errors(out)
+    for log in logs:
+        assert "holds the checkpoints of a previous run" in log.read_text(), rank_errors(out)
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file()) == [
+        "checkpoints/step-00000002.pt",
+        "gs2.pkl",
+    ]
+
+
 def test_resuming_with_another_world_size_is_refused_naming_both_sizes(ddp, tmp_path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(ddp.out, copy)

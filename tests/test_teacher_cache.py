@@ -434,7 +434,7 @@ def test_multi_teacher_with_custom_matches_and_multi_task_runs_match_uncached(tm
             temperature=4, intermediate_matches=[dict(worker.MATCH, teacher=1)], teacher_cache=cache
         )
         training = TrainingConfig(
-            output_dir=str(tmp_path / "mt"),
+            output_dir=str(tmp_path / ("mt-cached" if cache else "mt")),  # one folder per run
             device="cpu",
             progress_bar=False,
             gradient_accumulation_steps=2,
@@ -457,7 +457,7 @@ def test_multi_teacher_with_custom_matches_and_multi_task_runs_match_uncached(tm
             hard_label_weight=0.5, intermediate_matches=[dict(worker.MATCH)], teacher_cache=cache
         )
         training = TrainingConfig(
-            output_dir=str(tmp_path / "task"),
+            output_dir=str(tmp_path / ("task-cached" if cache else "task")),  # one folder per run
             device="cpu",
             progress_bar=False,
             gradient_accumulation_steps=2,
@@ -489,8 +489,14 @@ def test_multi_teacher_with_custom_matches_and_multi_task_runs_match_uncached(tm
 def test_memory_cache_lives_across_train_calls_and_logs_its_hit_rate(tmp_path) -> None:
     from tests.tb_reader import read_scalars
 
+    # two runs of one distiller in its one output_dir: the second starts over
     distiller, optimizer, loader = worker.build(
-        tmp_path, teacher_cache="memory", log_dir=str(tmp_path / "logs"), log_steps=5, ckpt_steps=100
+        tmp_path,
+        teacher_cache="memory",
+        log_dir=str(tmp_path / "logs"),
+        log_steps=5,
+        ckpt_steps=100,
+        overwrite_output_dir=True,
     )
     torch.manual_seed(0)
     distiller.train(optimizer, None, loader, num_epochs=1, output_hidden_states=True)

@@ -72,7 +72,8 @@ def _train_config(settings: TrainSettings) -> Any:
     # MiniLM-sized student is hundreds of MB, and the demo needs none to resume from
     return TrainingConfig(output_dir=str(settings.output_dir), log_dir=str(settings.log_dir), device="cpu",
                           log_steps=max(1, min(10, settings.eval_every)), progress_bar=settings.progress_bar,
-                          ckpt_steps=settings.steps, eval_steps=settings.eval_every, keep_last=1)
+                          ckpt_steps=settings.steps, eval_steps=settings.eval_every, keep_last=1,
+                          overwrite_output_dir=True)  # a demo run starts over: it never resumes an earlier one
 
 
 def _dev_callback(dev_loader: Iterable[Any], curve: list[tuple[int, float]],

@@ -282,7 +282,7 @@ class BaseDistiller(abc.ABC):
                 UserWarning,
                 stacklevel=3,
             )
-        self.runtime.check_output_folders()
+        self.runtime.check_output_folders(resume_from)
         entered_here = not self._in_context
         if entered_here:
             self.__enter__()
@@ -292,6 +292,8 @@ class BaseDistiller(abc.ABC):
             self._add_projection_groups(optimizer)
             scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
             resume = self.runtime.checkpointer(self).resolve(resume_from)
+            if resume is None:
+                self.runtime.clear_previous_run()  # after the setup checks: a refused run deletes nothing
             loop = TrainingLoop(
                 self,
                 self.runtime,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from distill_core import checkpoint as ckpt
 from distill_core.errors import DistillError
 from distill_core.runtime import distributed as dist_utils
 from distill_core.runtime.checkpointing import Checkpointer
@@ -62,6 +63,35 @@ def _check_writable(folder: str, field: str) -> None:
         raise DistillError(
             f"TrainingConfig.{field}={folder!r} is not writable ({exc}); choose another folder"
         ) from None
+
+
+def _check_no_previous_run(config: TrainingConfig, resume_from: str | os.PathLike[str] | None) -> None:
+    """Refuse a fresh run in an ``output_dir`` holding another run's checkpoints, unless told to start over.
+
+    The run is fresh without ``resume_from``, and with ``"latest"`` when there is no full state to
+    resume (the student files or best of a run may still be there). An explicit checkpoint path resumes.
+    """
+    output_dir = config.output_dir
+    if config.overwrite_output_dir:
+        return
+    if resume_from is not None and (str(resume_from) != "latest" or ckpt.list_states(output_dir)):
+        return
+    held = ckpt.describe_run(output_dir)
+    if held is None:
+        return
+    start_over = "to delete them and start over, set TrainingConfig(overwrite_output_dir=True)"
+    if resume_from is None:
+        raise DistillError(
+            f"TrainingConfig.output_dir={output_dir!r} holds the checkpoints of a previous run: {held}. This train() "
+            f"call starts a new run, which would overwrite some of them and leave the others for "
+            f"resume_from='latest' to pick. To continue that run, pass resume_from='latest' to train(); to keep it, "
+            f"choose another output_dir; {start_over}"
+        )
+    raise DistillError(
+        f"TrainingConfig.output_dir={output_dir!r} holds files of a previous run but no full state to resume from: "
+        f"{held}. resume_from='latest' therefore starts a new run, which would overwrite them. To keep them, "
+        f"choose another output_dir; {start_over}"
+    )
 
 
 class Runtime:
@@ -122,11 +152,35 @@ class Runtime:
             return torch.device("cuda", self.process.local_rank) if self.process.distributed else torch.device("cuda")
         return torch.device("cpu")
 
-    def check_output_folders(self) -> None:
+    def check_output_folders(self, resume_from: str | os.PathLike[str] | None = None) -> None:
+        """Fail at setup, on every rank, if a folder is unwritable or a fresh run would overwrite another's.
+
+        Rank 0 looks (it writes every file); its verdict is shared, so no rank goes on to wait for a
+        rank that stopped.
+        """
+        problem: DistillError | None = None
         if self.is_main:
-            _check_writable(self.config.output_dir, "output_dir")
-            if self.config.log_dir is not None:
-                _check_writable(self.config.log_dir, "log_dir")
+            try:
+                _check_writable(self.config.output_dir, "output_dir")
+                if self.config.log_dir is not None:
+                    _check_writable(self.config.log_dir, "log_dir")
+                _check_no_previous_run(self.config, resume_from)
+            except DistillError as exc:
+                problem = exc
+        if self.distributed:
+            message = self.broadcast(None if problem is None else str(problem))
+            if message is not None and problem is None:
+                problem = DistillError(message)
+        if problem is not None:
+            raise problem
+
+    def clear_previous_run(self) -> None:
+        """With ``overwrite_output_dir``, delete a previous run's checkpoints before a fresh run writes any."""
+        if not self.config.overwrite_output_dir:
+            return  # the setup check refused any previous run's files
+        if self.is_main:
+            ckpt.remove_run(self.config.output_dir)
+        self.barrier()  # no rank reads output_dir while rank 0 deletes
 
     # -- models ----------------------------------------------------------------------------------
     def attach(self, distiller: BaseDistiller) -> None:

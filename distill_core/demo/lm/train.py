@@ -94,7 +94,8 @@ def _train_config(settings: TrainSettings, precision: str) -> Any:
     return TrainingConfig(output_dir=str(settings.output_dir), log_dir=str(settings.log_dir), device="cpu",
                           log_steps=max(1, min(5, settings.eval_every)), progress_bar=settings.progress_bar,
                           ckpt_steps=settings.steps, eval_steps=settings.eval_every, keep_last=1,
-                          best_metric_mode="min", mixed_precision=precision)
+                          best_metric_mode="min", mixed_precision=precision,
+                          overwrite_output_dir=True)  # a demo run starts over: it never resumes an earlier one
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
