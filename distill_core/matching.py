@@ -48,9 +48,26 @@ class BoundMatch:
         try:
             return self.component.call_in_order(feature_S, feature_T, mask, self.params)
         except ShapeMismatchError as exc:
-            raise ShapeMismatchError(f"{self.label}: {exc}") from exc
+            raise ShapeMismatchError(f"{self.label}: {exc}{self._width_hint(feature_S, feature_T)}") from exc
         except ValueError as exc:  # e.g. a two-layer loss given one layer
             raise ValueError(f"{self.label}: {exc}") from exc
+
+    def _width_hint(self, feature_S: Any, feature_T: Any) -> str:
+        """How to make the widths agree, when only the last axis of the two features differs."""
+        if not (isinstance(feature_S, torch.Tensor) and isinstance(feature_T, torch.Tensor)):
+            return ""
+        if feature_S.shape[:-1] != feature_T.shape[:-1] or feature_S.shape[-1] == feature_T.shape[-1]:
+            return ""
+        width_T, proj = feature_T.shape[-1], self.spec.proj
+        if proj is None:
+            return (
+                f"; the widths differ ({feature_S.shape[-1]} and {width_T}): map the student's to the teacher's "
+                f'with a projection, e.g. "proj": ["linear", {feature_S.shape[-1]}, {width_T}]'
+            )
+        return (
+            f"; projection {proj.name!r} maps to dim_out={proj.dim_out}, the teacher's width is {width_T}: set "
+            f"dim_out to {width_T}"
+        )
 
     def _check_projection_input(self, feature_S: Any) -> None:
         proj = self.spec.proj

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill_core import AdaptorError, DistillationConfig, DistillError, MultiTeacherDistillation, TrainingConfig
+from distill_core.errors import ShapeMismatchError
 from distill_core import Distillation
 from tests.tb_reader import read_scalars
 from tests.tiny import dict_batches, tiny_bert, tiny_data
@@ -214,3 +215,26 @@ def test_a_misspelt_projection_group_option_is_refused_with_a_suggestion(tmp_pat
             num_epochs=1,
             output_hidden_states=True,
         )
+
+
+@pytest.mark.parametrize(
+    ("proj", "hint"),
+    [
+        (None, 'map the student\'s to the teacher\'s with a projection, e.g. "proj": ["linear", 16, 32]'),
+        (["linear", 16, 64], "projection 'linear' maps to dim_out=64, the teacher's width is 32: set dim_out to 32"),
+    ],
+)
+def test_a_width_mismatch_of_a_match_says_how_to_project(tmp_path, proj, hint) -> None:
+    match = {"layer_T": 2, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse"}
+    if proj is not None:
+        match["proj"] = proj
+    d = distiller(tmp_path, hard_label_weight=0.0, intermediate_matches=[match])
+    with pytest.raises(ShapeMismatchError) as caught:
+        d.train(
+            torch.optim.AdamW(d.student.parameters(), lr=1e-3),
+            dataloader=unlabelled(),
+            num_epochs=1,
+            output_hidden_states=True,
+        )
+    assert str(caught.value).startswith("intermediate_matches.0 (hidden, layer_T=2, layer_S=2")
+    assert hint in str(caught.value)
