@@ -141,7 +141,13 @@ class _SerializableConfig(_Model):
     def from_json_file(cls, path: str | os.PathLike[str]) -> _SerializableConfig:
         """Read a config from a JSON file."""
         with open(path, encoding="utf-8") as handle:
-            return cls.model_validate(json.load(handle))
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{os.fspath(path)}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+                ) from None
+        return cls.model_validate(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; ``from_dict`` of it gives an equal config."""

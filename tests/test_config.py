@@ -333,3 +333,10 @@ def test_a_key_with_no_close_field_keeps_the_plain_message_and_other_errors_stay
     message = str(excinfo.value)
     assert "zzzz\n  Extra inputs are not permitted [type=extra_forbidden" in message
     assert "temperature\n  Input should be greater than 0" in message
+
+
+def test_from_json_file_names_the_file_and_position_of_bad_json(tmp_path) -> None:
+    path = tmp_path / "distill.json"
+    path.write_text('{"temperature": 4,}')
+    with pytest.raises(ValueError, match=r"distill.json: not valid JSON \(.* at line 1, column 19\)"):
+        DistillationConfig.from_json_file(path)

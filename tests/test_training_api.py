@@ -238,3 +238,46 @@ def test_a_width_mismatch_of_a_match_says_how_to_project(tmp_path, proj, hint) -
         )
     assert str(caught.value).startswith("intermediate_matches.0 (hidden, layer_T=2, layer_S=2")
     assert hint in str(caught.value)
+
+
+def test_a_student_adaptor_that_detaches_everything_is_named_at_the_first_step(tmp_path) -> None:
+    """backward() said only "element 0 of tensors does not require grad"."""
+
+    def detached(batch, outputs):
+        return {
+            key: value.detach() if isinstance(value, torch.Tensor) else value
+            for key, value in quickstart_adaptor(batch, outputs).items()
+            if key != "losses"
+        }
+
+    teacher, student = tiny_bert(32, 2, 2, seed=0), tiny_bert(16, 2, 2, seed=1)
+    d = Distillation(
+        TrainingConfig(output_dir=str(tmp_path / "out"), progress_bar=False),
+        DistillationConfig(hard_label_weight=0.0),
+        teacher,
+        student,
+        quickstart_adaptor,
+        detached,
+    )
+    with pytest.raises(DistillError, match=r"none of the loss terms \(kd_loss_type 'ce'\) has a gradient path"):
+        d.train(torch.optim.AdamW(student.parameters(), lr=1e-3), dataloader=unlabelled(), num_epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("resume_from", "error", "message"),
+    [
+        (True, TypeError, "resume_from must be 'latest' or the path"),
+        ("DIR", DistillError, "is a folder; pass a checkpoint file in it"),
+    ],
+)
+def test_a_resume_from_that_is_not_a_checkpoint_file_says_what_to_pass(tmp_path, resume_from, error, message) -> None:
+    d = distiller(tmp_path, hard_label_weight=0.0)
+    if resume_from == "DIR":
+        resume_from = str(tmp_path)
+    with pytest.raises(error, match=message):
+        d.train(
+            torch.optim.AdamW(d.student.parameters(), lr=1e-3),
+            dataloader=unlabelled(),
+            num_epochs=1,
+            resume_from=resume_from,
+        )

@@ -484,6 +484,14 @@ class Distillation(TeacherCacheSupport, BaseDistiller):
                 f"{where}{provider} returned {got}; a loss must be a floating-point scalar tensor. Reduce it "
                 f"inside the loss (e.g. .mean() over the unmasked positions)"
             )
+        if torch.is_grad_enabled() and terms and not any(term.requires_grad for term in terms):
+            # else backward() fails with "element 0 of tensors does not require grad", naming nothing
+            raise DistillError(
+                f"none of the loss terms ({', '.join(where for where, _ in sources)}) has a gradient path to the "
+                f"student: adaptor_S returned tensors without gradient (detached, or computed under torch.no_grad "
+                f"or inference_mode), so training would change nothing; return the student's outputs as the model "
+                f"gave them"
+            )
 
 
 class BasicDistillation(Distillation):

@@ -178,7 +178,17 @@ class Checkpointer:
         """The full state to resume from: a path, or ``"latest"`` (the newest readable one), or None."""
         if resume_from is None:
             return None
+        if not isinstance(resume_from, (str, os.PathLike)):
+            raise TypeError(
+                f"resume_from must be 'latest' or the path of a checkpoint file, got {type(resume_from).__name__} "
+                f"{resume_from!r}"
+            )
         if str(resume_from) != "latest":
+            if os.path.isdir(resume_from):
+                raise CheckpointError(
+                    f"resume_from={os.fspath(resume_from)!r} is a folder; pass a checkpoint file in it "
+                    f"({ckpt.STATE_DIR}/step-*.pt), or resume_from='latest' with that folder as output_dir"
+                )
             return ckpt.load_state(resume_from)
         problems = []
         for _step, path in reversed(ckpt.list_states(self.config.output_dir)):
