@@ -195,6 +195,25 @@ def test_mask_that_does_not_fit_names_its_shape(name):
         compute(name, feature_S, feature_T, bad_mask)
 
 
+def at_padding(features, value, attention_value, *, columns=False):
+    """A copy of ``features`` with ``value`` at MASK's padded token (example 0, position 3).
+
+    Attention maps get ``attention_value`` in the padded query's row, and with ``columns`` in the
+    padded key's column too.
+    """
+    out = []
+    for f in leaves(features):
+        f = f.clone()
+        if f.ndim == 4:
+            f[0, :, 3] = attention_value
+            if columns:
+                f[0, :, :, 3] = attention_value
+        else:
+            f[0, 3] = value
+        out.append(f)
+    return out if isinstance(features, list) else out[0]
+
+
 @pytest.mark.parametrize("name", MATCH_LOSSES)
 def test_padding_does_not_change_the_value(name):
     """Garbage at a padded position (a padded query row for attention) must not move the loss."""
@@ -202,18 +221,7 @@ def test_padding_does_not_change_the_value(name):
     mask = torch.tensor(MASK, dtype=torch.bool)  # example 0, position 3 is padding
     reference = compute(name, feature_S, feature_T, mask)
 
-    def scramble(features):
-        out = []
-        for f in leaves(features):
-            f = f.clone()
-            if f.ndim == 4:
-                f[0, :, 3] = 0.9
-            else:
-                f[0, 3] = 123.0
-            out.append(f)
-        return out if isinstance(features, list) else out[0]
-
-    changed = compute(name, scramble(feature_S), scramble(feature_T), mask)
+    changed = compute(name, at_padding(feature_S, 123.0, 0.9), at_padding(feature_T, 123.0, 0.9), mask)
     torch.testing.assert_close(changed, reference)
     assert reference.item() != 0.0
 
@@ -283,21 +291,8 @@ def test_nonfinite_teacher_padding_reaches_neither_value_nor_gradient(name, bad)
     mask = torch.tensor(MASK, dtype=torch.bool)  # example 0, position 3 is padding
     reference = compute(name, feature_S, feature_T, mask)
 
-    def poison(features):
-        out = []
-        for f in leaves(features):
-            f = f.clone()
-            if f.ndim == 4:
-                f[0, :, 3] = bad  # the padded query's row
-                if name not in SOFTMAX_OVER_ALL_KEYS:
-                    f[0, :, :, 3] = bad  # the padded key's column
-            else:
-                f[0, 3] = bad
-            out.append(f)
-        return out if isinstance(features, list) else out[0]
-
     student = with_grad(feature_S)
-    value = compute(name, student, poison(feature_T), mask)
+    value = compute(name, student, at_padding(feature_T, bad, bad, columns=name not in SOFTMAX_OVER_ALL_KEYS), mask)
     torch.testing.assert_close(value, reference)
     value.backward()
     for leaf in leaves(student):
