@@ -29,7 +29,6 @@ Masks may be bool, integer or float 0/1 tensors.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill_core.errors import AdaptorError
+from distill_core.errors import AdaptorError, did_you_mean
 
 HIDDEN_FEATURES = ("hidden", "encoder_hidden", "decoder_hidden")
 ATTENTION_FEATURES = ("attention", "encoder_attention", "decoder_attention", "cross_attention")
@@ -69,11 +68,6 @@ Adaptor = Callable[..., Mapping[str, Any]]
 
 def _shape(tensor: Any) -> str:
     return str(tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-
-
-def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(name), known, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def auto_adaptor(batch: Any, model_outputs: Any) -> dict[str, Any]:
@@ -189,7 +183,7 @@ def check_adaptor_output(results: Any, role: str) -> None:
     for key in results:
         if key not in ADAPTOR_KEYS:
             raise AdaptorError(
-                f"{role} returned unknown key {key!r}{_did_you_mean(key, ADAPTOR_KEYS)} "
+                f"{role} returned unknown key {key!r}{did_you_mean(key, ADAPTOR_KEYS)} "
                 f"Allowed keys: {', '.join(ADAPTOR_KEYS)}"
             )
     for key in ("logits", "losses", *FEATURE_KEYS):
@@ -254,7 +248,7 @@ def _check_masks(results: Mapping[str, Any], role: str) -> None:
     for feature, mask in masks.items():
         if feature not in FEATURE_KEYS:
             raise AdaptorError(
-                f"{role}['masks'] has key {feature!r}{_did_you_mean(feature, FEATURE_KEYS)} Its keys must be "
+                f"{role}['masks'] has key {feature!r}{did_you_mean(feature, FEATURE_KEYS)} Its keys must be "
                 f"feature names: {', '.join(FEATURE_KEYS)}"
             )
         where = f"{role}['masks'][{feature!r}]"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class DistillError(Exception):
     """Base class of distill's own errors."""
@@ -40,3 +43,9 @@ class CheckpointError(DistillError):
 
 class NonFiniteLossError(DistillError, FloatingPointError):
     """A loss term became NaN or infinite."""
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

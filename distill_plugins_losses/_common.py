@@ -146,7 +146,7 @@ def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
     """
     if keep is None:
         return values.mean()
-    broadcast = values.numel() // keep.numel() if keep.numel() else 1
+    broadcast = _broadcast(values, keep)
     if broadcast > 1:
         if keep.ndim < values.ndim and keep.shape == values.shape[: keep.ndim]:  # a mask of the leading axes
             values = values.sum(tuple(range(keep.ndim, values.ndim)))
@@ -156,6 +156,11 @@ def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:
                 values = values.sum(axes, keepdim=True)
     total = torch.where(keep, values, zero_like(values)).sum()
     return safe_div(total, _kept_count(keep, broadcast))
+
+
+def _broadcast(values: Tensor, keep: Tensor) -> int:
+    """How many entries of ``values`` each entry of ``keep`` stands for."""
+    return values.numel() // keep.numel() if keep.numel() else 1
 
 
 def _kept_count(keep: Tensor, broadcast: int) -> Tensor:
@@ -170,8 +175,7 @@ def zeroed_mean(values: Tensor, keep: Tensor | None) -> Tensor:
     """
     if keep is None:
         return values.mean()
-    broadcast = values.numel() // keep.numel() if keep.numel() else 1
-    return safe_div(values.sum(), _kept_count(keep, broadcast))
+    return safe_div(values.sum(), _kept_count(keep, _broadcast(values, keep)))
 
 
 def pair_mask(keep: Tensor, ndim: int) -> Tensor:

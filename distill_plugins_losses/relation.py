@@ -61,12 +61,6 @@ def _layer_pair(features: Sequence[Tensor], side: str, loss: str) -> tuple[Tenso
     return upcast(layer_0), upcast(layer_1)
 
 
-def _zero_padding(layer: Tensor, keep: Tensor | None) -> Tensor:
-    if keep is None:
-        return layer
-    return torch.where(keep.unsqueeze(-1), layer, torch.zeros_like(layer))
-
-
 def gram_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
     """Return the mean squared error between the flow-of-solution (Gram) matrices of two layers.
 
@@ -90,7 +84,7 @@ def _gram_loss(features_S: Sequence[Tensor], features_T: Sequence[Tensor], mask:
     keep = keep_mask(mask, S_0.shape[:2], "layers", S_0.shape)
 
     def gram(layer_0: Tensor, layer_1: Tensor) -> Tensor:
-        layer_0, layer_1 = _zero_padding(layer_0, keep), _zero_padding(layer_1, keep)
+        layer_0, layer_1 = zero_dropped(layer_0, keep), zero_dropped(layer_1, keep)
         products = layer_0.transpose(1, 2) @ layer_1
         if keep is None:
             return products / layer_0.shape[1]

@@ -207,7 +207,7 @@ def test_a_misspelt_projection_group_option_is_refused_with_a_suggestion(tmp_pat
         intermediate_matches=[{**match, "proj": ["linear", 16, 32, {"lrr": 1e-3, "weight_decay": 0.1}]}],
     )
     with pytest.raises(
-        DistillError, match=r"intermediate_matches.0 .*'lrr' \(did you mean 'lr'\?\) are not options of AdamW"
+        DistillError, match=r"intermediate_matches.0 .*'lrr' is not an option of AdamW; did you mean 'lr'\?"
     ):
         d.train(
             torch.optim.AdamW(d.student.parameters(), lr=1e-3),

@@ -8,7 +8,6 @@ loss; all of them run the one loop in :mod:`distill_core.loop`, and the runtime
 from __future__ import annotations
 
 import abc
-import difflib
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from distill_core.config import DistillationConfig, TrainingConfig
-from distill_core.errors import DistillError
+from distill_core.errors import DistillError, did_you_mean
 from distill_core.loop import BatchSource, MicroBatch, RunState, StepInfo, TrainingLoop
 from distill_core.matching import unwrap
 from distill_core.runtime import Runtime
@@ -332,15 +331,11 @@ class BaseDistiller(abc.ABC):
         for label, module, options in self._projection_groups():
             unknown = sorted(set(options) - set(optimizer.defaults))
             if unknown:  # torch keeps any key in a group and ignores it: a typo would train at the default lr
-                hints = [
-                    f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
-                    for key in unknown
-                    for close in [difflib.get_close_matches(key, list(optimizer.defaults), n=1)]
-                ]
+                key = unknown[0]
                 raise DistillError(
-                    f"{label}: proj group options {', '.join(hints)} are not options of "
-                    f"{type(optimizer).__name__}, whose groups take {sorted(optimizer.defaults)}; fix the 4th entry "
-                    f"of the proj list (group_options)"
+                    f"{label}: proj group option {key!r} is not an option of {type(optimizer).__name__}"
+                    f"{did_you_mean(key, optimizer.defaults)}; its groups take {sorted(optimizer.defaults)}: fix "
+                    f"the 4th entry of the proj list (group_options)"
                 )
             params = [p for p in module.parameters() if id(p) not in known]
             if params:
