@@ -35,6 +35,7 @@ from distill_plugins_losses._common import (
     check_ndim,
     check_same_shape,
     keep_mask,
+    kept_squared_error_mean,
     pair_mask,
     resolve_params,
     safe_div,
@@ -43,7 +44,6 @@ from distill_plugins_losses._common import (
     student_teacher,
     xlogy_safe,
     zero_dropped,
-    zeroed_mean,
 )
 
 #: Attention entries at or below this are treated as masked out by the model itself.
@@ -125,7 +125,7 @@ def _mse(attention_S: Tensor, attention_T: Tensor, pairs: Tensor | None) -> Tens
     if pairs is None:  # no mask: drop what the model masked itself (large negative scores)
         return (_zero_masked(attention_S) - _zero_masked(attention_T)).square().mean()
     # with a mask, the mask alone decides; kept negative scores are real values
-    return zeroed_mean(zero_dropped(attention_S - attention_T, pairs).square(), pairs)
+    return kept_squared_error_mean(attention_S, attention_T, pairs)
 
 
 def _mean_over_queries(terms: Tensor, pairs: Tensor | None) -> Tensor:

@@ -20,12 +20,12 @@ from distill_plugins_losses._common import (
     check_ndim,
     check_same_shape,
     keep_mask,
+    kept_squared_error_mean,
     masked_mean,
     shape_str,
     single_layer,
     student_teacher,
     zero_dropped,
-    zeroed_mean,
 )
 
 
@@ -42,8 +42,7 @@ def hidden_mse_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = 
     check_same_shape(feature_S, feature_T, "hidden states")
     feature_S, feature_T = student_teacher(feature_S, feature_T)
     keep = keep_mask(mask, feature_S.shape[:-1], "features", feature_S.shape)
-    squared_error = zero_dropped(feature_S - feature_T, keep).square()
-    return zeroed_mean(squared_error, keep)
+    return kept_squared_error_mean(feature_S, feature_T, keep)
 
 
 def cos_loss(feature_S: Tensor, feature_T: Tensor, mask: Tensor | None = None) -> Tensor:

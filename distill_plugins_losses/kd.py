@@ -27,6 +27,7 @@ from distill_plugins_losses._common import (
     check_ndim,
     check_same_shape,
     keep_mask,
+    kept_squared_error_mean,
     masked_mean,
     shape_str,
     student_teacher,
@@ -172,8 +173,7 @@ def kd_mse_loss(
     :param temperature: a positive finite number, or a tensor (), (B,) or (for 3-D logits) (B, L).
     """
     soft_S, soft_T, _, keep = prepare_kd_logits(logits_S, logits_T, temperature, mask)
-    squared_error = (soft_S - soft_T).square()
-    return masked_mean(squared_error, keep)
+    return kept_squared_error_mean(soft_S, soft_T, keep)
 
 
 def kd_kl_loss(

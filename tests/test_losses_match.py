@@ -273,6 +273,52 @@ def test_masked_mean_selects_as_indexing_would_for_each_mask_layout():
     assert masked_mean(features, torch.zeros_like(keep)).item() == 0.0
 
 
+def test_kept_squared_error_mean_equals_the_selected_mean_with_the_same_gradient():
+    """The fused squared error (hidden_mse, attention_mse, KD mse) against indexing and the composed ops.
+
+    Value: the mean of (S − T)² over the kept entries. Gradient: what autograd gives for
+    ``where(keep, S − T, 0).square()`` summed, over the same count, on both sides; NaN and infinity in
+    dropped entries of either side reach neither.
+    """
+    from distill_plugins_losses._common import kept_squared_error_mean, pair_mask
+
+    generator = torch.Generator().manual_seed(3)
+    keep = torch.rand(3, 5, generator=generator) > 0.4
+    cases = [
+        (torch.randn(3, 5, 4, generator=generator), torch.randn(3, 5, 4, generator=generator), keep),
+        (
+            torch.randn(3, 2, 5, 5, generator=generator),
+            torch.randn(3, 2, 5, 5, generator=generator),
+            pair_mask(keep, 4),
+        ),
+        (torch.randn(3, 5, generator=generator), torch.randn(3, 5, generator=generator), keep),
+    ]
+    for student, teacher, mask in cases:
+        wide = mask.reshape(mask.shape + (1,) * (student.ndim - mask.ndim)).expand_as(student)
+        expected = (student - teacher)[wide].square().mean()
+        reference_S, reference_T = with_grad(student), with_grad(teacher)
+        composed = torch.where(wide, reference_S - reference_T, 0.0).square().sum() / wide.sum()
+        composed.backward()
+        poisoned_S = student.masked_fill(~wide, float("nan"))
+        poisoned_T = teacher.masked_fill(~wide, float("inf"))
+        fused_S, fused_T = with_grad(poisoned_S), with_grad(poisoned_T)
+        value = kept_squared_error_mean(fused_S, fused_T, mask)
+        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(composed, expected)
+        value.backward()
+        torch.testing.assert_close(fused_S.grad, reference_S.grad)
+        torch.testing.assert_close(fused_T.grad, reference_T.grad)
+        assert torch.equal(fused_S.grad[~wide], torch.zeros(int((~wide).sum())))
+    student, teacher = cases[0][0].double().requires_grad_(), cases[0][1].double()
+    assert torch.autograd.gradcheck(lambda s: kept_squared_error_mean(s, teacher, keep), (student,))
+    empty = with_grad(cases[0][0])
+    value = kept_squared_error_mean(empty, cases[0][1], torch.zeros_like(keep))
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(empty.grad, torch.zeros_like(empty))
+    no_mask = kept_squared_error_mean(cases[0][0], cases[0][1], None)
+    torch.testing.assert_close(no_mask, (cases[0][0] - cases[0][1]).square().mean())
+
+
 #: losses on attention scores whose softmax runs over every key, the padded ones included (DESIGN §6)
 SOFTMAX_OVER_ALL_KEYS = ("attention_ce", "attention_ce_mean")
 
