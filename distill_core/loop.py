@@ -250,6 +250,21 @@ class TrainingLoop:
         self._applied_weights: list[float] = []
         self._plain_steps: dict[int, StepInfo] = {}
 
+    def _zero_grad(self) -> None:
+        """``optimizer.zero_grad(set_to_none=True)``.
+
+        For an optimizer that keeps torch's own ``zero_grad``, the same assignments written out: that
+        method wraps them in a profiler range, which costs about 10 µs a step on the CPU (measured).
+        An optimizer class with its own ``zero_grad`` gets it called.
+        """
+        optimizer = self.optimizer
+        if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
+
     def _plain_step(self, micro_batches: int) -> StepInfo:
         """The StepInfo of a step without token counts: one per micro-batch count, made once."""
         step = self._plain_steps.get(micro_batches)
@@ -435,7 +450,7 @@ class TrainingLoop:
                 # with fp16 the scaler may skip a step; torch then warns about the order of steps
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                 self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         self._applied_weights = distiller.current_weights(state)  # the weights this step's losses were scaled by
         state.global_step += 1
         state.step_in_epoch += 1

@@ -169,20 +169,40 @@ def _kept_count(keep: Tensor, broadcast: int) -> Tensor:
     return count * broadcast if broadcast > 1 else count
 
 
+#: the integer type of each float type's size, to select floats by their bits
+_SAME_SIZE_INTEGER = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def _select(values: Tensor, keep: Tensor) -> Tensor:
+    """``torch.where(keep, values, 0)`` (no gradient), computed as a bitwise AND on the floats' bits.
+
+    A kept entry is ANDed with all ones (every bit kept, NaN and infinity included), a dropped one
+    with zeros (+0.0). Same result, bit for bit; ``torch.where`` has no vectorised CPU kernel and takes
+    about four times as long as this on the CPU.
+    """
+    integer = _SAME_SIZE_INTEGER.get(values.dtype)
+    if integer is None:
+        return torch.where(keep, values, zero_like(values))
+    return (values.view(integer) & keep.to(integer).neg_()).view(values.dtype)
+
+
 class _KeptSquaredErrorSum(torch.autograd.Function):
     """``Σ (S − T)²`` over the entries ``keep`` keeps; gradient ``2 (S − T)`` there and exactly 0 elsewhere.
 
     The difference is selected once in the forward and saved, so the backward is one multiply.
     Written as ``torch.where``, ``square`` and ``sum``, autograd would run a second select in the
-    backward (with a zero tensor filled for it) and two multiplies; ``torch.where`` has no
-    vectorised CPU kernel, so each select costs about four multiplies. The sum of squares is one
+    backward (with a zero tensor filled for it) and two multiplies. The sum of squares is one
     ``torch.dot``, which is on no autocast list: it runs in the inputs' float32.
     """
 
     @staticmethod
     def forward(ctx: Any, student: Tensor, teacher: Tensor, keep: Tensor) -> Tensor:
-        difference = student - teacher
-        difference = torch.where(keep, difference, zero_like(difference))
+        difference = _select(student - teacher, keep)
         ctx.save_for_backward(difference)
         flat = difference.reshape(-1)
         return torch.dot(flat, flat)

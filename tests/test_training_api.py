@@ -281,3 +281,33 @@ def test_a_resume_from_that_is_not_a_checkpoint_file_says_what_to_pass(tmp_path,
             num_epochs=1,
             resume_from=resume_from,
         )
+
+
+def test_gradients_are_cleared_after_every_step_and_an_optimizers_own_zero_grad_is_called(tmp_path) -> None:
+    """The loop clears gradients itself for torch's optimizers; a class with its own zero_grad gets it called."""
+    d = distiller(tmp_path, hard_label_weight=0.0)
+    grads_before_step: list[bool] = []
+
+    def record(batch):
+        grads_before_step.append(all(p.grad is None for p in d.student.parameters()))
+        return batch
+
+    d.train(
+        torch.optim.AdamW(d.student.parameters(), lr=1e-3),
+        dataloader=unlabelled(24),
+        num_epochs=1,
+        batch_postprocessor=record,
+    )
+    assert grads_before_step == [True, True, True]
+    assert all(p.grad is None for p in d.student.parameters())
+
+    class Counting(torch.optim.AdamW):
+        calls = 0
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            Counting.calls += 1
+            super().zero_grad(set_to_none)
+
+    d = distiller(tmp_path / "second", hard_label_weight=0.0)
+    d.train(Counting(d.student.parameters(), lr=1e-3), dataloader=unlabelled(24), num_epochs=1)
+    assert Counting.calls == 3
