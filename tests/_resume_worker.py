@@ -179,6 +179,30 @@ def run(
         )
 
 
+def refused_training(distiller: Any, optimizer: torch.optim.Optimizer, loader: Any) -> Exception:
+    """Call ``train``, which must be refused before it trains; return the error.
+
+    Refused before training means: the callback never ran, the optimizer has no state and the
+    student's weights are unchanged.
+    """
+    before = {key: value.clone() for key, value in distiller.student.state_dict().items()}
+    calls: list[int] = []
+    try:
+        distiller.train(
+            optimizer,
+            None,
+            loader,
+            num_steps=2,
+            callback=lambda model, step: calls.append(step),
+            output_hidden_states=True,
+        )
+    except Exception as error:  # noqa: BLE001 - the caller checks which error it was
+        assert calls == [] and not optimizer.state
+        assert all(torch.equal(before[key], value) for key, value in distiller.student.state_dict().items())
+        return error
+    raise AssertionError("train() ran; it should have been refused before training")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
