@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from distill_core.atomic import write_text_atomic
-from distill_core.errors import UnknownComponentError
+from distill_core.errors import UnknownComponentError, did_you_mean
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 from distill_core.teacher_cache.config import TeacherCacheConfig
 
@@ -249,8 +249,7 @@ class IntermediateMatch(_MatchBase):
     @classmethod
     def _known_feature(cls, feature: Any) -> Any:
         if isinstance(feature, str) and feature not in FEATURES:
-            close = difflib.get_close_matches(feature, FEATURES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(feature, FEATURES)
             raise ValueError(f"unknown feature {feature!r}{hint} Known: {', '.join(FEATURES)}")
         return feature
 
@@ -292,9 +291,7 @@ def _schedule_spec(value: Any, table: dict[str, Any], field: str) -> tuple[str, 
     else:
         raise ValueError(f"{field} must be a name, [name, *args] or {{'name': .., ...}}, got {value!r}")
     if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown {field} {name!r}{hint} Known: {', '.join(sorted(table))}")
+        raise ValueError(f"unknown {field} {name!r}{did_you_mean(name, list(table))} Known: {', '.join(sorted(table))}")
     return name, {"args": args, **params}
 
 

@@ -291,11 +291,22 @@ def test_multi_teacher_averages_teacher_logits(tmp_path) -> None:
         )
 
 
-@pytest.mark.parametrize("weights", [[float("nan"), 1], [float("inf"), 1], [-1, 2], [0, 0], [1]])
-def test_multi_teacher_refuses_weights_that_are_not_finite_non_negative(tmp_path, weights) -> None:
-    """A NaN weight passed the old `w < 0` check and made every KD target NaN."""
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([float("nan"), 1], r"teacher_weights\[0\] must be a finite non-negative number .*got nan"),
+        ([1, float("inf")], r"teacher_weights\[1\] must be a finite non-negative number .*got inf"),
+        ([-1, 2], r"teacher_weights\[0\] must be a finite non-negative number .*got -1"),
+        (["heavy", 1], r"teacher_weights\[0\] must be a finite non-negative number .*got 'heavy'"),
+        ([None, 1], r"teacher_weights\[0\] must be a finite non-negative number .*got None"),
+        ([0, 0], "teacher_weights must be 2 finite non-negative numbers with a positive sum"),
+        ([1], "teacher_weights must be 2 finite non-negative numbers with a positive sum"),
+    ],
+)
+def test_multi_teacher_refuses_weights_that_are_not_finite_non_negative(tmp_path, weights, message) -> None:
+    """A NaN weight passed the old `w < 0` check and made every KD target NaN; a string failed inside float()."""
     teachers = [tiny_bert(32, 4, 4, seed=s) for s in (10, 11)]
-    with pytest.raises(ValueError, match="teacher_weights must be 2 finite non-negative numbers"):
+    with pytest.raises(ValueError, match=message):
         MultiTeacherDistillation(
             train_config(tmp_path),
             DistillationConfig(),
@@ -307,10 +318,10 @@ def test_multi_teacher_refuses_weights_that_are_not_finite_non_negative(tmp_path
         )
 
 
-@pytest.mark.parametrize("weight", [-2.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("weight", [-2.0, float("nan"), float("inf"), "heavy", None])
 def test_multi_task_refuses_task_weights_that_are_not_finite_non_negative(tmp_path, weight) -> None:
     teachers = {"a": tiny_bert(32, 4, 4, seed=2), "b": tiny_bert(32, 4, 4, seed=3)}
-    with pytest.raises(ValueError, match=r"task_weights must be finite non-negative numbers .*'b'"):
+    with pytest.raises(ValueError, match=r"task_weights\['b'\] must be a finite non-negative number"):
         MultiTaskDistillation(
             train_config(tmp_path),
             DistillationConfig(),

@@ -18,6 +18,17 @@ from distill_core.matching import BoundMatch
 from distill_core.teacher_cache.keys import ExampleKeys
 
 
+def _weight(value: Any, field: str) -> float:
+    """``value`` as a finite non-negative float (a loss weight), or a ValueError naming ``field``."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = math.nan
+    if not (math.isfinite(weight) and weight >= 0):  # NaN passes `weight < 0`
+        raise ValueError(f"{field} must be a finite non-negative number (it multiplies a loss), got {value!r}")
+    return weight
+
+
 class MultiTeacherDistillation(Distillation):
     """KD towards the (weighted) average of several teachers' logits.
 
@@ -51,12 +62,12 @@ class MultiTeacherDistillation(Distillation):
             adaptors = dict(enumerate(adaptor_T))
         else:
             adaptors = {key: adaptor_T for key in teachers}
-        weights = [1.0] * len(teachers) if teacher_weights is None else [float(w) for w in teacher_weights]
-        if (
-            len(weights) != len(teachers)
-            or not all(math.isfinite(w) and w >= 0 for w in weights)  # NaN passes `w < 0`
-            or sum(weights) <= 0
-        ):
+        weights = (
+            [1.0] * len(teachers)
+            if teacher_weights is None
+            else [_weight(w, f"teacher_weights[{index}]") for index, w in enumerate(teacher_weights)]
+        )
+        if len(weights) != len(teachers) or sum(weights) <= 0:
             raise ValueError(
                 f"teacher_weights must be {len(teachers)} finite non-negative numbers with a positive sum, "
                 f"got {teacher_weights!r}"
@@ -196,12 +207,7 @@ class MultiTaskDistillation(Distillation):
             unknown = set(task_weights) - tasks
             if unknown:
                 raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; tasks are {sorted(tasks)}")
-            bad = {task: w for task, w in task_weights.items() if not (math.isfinite(float(w)) and float(w) >= 0)}
-            if bad:
-                raise ValueError(
-                    f"task_weights must be finite non-negative numbers (each multiplies its task's loss), got {bad!r}"
-                )
-            self.task_weights.update({task: float(w) for task, w in task_weights.items()})
+            self.task_weights.update({task: _weight(w, f"task_weights[{task!r}]") for task, w in task_weights.items()})
         self._init_distillation(
             train_config, distill_config, dict(model_T), model_S, dict(adaptor_T), dict(adaptor_S), None
         )
