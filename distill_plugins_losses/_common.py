@@ -125,11 +125,15 @@ def zero_dropped(tensor: Tensor, keep: Tensor | None) -> Tensor:
     model's -inf attention scores, a NaN row of padding) then reaches neither the loss nor its
     gradient. Selecting the result alone is not enough: backward multiplies the zero gradient of a
     dropped entry by the input there (``2 · (S − T)`` for a square, ``p`` for ``p · log q``), and
-    ``0 · inf`` is NaN. ``torch.where``'s own backward only selects, so it passes an exact 0.
+    ``0 · inf`` is NaN. ``torch.where``'s own backward only selects, so it passes an exact 0. A
+    tensor without gradient (the teacher's side) takes the same select by bits (:func:`_select`).
     """
     if keep is None:
         return tensor
-    return torch.where(_fit_mask(keep, tensor.ndim), tensor, zero_like(tensor))
+    keep = _fit_mask(keep, tensor.ndim)
+    if not tensor.requires_grad:
+        return _select(tensor, keep)
+    return torch.where(keep, tensor, zero_like(tensor))
 
 
 def masked_mean(values: Tensor, keep: Tensor | None) -> Tensor:

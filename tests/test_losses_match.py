@@ -322,7 +322,7 @@ def test_kept_squared_error_mean_equals_the_selected_mean_with_the_same_gradient
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_the_bitwise_select_equals_torch_where_bit_for_bit(dtype):
     """Kept entries keep every bit (NaN, infinity, -0.0); dropped ones become +0.0; masks broadcast."""
-    from distill_plugins_losses._common import _select
+    from distill_plugins_losses._common import _select, zero_dropped
 
     generator = torch.Generator().manual_seed(5)
     values = torch.randn(3, 2, 5, 5, generator=generator).to(dtype)
@@ -332,6 +332,8 @@ def test_the_bitwise_select_equals_torch_where_bit_for_bit(dtype):
         expected = torch.where(keep, values, torch.zeros((), dtype=dtype))
         integer = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[values.element_size()]
         assert torch.equal(_select(values, keep).view(integer), expected.view(integer))
+        # zero_dropped selects a tensor without gradient (the teacher's) the same way
+        assert torch.equal(zero_dropped(values, keep).view(integer), expected.view(integer))
 
 
 #: losses on attention scores whose softmax runs over every key, the padded ones included (DESIGN §6)
