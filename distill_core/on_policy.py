@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill_core.model_adaptors import IGNORE_INDEX, unwrap_model
+from distill_core.adaptors import IGNORE_INDEX
+from distill_core.modules import unwrap
 
 __all__ = ["OnPolicySampler", "SamplerStats", "mask_after_eos"]
 
@@ -109,7 +110,7 @@ class OnPolicySampler:
             raise ValueError(f"Expected argument `temperature` to be positive but got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"Expected argument `top_k` to be None or a positive integer but got {top_k}")
-        model = unwrap_model(student)
+        model = unwrap(student)
         if not callable(getattr(model, "generate", None)):
             raise TypeError(
                 f"OnPolicySampler samples with the student's generate(), which {type(model).__name__} lacks; "
@@ -176,7 +177,7 @@ class OnPolicySampler:
         """Return prompt + a continuation sampled from the student, labelled and masked for token KD."""
         started = time.perf_counter()
         prompts, prompt_mask = self.prompts(batch)
-        model = unwrap_model(self.student)
+        model = unwrap(self.student)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()  # sample from the model as it generates (no dropout)

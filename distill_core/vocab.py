@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import nn
 
+from distill_core.adaptors import model_kind, output_head
 from distill_core.errors import DistillError
-from distill_core.model_adaptors import model_kind, output_head, unwrap_model
+from distill_core.modules import unwrap
 
 
 class VocabularyMismatchError(DistillError, ValueError):
@@ -23,13 +24,13 @@ def output_vocab_size(model: nn.Module) -> int | None:
     """Return the number of token logits a language model outputs, or None for other models.
 
     The rows of ``get_output_embeddings().weight``, else ``config.vocab_size`` for a model that
-    :func:`~distill_core.model_adaptors.model_kind` calls a causal LM or an encoder-decoder.
+    :func:`~distill_core.adaptors.model_kind` calls a causal LM or an encoder-decoder.
     Classifiers give None: their outputs are classes, not a vocabulary.
     """
     head = output_head(model)
     if head is not None:
         return int(head.weight.shape[0])
-    inner = unwrap_model(model)
+    inner = unwrap(model)
     size = getattr(getattr(inner, "config", None), "vocab_size", None)
     if isinstance(size, int) and not isinstance(size, bool) and model_kind(inner) != "other":
         return size

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from distill_core.adaptors import IGNORE_INDEX
 from distill_core.demo.batches import EncodedDataset, pad_batch
 from distill_core.demo.data import SPLIT_SEED, bbc_pools
-from distill_core.model_adaptors import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
