@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from distill_core import AdaptorError, IntermediateMatch
+from distill_core import adaptors
 from distill_core.adaptors import ADAPTOR_KEYS, FEATURE_KEYS, check_adaptor_output, check_pair
 from distill_core.config import FEATURES
 
@@ -49,6 +50,8 @@ def test_well_formed_generative_outputs_pass() -> None:
 def test_feature_keys_are_the_config_features_and_adaptor_keys() -> None:
     assert set(FEATURE_KEYS) == set(FEATURES)
     assert set(FEATURE_KEYS) | {"logits_hidden", "logits_head", "masks"} <= set(ADAPTOR_KEYS)
+    # The contract's names for a match's feature field are the config's, in the same order.
+    assert adaptors.FEATURES == FEATURES
 
 
 def changed(base: dict, **changes) -> dict:

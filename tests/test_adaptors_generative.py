@@ -9,20 +9,18 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 
 from distill_core import AdaptorError, get_loss
 from distill_core.adaptors import (
+    AutoAdaptor,
     BoundAdaptor,
+    CausalLMAdaptor,
+    EncoderDecoderAdaptor,
     auto_adaptor,
+    auto_adaptor_for,
+    causal_lm_targets,
     check_adaptor_output,
     check_pair,
     feature_mask,
-    select_layers,
-)
-from distill_core.model_adaptors import (
-    AutoAdaptor,
-    CausalLMAdaptor,
-    EncoderDecoderAdaptor,
-    auto_adaptor_for,
-    causal_lm_targets,
     model_kind,
+    select_layers,
 )
 from tests.tiny_lm import VOCAB, causal_batch, seq2seq_batch, tiny_bart, tiny_gpt2, tiny_llama, tiny_t5
 

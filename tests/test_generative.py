@@ -204,7 +204,7 @@ def test_a_padded_teacher_vocabulary_is_cut_too(tmp_path, chunked):
 
 def test_chunked_hard_labels_accept_int32_and_name_misaligned_labels(tmp_path):
     from distill_core import AdaptorError
-    from distill_core.model_adaptors import auto_adaptor_for
+    from distill_core.adaptors import auto_adaptor_for
 
     teacher, student = tiny_gpt2(seed=0), tiny_gpt2(seed=1)
     batch = {key: value.to(torch.int32) for key, value in causal_batch().items()}  # a numpy collator's dtype
