@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, full training state, RNG capture, safe loading.
+"""Checkpoint files: where they live, atomic writes, safe loading, pruning, best and evaluation records.
 
 Layout under ``output_dir``:
 
@@ -31,7 +31,6 @@ import math
 import numbers
 import os
 import pickle
-import random
 import re
 import warnings
 import zipfile
@@ -53,37 +52,6 @@ _EVALUATION_RE = re.compile(r"^step-(\d+)\.eval\.json$")
 BEST_STUDENT = "best.pkl"
 BEST_INFO = "best.json"
 _READ_CHUNK = 1 << 22
-
-
-def capture_rng() -> dict[str, Any]:
-    """Return the Python, torch (CPU and CUDA) and numpy RNG states, loadable with weights_only."""
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    try:
-        import numpy as np
-    except ImportError:
-        return state
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Restore what :func:`capture_rng` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
 def state_path(output_dir: str | os.PathLike[str], step: int) -> Path:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distill_core.checkpoint import capture_rng, restore_rng
+from distill_core.rng import capture_rng, restore_rng
 from distill_core.errors import NonFiniteLossError
 from distill_core.runtime import move_to_device
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from distill_core import checkpoint as ckpt
 from distill_core.errors import CheckpointError
+from distill_core.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from distill_core.distillers import BaseDistiller
@@ -88,7 +89,7 @@ class Checkpointer:
 
     def _full_state(self, state: RunState, optimizer: Any, scheduler: Any, student: dict[str, Any]) -> dict[str, Any]:
         runtime, distiller = self.runtime, self.distiller
-        rngs = runtime.gather(ckpt.capture_rng())
+        rngs = runtime.gather(capture_rng())
         epoch_rngs = runtime.gather(state.epoch_start_rng)
         run_state = state.state_dict()
         run_state["epoch_start_rng"] = epoch_rngs[0]
@@ -144,14 +145,14 @@ class Checkpointer:
         runtime, config, step, distiller = self.runtime, self.config, state.global_step, self.distiller
         result = None
         if runtime.is_main or runtime.callback_on_every_rank:
-            rng = ckpt.capture_rng()
+            rng = capture_rng()
             student = distiller.model_S
             student.eval()
             try:
                 result = callback(model=distiller.student, step=step)
             finally:
                 student.train()
-                ckpt.restore_rng(rng)
+                restore_rng(rng)
         metric = ckpt.metric_from(result) if runtime.is_main else None
         metric = runtime.broadcast(metric)
         if metric is not None:
@@ -235,7 +236,7 @@ class Checkpointer:
         if ranks:
             run_state["epoch_start_rng"] = ranks["epoch_start_rng"][runtime.rank]
         state.load_state_dict(run_state)
-        ckpt.restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
+        restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
 
     def _check_compatible(self, saved: dict[str, Any], optimizer: Any, scheduler: Any) -> None:
         runtime, distiller = self.runtime, self.distiller
