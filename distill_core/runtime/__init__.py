@@ -24,6 +24,7 @@ from torch import nn
 
 from distill_core import checkpoint as ckpt
 from distill_core.errors import DistillError
+from distill_core.modules import Trainables
 from distill_core.runtime import distributed as dist_utils
 from distill_core.runtime.checkpointing import Checkpointer
 from distill_core.runtime.precision import Precision
@@ -350,7 +351,8 @@ class Runtime:
         )
 
     def checkpointer(self, distiller: BaseDistiller) -> Checkpointer:
-        return Checkpointer(self, distiller)
+        trainables = Trainables(distiller.student, distiller.projections, distiller.custom_projections)
+        return Checkpointer(self, distiller.train_config, distiller.distill_config, trainables)
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype:

@@ -20,30 +20,37 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from distill_core import checkpoint as ckpt
 from distill_core.errors import CheckpointError
 from distill_core.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
-    from distill_core.distillers import BaseDistiller
+    from distill_core.config import DistillationConfig, TrainingConfig
     from distill_core.loop import RunState
+    from distill_core.modules import Trainables
     from distill_core.runtime import Runtime
     from distill_core.tracking import Tracker
 
 
 class Checkpointer:
-    """Saving and restoring a distiller's full training state, and the callback's bookkeeping."""
+    """Saving and restoring a run's full training state: the trainables, optimizer, scheduler, run state, RNG."""
 
-    def __init__(self, runtime: Runtime, distiller: BaseDistiller) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig | None,
+        trainables: Trainables,
+    ) -> None:
         self.runtime = runtime
-        self.distiller = distiller
-        self.config = distiller.train_config
+        self.config = train_config
+        self.distill_config = distill_config
+        self.trainables = trainables
 
     # -- what is saved -------------------------------------------------------------------------
     def _configs_json(self) -> dict[str, str | None]:
-        distill_config = self.distiller.distill_config
+        distill_config = self.distill_config
         return {
             "training": json.dumps(self.config.to_dict(), sort_keys=True),
             "distillation": None if distill_config is None else json.dumps(distill_config.to_dict(), sort_keys=True),
@@ -58,20 +65,9 @@ class Checkpointer:
         # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses
         return {"distill": str(__version__), "torch": str(torch.__version__), "plugins": used}
 
-    def _trainables(self) -> nn.Module:
-        """Student and projections under one module, so a sharded optimizer state has one name space."""
-        distiller = self.distiller
-        return nn.ModuleDict(
-            {
-                "student": distiller.student,
-                "projections": distiller.projections,
-                "custom_projections": distiller.custom_projections,
-            }
-        )
-
     def student_state(self) -> dict[str, Any]:
         """The student's full ``state_dict`` (gathered from all ranks when it is sharded; a collective)."""
-        student = self.distiller.student
+        student = self.trainables.student
         if self.runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -84,11 +80,11 @@ class Checkpointer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_optimizer_state_dict(self._trainables(), optimizer, options=options)
+            return get_optimizer_state_dict(self.trainables, optimizer, options=options)
         return optimizer.state_dict()
 
     def _full_state(self, state: RunState, optimizer: Any, scheduler: Any, student: dict[str, Any]) -> dict[str, Any]:
-        runtime, distiller = self.runtime, self.distiller
+        runtime, trainables = self.runtime, self.trainables
         rngs = runtime.gather(capture_rng())
         epoch_rngs = runtime.gather(state.epoch_start_rng)
         run_state = state.state_dict()
@@ -98,8 +94,8 @@ class Checkpointer:
             "format_version": ckpt.FORMAT_VERSION,
             "step": state.global_step,
             "student": student,
-            "projections": distiller.projections.state_dict(),
-            "custom_projections": distiller.custom_projections.state_dict(),
+            "projections": trainables.projections.state_dict(),
+            "custom_projections": trainables.custom_projections.state_dict(),
             "optimizer": self._optimizer_state(optimizer),
             "optimizer_layout": "fsdp-full" if runtime.student_sharded else "torch",
             "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -142,14 +138,14 @@ class Checkpointer:
         or with ``TrainingConfig.callback_on_all_ranks``); rank 0's metric is the run's.
         ``checkpointed``: the full state of this step is on disk; the bookkeeping is written beside it.
         """
-        runtime, config, step, distiller = self.runtime, self.config, state.global_step, self.distiller
+        runtime, config, step = self.runtime, self.config, state.global_step
         result = None
         if runtime.is_main or runtime.callback_on_every_rank:
             rng = capture_rng()
-            student = distiller.model_S
+            student = self.trainables.student
             student.eval()
             try:
-                result = callback(model=distiller.student, step=step)
+                result = callback(model=student, step=step)
             finally:
                 student.train()
                 restore_rng(rng)
@@ -204,7 +200,7 @@ class Checkpointer:
 
     def restore(self, saved: dict[str, Any], optimizer: Any, scheduler: Any, state: RunState) -> None:
         """Load a full-state checkpoint into the models, optimizer, scheduler, run state and RNG."""
-        runtime, distiller = self.runtime, self.distiller
+        runtime, trainables = self.runtime, self.trainables
         self._check_compatible(saved, optimizer, scheduler)
         if runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -214,13 +210,13 @@ class Checkpointer:
             )
 
             options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(distiller.student, saved["student"], options=options)
+            set_model_state_dict(trainables.student, saved["student"], options=options)
         else:
-            distiller.student.load_state_dict(saved["student"])
-        distiller.projections.load_state_dict(saved["projections"])
-        distiller.custom_projections.load_state_dict(saved["custom_projections"])
+            trainables.student.load_state_dict(saved["student"])
+        trainables.projections.load_state_dict(saved["projections"])
+        trainables.custom_projections.load_state_dict(saved["custom_projections"])
         if runtime.student_sharded:
-            set_optimizer_state_dict(self._trainables(), optimizer, saved["optimizer"], options=options)
+            set_optimizer_state_dict(self.trainables, optimizer, saved["optimizer"], options=options)
         else:
             optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:  # _check_compatible made sure the checkpoint holds its state
@@ -239,7 +235,7 @@ class Checkpointer:
         restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
 
     def _check_compatible(self, saved: dict[str, Any], optimizer: Any, scheduler: Any) -> None:
-        runtime, distiller = self.runtime, self.distiller
+        runtime, trainables = self.runtime, self.trainables
         saved_world = saved.get("world_size", 1)
         if saved_world != runtime.world_size:
             raise CheckpointError(
@@ -282,9 +278,9 @@ class Checkpointer:
         if scheduler_difference:
             differences.append(scheduler_difference)
         for name, module in (
-            ("student", distiller.student),
-            ("projections", distiller.projections),
-            ("custom_projections", distiller.custom_projections),
+            ("student", trainables.student),
+            ("projections", trainables.projections),
+            ("custom_projections", trainables.custom_projections),
         ):
             old = saved.get(name, {})
             new = module.state_dict()
