@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import numbers
 import os
 import pickle
 import re
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -150,32 +147,6 @@ def prune(output_dir: str | os.PathLike[str], *, current_step: int, keep_last: i
                 path.unlink(missing_ok=True)
                 if path.suffix == ".pt":
                     evaluation_path(path).unlink(missing_ok=True)
-
-
-def metric_from(result: Any) -> float | None:
-    """The metric a callback returned (a number or a one-element tensor), or None."""
-    if isinstance(result, bool) or result is None:
-        return None
-    if isinstance(result, torch.Tensor) and result.numel() == 1:
-        return float(result)
-    if isinstance(result, numbers.Real):
-        return float(result)
-    warnings.warn(
-        f"the callback returned a {type(result).__name__}; return a number (the metric) to track the "
-        f"best checkpoint and stop early, or None",
-        UserWarning,
-        stacklevel=4,
-    )
-    return None
-
-
-def is_better(metric: float, best: float | None, mode: str) -> bool:
-    """Whether ``metric`` improves on ``best`` (``mode`` "max" or "min"); NaN never does."""
-    if math.isnan(metric):
-        return False
-    if best is None:
-        return True
-    return metric > best if mode == "max" else metric < best
 
 
 def save_best(

@@ -1,11 +1,11 @@
-"""Checkpoints and evaluations of a run: write, evaluate, keep the best, stop early, resume.
+"""Full-state checkpoints of a run: write them, find the one to resume from, restore it, refuse a mismatch.
 
-The order at a checkpoint step N is: the student file ``gs{N}.pkl`` and the full state of step N are
-written (atomically), and only then does the callback (usually an evaluation, often the longest part
-of a run) start. What the callback's metric changes (best, patience, early stop) is written next to
-the full state as ``step-N.eval.json`` once it is known. A run killed during the callback therefore
-resumes from N, sees that N's evaluation never finished, runs it again (on the same weights, with the
-RNG restored around it) and goes on exactly as the uninterrupted run did.
+A :class:`Checkpointer` is given what it saves: the runtime (ranks, sharding, the GradScaler), the
+training and distillation configs (recorded, and compared on resume) and the
+:class:`~distill_core.modules.Trainables` (the student and projections, one module). File names,
+atomic writes and safe loading are :mod:`distill_core.checkpoint`'s; what an evaluation decides (best
+student, early stopping) is :mod:`distill_core.evaluation`'s, which asks :meth:`Checkpointer.student_state`
+for the student to keep.
 
 Under torch.distributed rank 0 writes every file; all ranks take part in gathering a sharded (FSDP2)
 model's full state, and meet at a barrier after each write so no rank reads a half-written file.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from distill_core.loop import RunState
     from distill_core.modules import Trainables
     from distill_core.runtime import Runtime
-    from distill_core.tracking import Tracker
 
 
 class Checkpointer:
@@ -129,46 +127,6 @@ class Checkpointer:
                 keep = set() if state.best_step is None else {state.best_step}
                 ckpt.prune(output_dir, current_step=step, keep_last=self.config.keep_last, keep=keep)
         runtime.barrier()
-
-    def evaluate(self, state: RunState, callback: Callable[..., Any], tracker: Tracker, *, checkpointed: bool) -> bool:
-        """Call the callback on the student (in eval mode), log its metric, keep the best; True: stop early.
-
-        The callback must not change the run's randomness (a resumed run would diverge), so the RNG
-        states are restored after it. It runs on rank 0 only (every rank when the student is sharded,
-        or with ``TrainingConfig.callback_on_all_ranks``); rank 0's metric is the run's.
-        ``checkpointed``: the full state of this step is on disk; the bookkeeping is written beside it.
-        """
-        runtime, config, step = self.runtime, self.config, state.global_step
-        result = None
-        if runtime.is_main or runtime.callback_on_every_rank:
-            rng = capture_rng()
-            student = self.trainables.student
-            student.eval()
-            try:
-                result = callback(model=student, step=step)
-            finally:
-                student.train()
-                restore_rng(rng)
-        metric = ckpt.metric_from(result) if runtime.is_main else None
-        metric = runtime.broadcast(metric)
-        if metric is not None:
-            tracker.scalars({"eval/metric": metric}, step)
-            if ckpt.is_better(metric, state.best_metric, config.best_metric_mode):
-                state.best_metric, state.best_step, state.evals_without_improvement = metric, step, 0
-                student_state = self.student_state()
-                if runtime.is_main:
-                    ckpt.save_best(
-                        student_state, config.output_dir, step=step, metric=metric, mode=config.best_metric_mode
-                    )
-            else:
-                state.evals_without_improvement += 1
-            patience = config.early_stopping_patience
-            state.stopped_early = patience is not None and state.evals_without_improvement >= patience
-        state.pending_evaluation = False
-        if checkpointed and runtime.is_main:
-            ckpt.write_evaluation(ckpt.state_path(config.output_dir, step), state.state_dict())
-        runtime.barrier()
-        return state.stopped_early
 
     # -- resuming ------------------------------------------------------------------------------
     def resolve(self, resume_from: str | os.PathLike[str] | None) -> dict[str, Any] | None:
