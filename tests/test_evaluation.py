@@ -31,7 +31,8 @@ from tests.tb_reader import read_scalars
 
 def _setup(tmp_path, **training: Any) -> types.SimpleNamespace:
     """A run's evaluation parts over a tiny student with dropout (no distiller, no loop)."""
-    config = TrainingConfig(output_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), progress_bar=False, **training)
+    folders = {"output_dir": str(tmp_path / "out"), "log_dir": str(tmp_path / "logs")}
+    config = TrainingConfig(**folders, progress_bar=False, **training)
     runtime = Runtime(config)
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
@@ -55,7 +56,8 @@ def _evaluate_each(run: types.SimpleNamespace, metrics: Iterable[Any]) -> list[b
             for parameter in run.student.parameters():
                 parameter.add_(0.01 * step)
         run.state.global_step = step
-        stops.append(run.evaluator.evaluate(run.state, lambda model, step: metrics[step - 1], run.tracker, checkpointed=False))
+        stop = run.evaluator.evaluate(run.state, lambda model, step: metrics[step - 1], run.tracker, checkpointed=False)
+        stops.append(stop)
     return stops
 
 
@@ -98,7 +100,8 @@ def test_best_files_are_written_for_improvements_only(tmp_path) -> None:
         run.evaluator.evaluate(run.state, lambda model, step, metric=metric: metric, run.tracker, checkpointed=False)
         improved = step in (1, 2, 5)
         if improved:
-            assert json.loads(best_json.read_text()) == {"step": step, "metric": metric, "mode": "max", "file": "best.pkl"}
+            info = {"step": step, "metric": metric, "mode": "max", "file": "best.pkl"}
+            assert json.loads(best_json.read_text()) == info
         else:
             assert best_json.read_text() == before  # not rewritten
         best_step = json.loads(best_json.read_text())["step"]
@@ -196,7 +199,8 @@ def test_a_checkpointed_evaluation_is_recorded_beside_the_full_state_and_read_ba
         run.checkpointer.save(run.state, optimizer, None)
         saved = ckpt.load_state(ckpt.state_path(run.output, step))["run_state"]
         assert saved["pending_evaluation"]  # the callback has not run yet: a resume would run it
-        stop = run.evaluator.evaluate(run.state, lambda model, step, metric=metric: metric, run.tracker, checkpointed=True)
+        callback = lambda model, step, metric=metric: metric  # noqa: E731
+        stop = run.evaluator.evaluate(run.state, callback, run.tracker, checkpointed=True)
     assert stop
     record = json.loads(ckpt.evaluation_path(ckpt.state_path(run.output, 2)).read_text())
     assert record == {
