@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, full training state, RNG capture, safe loading.
+"""Checkpoint files: where they live, atomic writes, safe loading, pruning, best and evaluation records.
 
 Layout under ``output_dir``:
 
@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import numbers
 import os
 import pickle
-import random
 import re
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -53,37 +49,6 @@ _EVALUATION_RE = re.compile(r"^step-(\d+)\.eval\.json$")
 BEST_STUDENT = "best.pkl"
 BEST_INFO = "best.json"
 _READ_CHUNK = 1 << 22
-
-
-def capture_rng() -> dict[str, Any]:
-    """Return the Python, torch (CPU and CUDA) and numpy RNG states, loadable with weights_only."""
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    try:
-        import numpy as np
-    except ImportError:
-        return state
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Restore what :func:`capture_rng` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
 def state_path(output_dir: str | os.PathLike[str], step: int) -> Path:
@@ -182,32 +147,6 @@ def prune(output_dir: str | os.PathLike[str], *, current_step: int, keep_last: i
                 path.unlink(missing_ok=True)
                 if path.suffix == ".pt":
                     evaluation_path(path).unlink(missing_ok=True)
-
-
-def metric_from(result: Any) -> float | None:
-    """The metric a callback returned (a number or a one-element tensor), or None."""
-    if isinstance(result, bool) or result is None:
-        return None
-    if isinstance(result, torch.Tensor) and result.numel() == 1:
-        return float(result)
-    if isinstance(result, numbers.Real):
-        return float(result)
-    warnings.warn(
-        f"the callback returned a {type(result).__name__}; return a number (the metric) to track the "
-        f"best checkpoint and stop early, or None",
-        UserWarning,
-        stacklevel=4,
-    )
-    return None
-
-
-def is_better(metric: float, best: float | None, mode: str) -> bool:
-    """Whether ``metric`` improves on ``best`` (``mode`` "max" or "min"); NaN never does."""
-    if math.isnan(metric):
-        return False
-    if best is None:
-        return True
-    return metric > best if mode == "max" else metric < best
 
 
 def save_best(

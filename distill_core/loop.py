@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distill_core.checkpoint import capture_rng, restore_rng
 from distill_core.errors import NonFiniteLossError
+from distill_core.evaluation import Evaluator
+from distill_core.rng import capture_rng, restore_rng
 from distill_core.runtime import move_to_device
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ class TrainingLoop:
         self.distiller = distiller
         self.runtime = runtime
         self.checkpoints = runtime.checkpointer(distiller)
+        self.evaluator = Evaluator(runtime, distiller.train_config, self.checkpoints, self.checkpoints.trainables)
         self.config = distiller.train_config
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -335,7 +337,7 @@ class TrainingLoop:
         try:
             if state.pending_evaluation:
                 # killed while the callback of the checkpoint we resume from ran: evaluate it again
-                if self.callback is not None and self.checkpoints.evaluate(
+                if self.callback is not None and self.evaluator.evaluate(
                     state, self.callback, tracker, checkpointed=True
                 ):
                     return state
@@ -470,7 +472,7 @@ class TrainingLoop:
         stop = False
         if evaluate_now:
             tracker.status("distill: evaluating")
-            stop = self.checkpoints.evaluate(state, self.callback, tracker, checkpointed=checkpoint_now)
+            stop = self.evaluator.evaluate(state, self.callback, tracker, checkpointed=checkpoint_now)
             if stop and not checkpoint_now:
                 # early stopping between checkpoints: save where the run stopped, as at its end
                 self.checkpoints.save(state, self.optimizer, self.scheduler)

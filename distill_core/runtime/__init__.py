@@ -3,12 +3,12 @@
 The training loop asks the runtime to place and wrap the models, shard the data, run a micro-batch
 under autocast (and without gradient synchronisation until the last one of a step), scale the
 backward, finish the gradients (average, unscale, clip), step the optimizer, agree on decisions
-across ranks, write logs and checkpoints on rank 0, and evaluate. Distillers only compute losses.
+across ranks, and write logs and checkpoints on rank 0. Distillers only compute losses.
 
 - Device: ``TrainingConfig.device``, else CUDA (``cuda:<local rank>`` under torchrun) when available.
 - Precision: ``TrainingConfig.mixed_precision`` ("no" | "fp16" | "bf16"; see :mod:`.precision`).
 - Processes: under ``torchrun`` or an initialised process group (see :mod:`.distributed`).
-- Checkpoints and evaluations: :mod:`.checkpointing`.
+- Checkpoints: :mod:`.checkpointing` (what an evaluation decides is :mod:`distill_core.evaluation`'s).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 from distill_core import checkpoint as ckpt
 from distill_core.errors import DistillError
+from distill_core.modules import Trainables
 from distill_core.runtime import distributed as dist_utils
 from distill_core.runtime.checkpointing import Checkpointer
 from distill_core.runtime.precision import Precision
@@ -350,7 +351,8 @@ class Runtime:
         )
 
     def checkpointer(self, distiller: BaseDistiller) -> Checkpointer:
-        return Checkpointer(self, distiller)
+        trainables = Trainables(distiller.student, distiller.projections, distiller.custom_projections)
+        return Checkpointer(self, distiller.train_config, distiller.distill_config, trainables)
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype:

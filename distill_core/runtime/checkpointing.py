@@ -1,11 +1,11 @@
-"""Checkpoints and evaluations of a run: write, evaluate, keep the best, stop early, resume.
+"""Full-state checkpoints of a run: write them, find the one to resume from, restore it, refuse a mismatch.
 
-The order at a checkpoint step N is: the student file ``gs{N}.pkl`` and the full state of step N are
-written (atomically), and only then does the callback (usually an evaluation, often the longest part
-of a run) start. What the callback's metric changes (best, patience, early stop) is written next to
-the full state as ``step-N.eval.json`` once it is known. A run killed during the callback therefore
-resumes from N, sees that N's evaluation never finished, runs it again (on the same weights, with the
-RNG restored around it) and goes on exactly as the uninterrupted run did.
+A :class:`Checkpointer` is given what it saves: the runtime (ranks, sharding, the GradScaler), the
+training and distillation configs (recorded, and compared on resume) and the
+:class:`~distill_core.modules.Trainables` (the student and projections, one module). File names,
+atomic writes and safe loading are :mod:`distill_core.checkpoint`'s; what an evaluation decides (best
+student, early stopping) is :mod:`distill_core.evaluation`'s, which asks :meth:`Checkpointer.student_state`
+for the student to keep.
 
 Under torch.distributed rank 0 writes every file; all ranks take part in gathering a sharded (FSDP2)
 model's full state, and meet at a barrier after each write so no rank reads a half-written file.
@@ -16,33 +16,39 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from distill_core import checkpoint as ckpt
 from distill_core.errors import CheckpointError
+from distill_core.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
-    from distill_core.distillers import BaseDistiller
+    from distill_core.config import DistillationConfig, TrainingConfig
     from distill_core.loop import RunState
+    from distill_core.modules import Trainables
     from distill_core.runtime import Runtime
-    from distill_core.tracking import Tracker
 
 
 class Checkpointer:
-    """Saving and restoring a distiller's full training state, and the callback's bookkeeping."""
+    """Saving and restoring a run's full training state: the trainables, optimizer, scheduler, run state, RNG."""
 
-    def __init__(self, runtime: Runtime, distiller: BaseDistiller) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig | None,
+        trainables: Trainables,
+    ) -> None:
         self.runtime = runtime
-        self.distiller = distiller
-        self.config = distiller.train_config
+        self.config = train_config
+        self.distill_config = distill_config
+        self.trainables = trainables
 
     # -- what is saved -------------------------------------------------------------------------
     def _configs_json(self) -> dict[str, str | None]:
-        distill_config = self.distiller.distill_config
+        distill_config = self.distill_config
         return {
             "training": json.dumps(self.config.to_dict(), sort_keys=True),
             "distillation": None if distill_config is None else json.dumps(distill_config.to_dict(), sort_keys=True),
@@ -57,20 +63,9 @@ class Checkpointer:
         # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses
         return {"distill": str(__version__), "torch": str(torch.__version__), "plugins": used}
 
-    def _trainables(self) -> nn.Module:
-        """Student and projections under one module, so a sharded optimizer state has one name space."""
-        distiller = self.distiller
-        return nn.ModuleDict(
-            {
-                "student": distiller.student,
-                "projections": distiller.projections,
-                "custom_projections": distiller.custom_projections,
-            }
-        )
-
     def student_state(self) -> dict[str, Any]:
         """The student's full ``state_dict`` (gathered from all ranks when it is sharded; a collective)."""
-        student = self.distiller.student
+        student = self.trainables.student
         if self.runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -83,12 +78,12 @@ class Checkpointer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_optimizer_state_dict(self._trainables(), optimizer, options=options)
+            return get_optimizer_state_dict(self.trainables, optimizer, options=options)
         return optimizer.state_dict()
 
     def _full_state(self, state: RunState, optimizer: Any, scheduler: Any, student: dict[str, Any]) -> dict[str, Any]:
-        runtime, distiller = self.runtime, self.distiller
-        rngs = runtime.gather(ckpt.capture_rng())
+        runtime, trainables = self.runtime, self.trainables
+        rngs = runtime.gather(capture_rng())
         epoch_rngs = runtime.gather(state.epoch_start_rng)
         run_state = state.state_dict()
         run_state["epoch_start_rng"] = epoch_rngs[0]
@@ -97,8 +92,8 @@ class Checkpointer:
             "format_version": ckpt.FORMAT_VERSION,
             "step": state.global_step,
             "student": student,
-            "projections": distiller.projections.state_dict(),
-            "custom_projections": distiller.custom_projections.state_dict(),
+            "projections": trainables.projections.state_dict(),
+            "custom_projections": trainables.custom_projections.state_dict(),
             "optimizer": self._optimizer_state(optimizer),
             "optimizer_layout": "fsdp-full" if runtime.student_sharded else "torch",
             "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -133,46 +128,6 @@ class Checkpointer:
                 ckpt.prune(output_dir, current_step=step, keep_last=self.config.keep_last, keep=keep)
         runtime.barrier()
 
-    def evaluate(self, state: RunState, callback: Callable[..., Any], tracker: Tracker, *, checkpointed: bool) -> bool:
-        """Call the callback on the student (in eval mode), log its metric, keep the best; True: stop early.
-
-        The callback must not change the run's randomness (a resumed run would diverge), so the RNG
-        states are restored after it. It runs on rank 0 only (every rank when the student is sharded,
-        or with ``TrainingConfig.callback_on_all_ranks``); rank 0's metric is the run's.
-        ``checkpointed``: the full state of this step is on disk; the bookkeeping is written beside it.
-        """
-        runtime, config, step, distiller = self.runtime, self.config, state.global_step, self.distiller
-        result = None
-        if runtime.is_main or runtime.callback_on_every_rank:
-            rng = ckpt.capture_rng()
-            student = distiller.model_S
-            student.eval()
-            try:
-                result = callback(model=distiller.student, step=step)
-            finally:
-                student.train()
-                ckpt.restore_rng(rng)
-        metric = ckpt.metric_from(result) if runtime.is_main else None
-        metric = runtime.broadcast(metric)
-        if metric is not None:
-            tracker.scalars({"eval/metric": metric}, step)
-            if ckpt.is_better(metric, state.best_metric, config.best_metric_mode):
-                state.best_metric, state.best_step, state.evals_without_improvement = metric, step, 0
-                student_state = self.student_state()
-                if runtime.is_main:
-                    ckpt.save_best(
-                        student_state, config.output_dir, step=step, metric=metric, mode=config.best_metric_mode
-                    )
-            else:
-                state.evals_without_improvement += 1
-            patience = config.early_stopping_patience
-            state.stopped_early = patience is not None and state.evals_without_improvement >= patience
-        state.pending_evaluation = False
-        if checkpointed and runtime.is_main:
-            ckpt.write_evaluation(ckpt.state_path(config.output_dir, step), state.state_dict())
-        runtime.barrier()
-        return state.stopped_early
-
     # -- resuming ------------------------------------------------------------------------------
     def resolve(self, resume_from: str | os.PathLike[str] | None) -> dict[str, Any] | None:
         """The full state to resume from: a path, or ``"latest"`` (the newest readable one), or None."""
@@ -203,7 +158,7 @@ class Checkpointer:
 
     def restore(self, saved: dict[str, Any], optimizer: Any, scheduler: Any, state: RunState) -> None:
         """Load a full-state checkpoint into the models, optimizer, scheduler, run state and RNG."""
-        runtime, distiller = self.runtime, self.distiller
+        runtime, trainables = self.runtime, self.trainables
         self._check_compatible(saved, optimizer, scheduler)
         if runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -213,13 +168,13 @@ class Checkpointer:
             )
 
             options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(distiller.student, saved["student"], options=options)
+            set_model_state_dict(trainables.student, saved["student"], options=options)
         else:
-            distiller.student.load_state_dict(saved["student"])
-        distiller.projections.load_state_dict(saved["projections"])
-        distiller.custom_projections.load_state_dict(saved["custom_projections"])
+            trainables.student.load_state_dict(saved["student"])
+        trainables.projections.load_state_dict(saved["projections"])
+        trainables.custom_projections.load_state_dict(saved["custom_projections"])
         if runtime.student_sharded:
-            set_optimizer_state_dict(self._trainables(), optimizer, saved["optimizer"], options=options)
+            set_optimizer_state_dict(self.trainables, optimizer, saved["optimizer"], options=options)
         else:
             optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:  # _check_compatible made sure the checkpoint holds its state
@@ -235,10 +190,10 @@ class Checkpointer:
         if ranks:
             run_state["epoch_start_rng"] = ranks["epoch_start_rng"][runtime.rank]
         state.load_state_dict(run_state)
-        ckpt.restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
+        restore_rng(ranks["rng"][runtime.rank] if ranks else saved["rng"])
 
     def _check_compatible(self, saved: dict[str, Any], optimizer: Any, scheduler: Any) -> None:
-        runtime, distiller = self.runtime, self.distiller
+        runtime, trainables = self.runtime, self.trainables
         saved_world = saved.get("world_size", 1)
         if saved_world != runtime.world_size:
             raise CheckpointError(
@@ -281,9 +236,9 @@ class Checkpointer:
         if scheduler_difference:
             differences.append(scheduler_difference)
         for name, module in (
-            ("student", distiller.student),
-            ("projections", distiller.projections),
-            ("custom_projections", distiller.custom_projections),
+            ("student", trainables.student),
+            ("projections", trainables.projections),
+            ("custom_projections", trainables.custom_projections),
         ):
             old = saved.get(name, {})
             new = module.state_dict()
