@@ -1,4 +1,4 @@
-"""Token-level KD over a large vocabulary: chunked (``distill_core.token_kd``) against full logits.
+"""Token-level KD over a large vocabulary: chunked (``distill_core.terms.token_kd``) against full logits.
 
 One forward + backward of the ``jsd`` KD loss (beta 0.5, T = 1) over 4,096 positions of an LM with
 SmolLM2-135M's sizes: vocabulary V = 49,152, hidden width 576. The student's hidden rows and its
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill_core.token_kd import (  # noqa: E402
+from distill_core.terms.token_kd import (  # noqa: E402
     chunked_token_kd,
     default_chunk_size,
     kd_loss_for_rows,

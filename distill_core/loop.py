@@ -1,10 +1,15 @@
 """The one training loop every distiller shares.
 
-A distiller prepares each micro-batch (its teachers' outputs) and computes its loss; the runtime
-(:mod:`distill_core.runtime`) owns device, precision, processes, logs and checkpoints. This module
-owns the order of things: gradient accumulation, optimizer and scheduler steps, the cadence of logs,
-checkpoints and evaluations, the non-finite guard, and the run's state (one object, saved and
-restored whole so a resumed run continues exactly).
+Per step the loop takes a group of micro-batches from the data source, has the teacher source
+prepare each one (its teachers' outputs), asks the distiller for each micro-batch's loss (a
+:class:`~distill_core.step.StepLoss` value) and hands its total to the runtime's backward; then it
+steps the optimizer and scheduler and logs what the last StepLoss said. The runtime
+(:mod:`distill_core.runtime`) owns device, precision and processes; the checkpointer
+(:mod:`distill_core.runtime.checkpointing`) the files; the evaluator (:mod:`distill_core.evaluation`)
+the callback, the best checkpoint and early stopping. This module owns the order of things:
+gradient accumulation, the cadence of logs, checkpoints and evaluations, the non-finite guard, and
+the run's state (one object, saved and restored whole so a resumed run continues exactly). Nothing
+it calls calls back into it.
 
 One optimisation step takes ``gradient_accumulation_steps`` micro-batches. The teachers see all of
 them first (under ``no_grad``), so the step's number of valid tokens is known before the first
@@ -18,20 +23,26 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from distill_core.errors import NonFiniteLossError
+from distill_core.batches import BatchSource, call_model, device_batches
 from distill_core.evaluation import Evaluator
+from distill_core.nonfinite import NonFiniteGuard, loss_vector
 from distill_core.rng import capture_rng, restore_rng
 from distill_core.runtime import move_to_device
+from distill_core.step import MicroBatch, StepInfo, StepLoss
 
 if TYPE_CHECKING:
-    from distill_core.distillers import BaseDistiller
+    from distill_core.config import TrainingConfig
+    from distill_core.modules import Trainables
     from distill_core.runtime import Runtime
-    from distill_core.teacher_cache.keys import ExampleKeys, KeyedLoader
+    from distill_core.runtime.checkpointing import Checkpointer
+    from distill_core.teacher_cache.keys import ExampleKeys
+    from distill_core.teachers import TeacherSource
     from distill_core.tracking import Tracker
 
 __all__ = [
@@ -40,10 +51,14 @@ __all__ = [
     "NonFiniteGuard",
     "RunState",
     "StepInfo",
+    "StepLoss",
     "TrainingLoop",
     "call_model",
     "move_to_device",
 ]
+
+#: ``compute_loss(micro, progress, model_args, step)``: the loss of one micro-batch
+ComputeLoss = Callable[[MicroBatch, float, Mapping[str, Any], StepInfo], StepLoss]
 
 
 @dataclass
@@ -79,135 +94,7 @@ class RunState:
                 setattr(self, key, value)
 
 
-@dataclass
-class MicroBatch:
-    """One micro-batch, with what the distiller prepared for it before the step's first backward."""
-
-    batch: Any
-    task: str | None
-    teacher: dict[Any, Mapping[str, Any]] = field(default_factory=dict)  # adapted outputs per teacher key
-    captured: dict[Any, torch.Tensor] = field(default_factory=dict)  # custom-match teacher features
-    tokens: torch.Tensor | None = None  # valid KD positions (token-level KD), a device tensor
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """The optimisation step a micro-batch belongs to, for losses averaged over the whole step."""
-
-    micro_batches: int
-    world_size: int
-    tokens: torch.Tensor | None  # valid KD positions of the step on all ranks together
-
-
-def call_model(model: torch.nn.Module, batch: Any, model_args: Mapping[str, Any]) -> Any:
-    """Call ``model(**batch)`` for mappings, ``model(*batch)`` for tuples/lists, else ``model(batch)``."""
-    if type(batch) is dict or isinstance(batch, Mapping):
-        return model(**batch, **model_args)
-    if isinstance(batch, (list, tuple)):
-        return model(*batch, **model_args)
-    return model(batch, **model_args)
-
-
-class BatchSource:
-    """Yields ``(task, batch, keys)`` epoch by epoch.
-
-    ``task`` is None outside multi-task runs; ``keys`` says which examples the batch holds when the
-    distiller asked for them (:meth:`record_example_keys`, for the teacher cache), else None.
-    """
-
-    def __init__(self, dataloader: Any) -> None:
-        self.dataloader = dataloader
-        self.keyed: KeyedLoader | None = None
-
-    def batches_per_epoch(self) -> int | None:
-        try:
-            return len(self.dataloader)
-        except TypeError:
-            return None
-
-    def shard(self, runtime: Runtime, seed: int) -> None:
-        """Give each rank its share of the data (under torch.distributed)."""
-        self.dataloader = runtime.shard_data(self.dataloader, "the dataloader", seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        from distill_core.runtime.distributed import set_sampler_epoch
-
-        set_sampler_epoch(self.dataloader, epoch)
-
-    def record_example_keys(self) -> None:
-        """Yield each batch's example keys from now on (after :meth:`shard`: the keys are dataset indices)."""
-        from distill_core.teacher_cache.keys import KeyedLoader
-
-        self.keyed = KeyedLoader(self.dataloader, "the dataloader")
-        self.dataloader = self.keyed.loader
-
-    def epoch(self) -> Iterator[tuple[str | None, Any, ExampleKeys | None]]:
-        if self.keyed is not None:
-            from distill_core.teacher_cache.keys import ExampleKeys
-
-            for batch, ids in self.keyed:
-                yield None, batch, ExampleKeys(ids, self.keyed.kind, batch)
-            return
-        for batch in self.dataloader:
-            yield None, batch, None
-
-
-class NonFiniteGuard:
-    """Checks the loss terms for NaN/inf: the one place the loop does.
-
-    Under policy ``"raise"`` the check uses the per-step loss vectors the tracker keeps: at logging
-    points from the means the tracker reads anyway (the vectors themselves are read only when a mean
-    is not finite, to name the first bad step), and before each checkpoint or evaluation (one read).
-    Under ``"skip"`` each step's vector is read once, since the step must know before updating. Under
-    torch.distributed the vectors are summed over ranks first, so every rank takes the same decision.
-    """
-
-    def __init__(self, names: list[str], policy: str) -> None:
-        self.names = ["total", *names]
-        self.policy = policy
-
-    def check(
-        self, stacked: torch.Tensor | None, steps: list[int], state: RunState, means: list[float] | None = None
-    ) -> None:
-        """Raise NonFiniteLossError (policy "raise") if a step of ``stacked`` (steps x terms) was not finite.
-
-        ``means``: the interval's means as the tracker read them; when all are finite, nothing is read.
-        """
-        if self.policy != "raise" or stacked is None:
-            return
-        if means is not None and all(math.isfinite(value) for value in means):
-            return
-        bad = ~torch.isfinite(stacked)
-        if means is None and not bool(bad.any()):
-            return
-        flags = bad.tolist()
-        bad_terms = sorted({index for row in flags for index, is_bad in enumerate(row) if is_bad})
-        if not bad_terms:
-            return
-        named = [index for index in bad_terms if index > 0] or bad_terms  # "total" only if no term is bad
-        first = min(steps[row] for row, values in enumerate(flags) if any(values[index] for index in named))
-        plural = len(named) > 1
-        raise NonFiniteLossError(
-            f"loss term{'s' if plural else ''} {', '.join(repr(self.names[index]) for index in named)} "
-            f"{'were' if plural else 'was'} NaN or infinite at optimisation step {first} (found at step "
-            f"{state.global_step}: the check runs at logging points and checkpoints); lower the learning rate, "
-            f"check the inputs and the loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
-        )
-
-    def skip(self, values: torch.Tensor | list[torch.Tensor], runtime: Runtime) -> bool:
-        """Under policy "skip": whether this step saw a non-finite loss on any rank (one read per step)."""
-        if self.policy != "skip":
-            return False
-        return runtime.any_rank(~torch.isfinite(loss_vector(values)).all())
-
-
-def loss_vector(values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """A step's ``[total, *terms]`` (0-d tensors outside the graph, or already one vector) as a float32 vector."""
-    vector = values if isinstance(values, torch.Tensor) else torch.stack(values)
-    return vector if vector.dtype == torch.float32 else vector.float()
-
-
-def _detached(total: torch.Tensor, terms: list[torch.Tensor]) -> list[torch.Tensor]:
+def _detached(total: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """``[total, *terms]`` outside the graph: one detach each, no kernel (the tracker stacks at logging points)."""
     return [total.detach(), *[term.detach() for term in terms]]
 
@@ -217,9 +104,15 @@ class TrainingLoop:
 
     def __init__(
         self,
-        distiller: BaseDistiller,
         runtime: Runtime,
+        config: TrainingConfig,
         *,
+        student: nn.Module,
+        trainables: Trainables,
+        teachers: TeacherSource,
+        compute_loss: ComputeLoss,
+        term_names: list[str],
+        checkpoints: Checkpointer,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         source: BatchSource,
@@ -230,11 +123,22 @@ class TrainingLoop:
         batch_postprocessor: Callable[[Any], Any] | None,
         model_args: dict[str, Any],
     ) -> None:
-        self.distiller = distiller
+        """
+        :param student: the student as the runtime prepared it (its gradient synchronisation is
+            held back on accumulation micro-batches).
+        :param trainables: student and projections (what is clipped).
+        :param teachers: the teacher source that prepares each micro-batch.
+        :param compute_loss: the distiller's ``compute_loss``.
+        :param term_names: the names of the loss terms, in the order of ``StepLoss.terms``.
+        """
         self.runtime = runtime
-        self.checkpoints = runtime.checkpointer(distiller)
-        self.evaluator = Evaluator(runtime, distiller.train_config, self.checkpoints, self.checkpoints.trainables)
-        self.config = distiller.train_config
+        self.config = config
+        self.student = student
+        self.teachers = teachers
+        self.compute_loss = compute_loss
+        self.term_names = term_names
+        self.checkpoints = checkpoints
+        self.evaluator = Evaluator(runtime, config, checkpoints, trainables)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.source = source
@@ -242,14 +146,14 @@ class TrainingLoop:
         self.max_grad_norm = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else None
         self.batch_postprocessor = batch_postprocessor
         self.model_args = model_args
-        self.accumulation = self.config.gradient_accumulation_steps
+        self.accumulation = config.gradient_accumulation_steps
         self.state = RunState()
         self.step_mode = num_steps is not None
         self.num_epochs = num_epochs
         self._num_steps = num_steps
-        self._clip_params = [p for module in distiller.trainable_modules() for p in module.parameters()]
-        self.guard = NonFiniteGuard(distiller.term_names(), self.config.nonfinite_policy)
-        self._applied_weights: list[float] = []
+        self._clip_params = list(trainables.parameters())
+        self.guard = NonFiniteGuard(term_names, config.nonfinite_policy)
+        self._last: StepLoss | None = None  # the last micro-batch's loss: its weights and temperature are logged
         self._plain_steps: dict[int, StepInfo] = {}
 
     def _zero_grad(self) -> None:
@@ -320,20 +224,20 @@ class TrainingLoop:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: dict[str, Any] | None = None) -> RunState:
-        distiller, state, runtime = self.distiller, self.state, self.runtime
+        state, runtime = self.state, self.runtime
         if resume is not None and resume["run_state"].get("data_seed") is not None:
             state.data_seed = resume["run_state"]["data_seed"]  # shard the data as the saved run did
         elif runtime.distributed:
             state.data_seed = runtime.shared_seed()
         if runtime.distributed:
             self.source.shard(runtime, state.data_seed)
-        if distiller.wants_example_keys:
+        if self.teachers.wants_example_keys:
             self.source.record_example_keys()
         self._count_steps()
         self._ckpt_positions = self._checkpoint_positions()
         if resume is not None:
             self.checkpoints.restore(resume, self.optimizer, self.scheduler, state)
-        tracker = runtime.make_tracker(distiller.term_names(), state.total_steps, state.global_step)
+        tracker = runtime.make_tracker(self.term_names, state.total_steps, state.global_step)
         try:
             if state.pending_evaluation:
                 # killed while the callback of the checkpoint we resume from ran: evaluate it again
@@ -399,47 +303,44 @@ class TrainingLoop:
 
     def _run_step(self, group: list[tuple[str | None, Any, ExampleKeys | None]], tracker: Tracker) -> bool:
         """Forward and backward of one step's micro-batches, then the optimizer step."""
-        distiller, runtime = self.distiller, self.runtime
-        postprocess = self.batch_postprocessor
-        micro = []
+        runtime, teachers, model_args = self.runtime, self.teachers, self.model_args
         with runtime.autocast():
-            for task, batch, keys in group:
-                host = batch if postprocess is None else postprocess(batch)
-                if keys is None:
-                    micro.append(distiller.prepare(runtime.to_device(host), task, self.model_args))
-                    continue
-                if postprocess is None:
-                    examples = keys
-                elif host is not batch and getattr(postprocess, "makes_new_examples", False):
-                    from distill_core.teacher_cache.keys import KIND_GENERATED
-
-                    examples = replace(keys, ids=(), kind=KIND_GENERATED, host_batch=host)
-                else:  # the same examples, transformed: the cache checks their content as the batch now is
-                    examples = replace(keys, host_batch=host)
-                micro.append(distiller.prepare(runtime.to_device(host), task, self.model_args, examples))
-        tokens = distiller.step_tokens(micro)
-        if tokens is not None:
-            tokens = runtime.sum_across_ranks(tokens)
+            # the teachers see every micro-batch first, so the step's token count is known before any backward
+            micro = [
+                teachers.prepare(batch, task, model_args, keys)
+                for task, batch, keys in device_batches(group, runtime, self.batch_postprocessor)
+            ]
         count = len(micro)
-        step = StepInfo(count, runtime.world_size, tokens) if tokens is not None else self._plain_step(count)
+        tokens = micro[0].tokens
+        if tokens is not None:
+            if count > 1:
+                tokens = torch.stack([item.tokens for item in micro]).sum()
+            elif runtime.distributed:
+                tokens = tokens.clone()  # the sum across ranks is in place: micro.tokens stays this rank's
+            tokens = runtime.sum_across_ranks(tokens)
+            step = StepInfo(count, runtime.world_size, tokens)
+        else:
+            step = self._plain_step(count)
+        progress = self.state.progress()
         values = None
         for index in range(count):
             item = micro[index]
             micro[index] = None  # let this micro-batch's teacher outputs go once it is done
-            with runtime.micro_batch(distiller, last=index == count - 1):
+            with runtime.micro_batch(self.student, last=index == count - 1):
                 with runtime.autocast():
-                    total, terms = distiller.compute_loss(item, self.state, self.model_args, step)
-                runtime.backward(total / count if count > 1 else total)
+                    loss = self.compute_loss(item, progress, model_args, step)
+                runtime.backward(loss.total / count if count > 1 else loss.total)
             if count == 1:
-                values = _detached(total, terms)
+                values = _detached(loss.total, loss.terms)
             else:
-                vector = loss_vector(_detached(total, terms))
+                vector = loss_vector(_detached(loss.total, loss.terms))
                 values = vector if values is None else values + vector
+        self._last = loss
         return self._optimizer_step(tracker, values / count if count > 1 else values)
 
     def _optimizer_step(self, tracker: Tracker, values: torch.Tensor | list[torch.Tensor]) -> bool:
         """Step, schedule, log, checkpoint, evaluate. Returns True when training is complete."""
-        state, distiller, runtime = self.state, self.distiller, self.runtime
+        state, runtime = self.state, self.runtime
         if self.guard.skip(values, runtime):
             # a non-finite loss under nonfinite_policy="skip": the step counts (schedules advance) but
             # changes no weight and no optimizer state
@@ -453,7 +354,6 @@ class TrainingLoop:
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                 self.scheduler.step()
         self._zero_grad()
-        self._applied_weights = distiller.current_weights(state)  # the weights this step's losses were scaled by
         state.global_step += 1
         state.step_in_epoch += 1
         tracker.add_step(state.global_step, values)
@@ -481,15 +381,15 @@ class TrainingLoop:
         return stop or state.global_step >= state.total_steps
 
     def _log(self, tracker: Tracker, stacked: torch.Tensor | None) -> list[float] | None:
-        """Write the interval's means (the weights and temperature the last step applied)."""
+        """Write the interval's means (with the weights and temperature the last step applied)."""
         if stacked is None:
             return None
-        distiller = self.distiller
+        last = self._last
         return tracker.log(
             self.state.global_step,
-            weights=self._applied_weights,
+            weights=[] if last is None else list(last.weights),
             lrs=[group["lr"] for group in self.optimizer.param_groups],
-            temperature=distiller.last_temperature,
+            temperature=None if last is None else last.temperature,
             stacked=stacked,
-            extra=distiller.log_scalars(),
+            extra=self.teachers.log_scalars(),
         )

@@ -7,7 +7,7 @@ tensor (), (B,) or (B, L). Every divergence is computed per row in float32 (half
 are upcast), is never negative, is multiplied by the row's own T² (like ``kl``) and averaged over
 the kept rows; the gradient reaches the student only.
 
-On (rows, V) chunks these are exactly what :func:`distill_core.token_kd.chunked_token_kd` calls.
+On (rows, V) chunks these are exactly what :func:`distill_core.terms.token_kd.chunked_token_kd` calls.
 """
 
 from __future__ import annotations

@@ -338,10 +338,11 @@ def test_aliases_resolve_to_the_same_component(register_plugin) -> None:
         intermediate_matches=[{"layer_T": 1, "layer_S": 0, "feature": "hidden", "loss": "test_mae"}]
     )
     assert config.intermediate_matches[0].loss == "test_mae"  # the config keeps what the user wrote
-    from distill_core.matching import bind_match
+    from distill_core.terms.matches import bind_match
 
     bound = bind_match(config.intermediate_matches[0], 0, "match")
-    assert float(bound.compute(a, b, None, check=True)) == 1.0
+    bound.check_student_feature(a)
+    assert float(bound.compute(a, b, None)) == 1.0
     assert seen == ["test_l1", "test_l1"]
     assert component.describe()["aliases"] == ["test_abs", "test_mae"]
 
@@ -444,8 +445,8 @@ def test_broken_plugin_cli_reports_and_fails(tmp_path) -> None:
 
 def test_dead_helpers_stay_removed() -> None:
     """Issue 14: unused helpers were removed so nobody builds on them (PluginLoadError replaced check_failures)."""
-    from distill_core import matching
     from distill_core.plugins import DistillPluginManager
+    from distill_core.terms import matches as matching
 
     assert not hasattr(matching, "layer_list")
     assert not hasattr(matching.OutputCapture, "attached")

@@ -97,13 +97,18 @@ def test_the_last_partial_logging_interval_is_written(tmp_path, steps, logged) -
 def test_a_match_never_reads_another_teachers_outputs(tmp_path) -> None:
     """A distiller that runs fewer teachers than a match reads gets an error, not the first teacher's outputs."""
 
-    class FirstTeacherOnly(MultiTeacherDistillation):
-        def teacher_keys(self, task):
+    from distill_core.distillers.distillation import ComposedDistillation
+    from distill_core.distillers.routing import WeightedEnsemble
+
+    class FirstTeacherOnly(WeightedEnsemble):
+        """A routing whose batches run teacher 0 only."""
+
+        def keys_for(self, task):
             return [0]
 
     teachers = [tiny_bert(32, 2, 2, seed=0), tiny_bert(32, 2, 2, seed=2)]
     student = tiny_bert(16, 2, 2, seed=1)
-    run = FirstTeacherOnly(
+    run = ComposedDistillation(
         TrainingConfig(output_dir=str(tmp_path / "out"), progress_bar=False),
         DistillationConfig(
             kd_loss_weight=0,
@@ -118,10 +123,8 @@ def test_a_match_never_reads_another_teachers_outputs(tmp_path) -> None:
                 }
             ],
         ),
-        teachers,
+        FirstTeacherOnly(teachers, quickstart_adaptor, quickstart_adaptor, None),
         student,
-        quickstart_adaptor,
-        quickstart_adaptor,
     )
     with pytest.raises(DistillError, match=r"intermediate_matches.0 .* reads teacher 1.*ran teachers \[0\]"):
         run.train(

@@ -5,11 +5,16 @@ The package's modules import one way, so none of them needs a deferred import:
 - :mod:`~distill_core.adaptors.contract`: the keys of an adaptor's dict, reading features from it
   (:func:`select_layers`, :func:`feature_mask`), and :func:`auto_adaptor` for plain Hugging Face
   outputs. Imports nothing from the package.
-- :mod:`~distill_core.adaptors.checks`: the first-step checks of adaptor outputs. Imports the contract.
+- :mod:`~distill_core.adaptors.checks`: the checks of adaptor outputs. Imports the contract and ``logits``.
 - :mod:`~distill_core.adaptors.auto`: model kinds and the automatic adaptors chosen by kind
   (:func:`auto_adaptor_for`). Imports the contract.
 - :mod:`~distill_core.adaptors.bound`: :class:`BoundAdaptor`, a user's adaptor or the automatic
   one bound to its model. Imports the contract and ``auto``.
+- :mod:`~distill_core.adaptors.logits`: the logits of an adaptor's dict as views the KD term
+  reads (dense, or hidden states × head a chunk at a time); the teacher cache's stored rows are a
+  third kind. Imports nothing from the package.
+- :mod:`~distill_core.adaptors.first_step`: the checks of a task's first micro-batch, run once
+  around its loss. Imports the contract, ``checks`` and ``logits``.
 
 Everything public is importable from ``distill_core.adaptors`` itself.
 """
@@ -30,6 +35,16 @@ from distill_core.adaptors.auto import (
 )
 from distill_core.adaptors.bound import BoundAdaptor
 from distill_core.adaptors.checks import check_adaptor_output, check_pair
+from distill_core.adaptors.first_step import check_terms, checked_first_step, checked_plain_step, losses_for_check
+from distill_core.adaptors.logits import (
+    DenseLogits,
+    HeadLogits,
+    LogitsView,
+    TeacherChunk,
+    head_params,
+    is_chunked,
+    logits_view,
+)
 from distill_core.adaptors.contract import (
     ADAPTOR_KEYS,
     ATTENTION_FEATURES,
@@ -60,8 +75,12 @@ __all__ = [
     "AutoAdaptor",
     "BoundAdaptor",
     "CausalLMAdaptor",
+    "DenseLogits",
     "EncoderDecoderAdaptor",
     "Feature",
+    "HeadLogits",
+    "LogitsView",
+    "TeacherChunk",
     "ModelKind",
     "as_list",
     "auto_adaptor",
@@ -69,7 +88,14 @@ __all__ = [
     "causal_lm_targets",
     "check_adaptor_output",
     "check_pair",
+    "check_terms",
+    "checked_first_step",
+    "checked_plain_step",
     "feature_mask",
+    "head_params",
+    "is_chunked",
+    "logits_view",
+    "losses_for_check",
     "model_kind",
     "output_head",
     "select_layers",

@@ -20,6 +20,7 @@ from distill_core.adaptors.contract import (
     HIDDEN_FEATURES,
     as_list,
 )
+from distill_core.adaptors.logits import LogitsView, logits_view
 from distill_core.errors import AdaptorError, did_you_mean
 
 
@@ -165,27 +166,14 @@ def _check_chunked(results: Mapping[str, Any], role: str) -> None:
         )
 
 
-def _kd_outputs(results: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...], int]]:
-    """Per KD output: (description, row shape, vocabulary size); chunked or cached token logits count as one."""
-    cached = results.get("cached_logits")  # a teacher's token logits read from the teacher cache
-    if cached is not None:
-        what = f"cached token logits at positions {cached.positions} of {cached.vocab} entries"
-        return [(what, cached.positions, cached.vocab)]
-    if results.get("logits_hidden") is not None and results.get("logits_head") is not None:
-        hidden, head = results["logits_hidden"], results["logits_head"]
-        return [
-            (
-                f"logits_hidden {_shape(hidden)} with logits_head of {head.weight.shape[0]} outputs",
-                tuple(hidden.shape[:-1]),
-                int(head.weight.shape[0]),
-            )
-        ]
-    return [(f"logits {_shape(t)}", tuple(t.shape[:-1]), int(t.shape[-1])) for t in as_list(results.get("logits"))]
+def _kd_view(results: Any) -> LogitsView:
+    """Adapted outputs, or a teacher's logits view, as a view (the KD term's reading of them)."""
+    return results if isinstance(results, LogitsView) else logits_view(results)
 
 
 def check_pair(
-    results_S: Mapping[str, Any],
-    results_T: Mapping[str, Any],
+    results_S: Any,
+    results_T: Any,
     role_T: str,
     needs_logits: bool,
     *,
@@ -196,9 +184,11 @@ def check_pair(
     Dense logits must have equal shapes. When either side is chunked (``logits_hidden`` with
     ``logits_head``), the hidden widths may differ; the rows (B, L) and the vocabulary sizes (the
     heads' output counts) must match. With ``vocab_size=N`` (a padded vocabulary) both sides need
-    at least N outputs and only the first N are compared.
+    at least N outputs and only the first N are compared. Either side may be adapted outputs or a
+    :class:`~distill_core.adaptors.logits.LogitsView` (a teacher's logits, e.g. stored rows).
     """
-    outputs_S, outputs_T = _kd_outputs(results_S), _kd_outputs(results_T)
+    view_S, view_T = _kd_view(results_S), _kd_view(results_T)
+    outputs_S, outputs_T = view_S.describe(), view_T.describe()
     if needs_logits and (not outputs_S or not outputs_T):
         missing = "adaptor_S" if not outputs_S else role_T
         raise AdaptorError(
@@ -208,11 +198,9 @@ def check_pair(
         )
     if len(outputs_S) != len(outputs_T):
         raise AdaptorError(f"adaptor_S returned {len(outputs_S)} logits tensors but {role_T} returned {len(outputs_T)}")
-    chunked = any(
-        results.get(key) is not None for results in (results_S, results_T) for key in ("logits_hidden", "cached_logits")
-    )
+    chunked = view_S.kind != "logits" or view_T.kind != "logits"
     if not chunked and vocab_size is None:
-        pairs = zip(as_list(results_S.get("logits")), as_list(results_T.get("logits")))
+        pairs = zip(view_S.dense(), view_T.dense())
         for index, (student, teacher) in enumerate(pairs):
             if student.shape != teacher.shape:
                 raise AdaptorError(

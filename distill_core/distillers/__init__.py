@@ -3,7 +3,7 @@
 from distill_core.distillers.base import BaseDistiller
 from distill_core.distillers.basic import BasicTraining
 from distill_core.distillers.distillation import BasicDistillation, Distillation
-from distill_core.distillers.kd_term import probability_shift
+from distill_core.terms.kd import probability_shift
 from distill_core.distillers.multi import (
     BasicMultiTeacherDistillation,
     MultiTaskDistillation,

@@ -1,8 +1,10 @@
-"""The distiller base class: models, modes and the ``train`` entry point.
+"""The distiller base class: models, the training session and the ``train`` entry point.
 
-Distillers differ only in how they prepare a micro-batch (their teachers' outputs) and compute its
-loss; all of them run the one loop in :mod:`distill_core.loop`, and the runtime
-(:mod:`distill_core.runtime`) owns device, precision, processes, logs and checkpoints.
+Distillers differ only in their teacher source (where a micro-batch's teacher outputs come from)
+and in how they compute a micro-batch's loss; all of them run the one loop in
+:mod:`distill_core.loop`. A training session (``with distiller:``, or one ``train()`` call) creates
+the runtime on first use, has it prepare the student, projections and teachers, and holds what it
+returned; leaving the session puts the plain modules back.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ import abc
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
 import torch
 from torch import nn
 
+from distill_core.batches import BatchSource
 from distill_core.config import DistillationConfig, TrainingConfig
 from distill_core.errors import DistillError, did_you_mean
-from distill_core.loop import BatchSource, MicroBatch, RunState, StepInfo, TrainingLoop
-from distill_core.matching import unwrap
+from distill_core.loop import RunState, TrainingLoop
+from distill_core.modules import Trainables, unwrap
 from distill_core.runtime import Runtime
+from distill_core.runtime.checkpointing import Checkpointer
+from distill_core.step import MicroBatch, StepInfo, StepLoss
+from distill_core.teachers import NoTeachers, TeacherSource
 
 
 def _looks_like_data(value: Any) -> bool:
@@ -34,14 +41,10 @@ def _looks_like_data(value: Any) -> bool:
 
 
 class BaseDistiller(abc.ABC):
-    """Holds the models and runs training; subclasses define ``prepare`` and ``compute_loss``."""
+    """Holds the models and runs training; subclasses define ``compute_loss`` and their teacher source."""
 
     #: teachers by key (0, 1, ... or task names); empty for BasicTraining
     teachers: dict[Any, nn.Module]
-    #: whether a step may leave some student parameters without gradient (DDP must then look for them)
-    uses_part_of_student_per_step: bool = False
-    #: whether ``prepare`` needs each batch's example keys (the teacher cache)
-    wants_example_keys: bool = False
 
     def __init__(
         self, train_config: TrainingConfig, student: nn.Module, distill_config: DistillationConfig | None = None
@@ -54,17 +57,21 @@ class BaseDistiller(abc.ABC):
             raise TypeError(f"the student model must be a torch.nn.Module, got {type(student).__name__}")
         self.train_config = train_config
         self.distill_config = distill_config
-        self.runtime = Runtime(train_config)
-        self.model_S = student
+        self.model_S = student  # during a session: what the runtime prepared (e.g. the DDP wrapper)
         self.teachers = {}
         self.projections = nn.ModuleList()
         self.custom_projections = nn.ModuleList()
-        self.last_temperature: float | torch.Tensor | None = None
-        self._checked_tasks: set[str | None] = set()  # adaptor outputs are checked on each task's first step
-        self._in_context = False
-        self._saved_modes: list[tuple[nn.Module, bool]] = []
+        self._runtime: Runtime | None = None
+        self._session: _Session | None = None
 
     # -- what the runtime decided ----------------------------------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime (device, precision, processes), created on first use: building a distiller joins no group."""
+        if self._runtime is None:
+            self._runtime = Runtime(self.train_config)
+        return self._runtime
+
     @property
     def device(self) -> torch.device:
         return self.runtime.device
@@ -78,29 +85,19 @@ class BaseDistiller(abc.ABC):
     def scaler(self) -> torch.amp.GradScaler | None:
         return self.runtime.precision.scaler
 
-    # -- models and modes ------------------------------------------------------------------------
-    def trainable_modules(self) -> list[nn.Module]:
-        return [self.model_S, self.projections, self.custom_projections]
-
     @property
     def student(self) -> nn.Module:
         """The student model itself (unwrapped from DataParallel / DistributedDataParallel)."""
         return unwrap(self.model_S)
 
-    def _enter_modes(self) -> None:
-        modules = [*self.trainable_modules(), *self.teachers.values()]
-        self._saved_modes = [(module, module.training) for module in modules]
-        for module in self.trainable_modules():
-            module.train()
-        for teacher in self.teachers.values():
-            teacher.eval()
-        self._attach_hooks()
+    # -- what a subclass provides ----------------------------------------------------------------
+    def _uses_part_of_student_per_step(self) -> bool:
+        """Whether a step may leave some student parameters without gradient (DDP must then look for them)."""
+        return False
 
-    def _exit_modes(self) -> None:
-        for module, was_training in self._saved_modes:
-            module.train(was_training)
-        self._saved_modes = []
-        self._detach_hooks()
+    def _teacher_source(self, teachers: dict[Any, nn.Module]) -> TeacherSource:
+        """The session's teacher source, over the teachers as the runtime prepared them."""
+        return NoTeachers()
 
     def _attach_hooks(self) -> None:  # noqa: B027 (a no-op unless overridden)
         """Subclasses with forward hooks (custom matches) attach them here."""
@@ -108,53 +105,53 @@ class BaseDistiller(abc.ABC):
     def _detach_hooks(self) -> None:  # noqa: B027
         """Remove what ``_attach_hooks`` attached."""
 
-    def __enter__(self) -> BaseDistiller:
-        self.runtime.attach(self)
-        self._enter_modes()
-        self._in_context = True
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._in_context = False
-        self._exit_modes()
-        self.runtime.detach(self)
-
-    # -- the step, as the loop sees it -----------------------------------------------------------
-    def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: Any = None) -> MicroBatch:
-        """What the step needs of ``batch`` before any backward: the teachers' outputs (none here).
-
-        ``examples``: the batch's example keys (:class:`~distill_core.teacher_cache.keys.ExampleKeys`),
-        given when :attr:`wants_example_keys` is true.
-        """
-        return MicroBatch(batch=batch, task=task)
-
-    def log_scalars(self) -> dict[str, float]:
-        """Extra scalars to write at logging points (host values only), e.g. the teacher cache's hit rate."""
-        return {}
-
-    def step_tokens(self, micro_batches: list[MicroBatch]) -> torch.Tensor | None:
-        """The number of valid KD positions in a step's micro-batches (this rank), or None if not token KD."""
-        return None
-
     @abc.abstractmethod
     def compute_loss(
-        self, micro: MicroBatch, state: RunState, model_args: Mapping[str, Any], step: StepInfo
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Return the total loss of one micro-batch and its unweighted terms (aligned with term_names)."""
+        self, micro: MicroBatch, progress: float, model_args: Mapping[str, Any], step: StepInfo
+    ) -> StepLoss:
+        """Return the loss of one micro-batch: its total, each term with its weight, the temperature used.
+
+        ``progress`` is the fraction of training done (for weight schedules).
+        """
 
     @abc.abstractmethod
     def term_names(self) -> list[str]:
         """Names of the loss terms compute_loss returns, for logging."""
 
-    def current_weights(self, state: RunState) -> list[float]:
-        return [1.0] * len(self.term_names())
+    # -- the training session --------------------------------------------------------------------
+    def __enter__(self) -> BaseDistiller:
+        runtime = self.runtime
+        student, teachers = self.model_S, dict(self.teachers)
+        trainables = Trainables(student, self.projections, self.custom_projections)
+        prepared = runtime.prepare(
+            trainables, teachers, find_unused_parameters=self._uses_part_of_student_per_step()
+        )
+        modes = [(module, module.training) for module in [*trainables.parts(), *teachers.values()]]
+        self._session = _Session(student, teachers, trainables, prepared.student, modes, None)
+        self.model_S, self.teachers = prepared.student, prepared.teachers
+        for module in trainables.parts():
+            module.train()
+        for teacher in teachers.values():
+            teacher.eval()
+        self._attach_hooks()
+        self._session.source = self._teacher_source(prepared.teachers)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            if session.source is not None:
+                session.source.close()
+        finally:
+            for module, was_training in session.modes:
+                module.train(was_training)
+            self._detach_hooks()
+            self.runtime.release()
+            self.model_S, self.teachers = session.student, session.teachers
 
     # -- train -----------------------------------------------------------------------------------
-    def _source(self, dataloader: Any) -> BatchSource:
-        if dataloader is None:
-            raise TypeError("train() needs a dataloader")
-        return BatchSource(dataloader)
-
     def train(
         self,
         optimizer: torch.optim.Optimizer,
@@ -199,55 +196,64 @@ class BaseDistiller(abc.ABC):
                     f"{type(self).__name__}.train() got {name}=, an option of MultiTaskDistillation.train(); pass "
                     f"one dataloader= here (extra keyword arguments go to every model call)"
                 )
-        source = self._source(dataloader)
-        return self._train(
-            source,
-            optimizer,
-            scheduler,
-            num_epochs,
-            callback,
-            num_steps=num_steps,
-            max_grad_norm=max_grad_norm,
-            batch_postprocessor=batch_postprocessor,
-            scheduler_class=scheduler_class,
-            scheduler_args=scheduler_args,
-            resume_from=resume_from,
-            num_train_epochs=num_train_epochs,
-            model_args=args,
-        )
-
-    @staticmethod
-    def _check_positional_order(scheduler: Any, dataloader: Any, num_epochs: Any) -> None:
-        """TextBrewer's ``train(optimizer, dataloader, num_epochs)`` binds the data to ``scheduler`` here."""
-        if scheduler is not None and _looks_like_data(scheduler):
-            raise TypeError(
-                f"train() got a {type(scheduler).__name__} as `scheduler`, its second argument: distill's order is "
-                f"train(optimizer, scheduler, dataloader, num_epochs, callback), while TextBrewer's is "
-                f"train(optimizer, dataloader, num_epochs, ...). Pass the data by name: "
-                f"train(optimizer, dataloader=loader, num_epochs=3)"
-            )
-
-    def _train(
-        self,
-        source: BatchSource,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        num_epochs: int | None,
-        callback: Callable[..., Any] | None,
-        *,
-        num_steps: int | None,
-        max_grad_norm: float | None,
-        batch_postprocessor: Callable[[Any], Any] | None,
-        scheduler_class: Any,
-        scheduler_args: dict[str, Any] | None,
-        resume_from: str | os.PathLike[str] | None,
-        num_train_epochs: int | None,
-        model_args: dict[str, Any],
-    ) -> RunState:
+        if dataloader is None:
+            raise TypeError("train() needs a dataloader")
+        source = dataloader if isinstance(dataloader, BatchSource) else BatchSource(dataloader)
         if num_train_epochs is not None:
             if num_epochs is not None and num_epochs != num_train_epochs:
                 raise TypeError("pass num_epochs or num_train_epochs (the seed's spelling), not both")
             num_epochs = num_train_epochs
+        self._check_train_arguments(optimizer, num_epochs, num_steps, callback, max_grad_norm, scheduler_class, scheduler_args)
+        self.runtime.check_output_folders(resume_from)
+        entered_here = self._session is None
+        if entered_here:
+            self.__enter__()
+        session = self._session
+        try:
+            runtime = self.runtime
+            runtime.rebind_optimizer(optimizer)
+            self._check_optimizer_holds_student(optimizer)
+            self._add_projection_groups(optimizer)
+            scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
+            checkpoints = Checkpointer(runtime, self.train_config, self.distill_config, session.trainables)
+            resume = checkpoints.resolve(resume_from)
+            if resume is None:
+                runtime.clear_previous_run()  # after the setup checks: a refused run deletes nothing
+            loop = TrainingLoop(
+                runtime,
+                self.train_config,
+                student=session.prepared_student,
+                trainables=session.trainables,
+                teachers=session.source,
+                compute_loss=self.compute_loss,
+                term_names=self.term_names(),
+                checkpoints=checkpoints,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                source=source,
+                num_epochs=num_epochs,
+                num_steps=num_steps,
+                callback=callback,
+                max_grad_norm=max_grad_norm,
+                batch_postprocessor=batch_postprocessor,
+                model_args=args,
+            )
+            return loop.run(resume)
+        finally:
+            if entered_here:
+                self.__exit__(None, None, None)
+
+    def _check_train_arguments(
+        self,
+        optimizer: Any,
+        num_epochs: Any,
+        num_steps: Any,
+        callback: Any,
+        max_grad_norm: Any,
+        scheduler_class: Any,
+        scheduler_args: Any,
+    ) -> None:
+        """Refuse train() arguments that would fail late, or silently do nothing."""
         if (num_epochs is None) == (num_steps is None):
             raise TypeError("train() needs exactly one of num_epochs or num_steps")
         for name, value in (("num_epochs", num_epochs), ("num_steps", num_steps)):
@@ -281,35 +287,17 @@ class BaseDistiller(abc.ABC):
                 UserWarning,
                 stacklevel=3,
             )
-        self.runtime.check_output_folders(resume_from)
-        entered_here = not self._in_context
-        if entered_here:
-            self.__enter__()
-        try:
-            self.runtime.rebind_optimizer(optimizer)
-            self._check_optimizer_holds_student(optimizer)
-            self._add_projection_groups(optimizer)
-            scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
-            resume = self.runtime.checkpointer(self).resolve(resume_from)
-            if resume is None:
-                self.runtime.clear_previous_run()  # after the setup checks: a refused run deletes nothing
-            loop = TrainingLoop(
-                self,
-                self.runtime,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                source=source,
-                num_epochs=num_epochs,
-                num_steps=num_steps,
-                callback=callback,
-                max_grad_norm=max_grad_norm,
-                batch_postprocessor=batch_postprocessor,
-                model_args=model_args,
+
+    @staticmethod
+    def _check_positional_order(scheduler: Any, dataloader: Any, num_epochs: Any) -> None:
+        """TextBrewer's ``train(optimizer, dataloader, num_epochs)`` binds the data to ``scheduler`` here."""
+        if scheduler is not None and _looks_like_data(scheduler):
+            raise TypeError(
+                f"train() got a {type(scheduler).__name__} as `scheduler`, its second argument: distill's order is "
+                f"train(optimizer, scheduler, dataloader, num_epochs, callback), while TextBrewer's is "
+                f"train(optimizer, dataloader, num_epochs, ...). Pass the data by name: "
+                f"train(optimizer, dataloader=loader, num_epochs=3)"
             )
-            return loop.run(resume)
-        finally:
-            if entered_here:
-                self.__exit__(None, None, None)
 
     def _check_optimizer_holds_student(self, optimizer: torch.optim.Optimizer) -> None:
         """An optimizer built over other parameters (the teacher's, a copy's) would train nothing, silently."""
@@ -372,3 +360,15 @@ class BaseDistiller(abc.ABC):
         if callable(scheduler):
             return scheduler(optimizer)
         raise TypeError(f"scheduler must be an LR scheduler or a callable taking the optimizer, got {scheduler!r}")
+
+
+@dataclass
+class _Session:
+    """One training session: the plain modules, what the runtime prepared, the teacher source."""
+
+    student: nn.Module  # the student as given (put back at the end)
+    teachers: dict[Any, nn.Module]  # the teachers as given
+    trainables: Trainables
+    prepared_student: nn.Module
+    modes: list[tuple[nn.Module, bool]]
+    source: TeacherSource | None

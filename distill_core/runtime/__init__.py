@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,6 @@ from torch import nn
 
 from distill_core import checkpoint as ckpt
 from distill_core.errors import DistillError
-from distill_core.modules import Trainables
 from distill_core.runtime import distributed as dist_utils
 from distill_core.runtime.checkpointing import Checkpointer
 from distill_core.runtime.precision import Precision
@@ -32,11 +32,23 @@ from distill_core.tracking import Tracker
 
 if TYPE_CHECKING:
     from distill_core.config import TrainingConfig
-    from distill_core.distillers import BaseDistiller
+    from distill_core.modules import Trainables
 
-__all__ = ["Checkpointer", "Precision", "Runtime", "move_to_device"]
+__all__ = ["Checkpointer", "Precision", "Prepared", "Runtime", "move_to_device"]
 
 _NO_CONTEXT = contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`Runtime.prepare` returns: the modules to call during training.
+
+    ``student`` is the student itself, or its DistributedDataParallel / DataParallel wrapper;
+    ``teachers`` the teachers by key (DataParallel-wrapped on several GPUs without torchrun).
+    """
+
+    student: nn.Module
+    teachers: dict[Any, nn.Module]
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -118,7 +130,6 @@ class Runtime:
             )
         # a sharded student's forward needs every rank, so the callback then runs on every rank
         self.callback_on_every_rank = config.callback_on_all_ranks or self.student_sharded
-        self._wrapped_student: tuple[nn.Module, nn.Module] | None = None  # (original, wrapper)
         self._shared_params: list[nn.Parameter] = []  # trained, but outside DDP/FSDP: averaged by hand
         self._replaced_params: dict[int, nn.Parameter] = {}  # id(parameter before sharding) -> sharded one
         self._ddp = False
@@ -184,10 +195,18 @@ class Runtime:
         self.barrier()  # no rank reads output_dir while rank 0 deletes
 
     # -- models ----------------------------------------------------------------------------------
-    def attach(self, distiller: BaseDistiller) -> None:
-        """Place the models on the device; wrap or shard them as the process group and config ask."""
+    def prepare(
+        self, trainables: Trainables, teachers: Mapping[Any, nn.Module], *, find_unused_parameters: bool = False
+    ) -> Prepared:
+        """Place, wrap or shard the modules as the device, process group and config ask; return what to call.
+
+        The student is wrapped in DistributedDataParallel (or DataParallel), or sharded in place with
+        FSDP2; projections follow the student's device and dtype; teachers are placed (or sharded)
+        and never wrapped in DDP. ``trainables`` keeps the plain modules; the returned
+        :class:`Prepared` holds the ones to call. :meth:`release` ends what this began.
+        """
         config, device = self.config, self.device
-        student = distiller.model_S
+        student = trainables.student
         if self.student_sharded:
             before = {name: param for name, param in student.named_parameters()}
             dist_utils.shard_fsdp2(student, device)
@@ -197,47 +216,37 @@ class Runtime:
             }
         else:
             student.to(device)
-        student_dtype = _floating_dtype(distiller.student)
-        for projections in (distiller.projections, distiller.custom_projections):
+        student_dtype = _floating_dtype(student)
+        for projections in (trainables.projections, trainables.custom_projections):
             projections.to(device=device, dtype=student_dtype)  # projections follow the student's dtype
-        for teacher in distiller.teachers.values():
+        for teacher in teachers.values():
             if self.teachers_sharded:
                 dist_utils.shard_fsdp2(teacher, device)
             else:
                 teacher.to(device)
+        prepared_student: nn.Module = student
+        prepared_teachers = dict(teachers)
         if self.distributed and not self.student_sharded:
             find_unused = config.find_unused_parameters
             if find_unused is None:
-                find_unused = distiller.uses_part_of_student_per_step
-            wrapper = dist_utils.wrap_ddp(student, device, find_unused)
-            self._wrapped_student = (student, wrapper)
-            distiller.model_S = wrapper
+                find_unused = find_unused_parameters
+            prepared_student = dist_utils.wrap_ddp(student, device, find_unused)
             self._ddp = True
         elif config.data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1:
-            if not isinstance(student, nn.DataParallel):
-                self._wrapped_student = (student, nn.DataParallel(student))
-                distiller.model_S = self._wrapped_student[1]
-            for key, teacher in distiller.teachers.items():
-                if not isinstance(teacher, nn.DataParallel):
-                    distiller.teachers[key] = nn.DataParallel(teacher)
+            prepared_student = nn.DataParallel(student)
+            prepared_teachers = {key: nn.DataParallel(teacher) for key, teacher in teachers.items()}
         self._shared_params = [
             p
-            for module in (distiller.projections, distiller.custom_projections)
+            for module in (trainables.projections, trainables.custom_projections)
             for p in module.parameters()
             if p.requires_grad
         ]
+        return Prepared(prepared_student, prepared_teachers)
 
-    def detach(self, distiller: BaseDistiller) -> None:
-        """Unwrap the student (DDP / DataParallel); a sharded (FSDP2) model stays sharded."""
-        if self._wrapped_student is not None:
-            original, wrapper = self._wrapped_student
-            if distiller.model_S is wrapper:
-                distiller.model_S = original
-            self._wrapped_student = None
-        for key, teacher in list(distiller.teachers.items()):
-            if isinstance(teacher, nn.DataParallel):
-                distiller.teachers[key] = teacher.module
+    def release(self) -> None:
+        """End a :meth:`prepare`: the wrappers it returned are no longer used (a sharded model stays sharded)."""
         self._ddp = False
+        self._shared_params = []
 
     def rebind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Point an optimizer built before the student was sharded at the sharded parameters."""
@@ -274,24 +283,27 @@ class Runtime:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return self.precision.autocast()
 
-    def micro_batch(self, distiller: BaseDistiller, *, last: bool) -> contextlib.AbstractContextManager[Any]:
-        """Run one micro-batch's forward and backward; gradients are synchronised on the last one only."""
+    def micro_batch(self, student: nn.Module, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Run one micro-batch's forward and backward; gradients are synchronised on the last one only.
+
+        ``student``: the prepared student (what :meth:`prepare` returned).
+        """
         if last or not self.distributed:
             return _NO_CONTEXT  # the common case costs no generator
-        return self._accumulating(distiller)
+        return self._accumulating(student)
 
     @contextlib.contextmanager
-    def _accumulating(self, distiller: BaseDistiller) -> Iterator[None]:
+    def _accumulating(self, student: nn.Module) -> Iterator[None]:
         if self._ddp:
-            with distiller.model_S.no_sync():
+            with student.no_sync():
                 yield
             return
         if self.student_sharded:
-            distiller.model_S.set_requires_gradient_sync(False)
+            student.set_requires_gradient_sync(False)
             try:
                 yield
             finally:
-                distiller.model_S.set_requires_gradient_sync(True)
+                student.set_requires_gradient_sync(True)
             return
         yield
 
@@ -349,10 +361,6 @@ class Runtime:
             sum_across_ranks=self.sum_across_ranks if self.distributed else None,
             world_size=self.world_size,
         )
-
-    def checkpointer(self, distiller: BaseDistiller) -> Checkpointer:
-        trainables = Trainables(distiller.student, distiller.projections, distiller.custom_projections)
-        return Checkpointer(self, distiller.train_config, distiller.distill_config, trainables)
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype:

@@ -28,11 +28,13 @@ import torch
 from torch import nn
 
 from distill_core.errors import DistillError
+from distill_core.step import TeacherOutput
 from distill_core.teacher_cache import fingerprint as fp
 from distill_core.teacher_cache.config import TeacherCacheConfig
 from distill_core.teacher_cache.keys import KIND_INDEX, BatchExamples, ExampleKeys, describe_batch
 from distill_core.teacher_cache.encoder import Encoder
 from distill_core.teacher_cache.layout import Entry, Layout
+from distill_core.adaptors.logits import logits_view
 from distill_core.teacher_cache.store import (
     DiskStore,
     MemoryStore,
@@ -108,7 +110,6 @@ def folder_name(key: Any) -> str:
 class TeacherCache:
     """Stored teacher outputs standing in for the teacher forward (see the module doc).
 
-    :param runtime: the distiller's :class:`~distill_core.runtime.Runtime` (rank, device, barriers).
     :param temperature: the KD temperature (top-k stores the tempered softmax).
     :param vocab_size: ``kd_vocab_size`` (token rows keep their first N entries).
     :param chunk_rows: rows of token logits formed at once while building (None: about 25M logits).
@@ -118,13 +119,12 @@ class TeacherCache:
         self,
         config: TeacherCacheConfig,
         *,
-        runtime: Any,
         temperature: float,
         vocab_size: int | None,
         chunk_rows: int | None,
     ) -> None:
         self.config = config
-        self.runtime = runtime
+        self.runtime: Any = None  # the runtime of the session that opened the cache (rank, barriers)
         self.temperature = temperature
         self.vocab_size = vocab_size
         self.chunk_rows = chunk_rows
@@ -157,8 +157,12 @@ class TeacherCache:
             "keys": self.kind,
         }
 
-    def open(self, teachers: Mapping[Any, tuple[nn.Module, Any, Selection, Mapping[str, Any]]], kind: str) -> None:
+    def open(
+        self, teachers: Mapping[Any, tuple[nn.Module, Any, Selection, Mapping[str, Any]]], kind: str, runtime: Any
+    ) -> None:
         """Fingerprint every teacher and open its entries: ``{key: (model, adaptor, selection, call args)}``.
+
+        ``runtime``: the training session's :class:`~distill_core.runtime.Runtime` (rank, barriers).
 
         All ranks call this together (it may meet at barriers). A stored teacher whose fingerprint
         differs is refused with the differences, or cleared under ``on_stale="rebuild"``.
@@ -171,7 +175,8 @@ class TeacherCache:
                 )
             return
         self.kind = kind
-        runtime, config = self.runtime, self.config
+        self.runtime = runtime
+        config = self.config
         root = Path(config.location).expanduser() if config.on_disk else None
         if root is not None:
             problem = None
@@ -262,8 +267,12 @@ class TeacherCache:
         device: torch.device,
         *,
         assemble: bool = True,
-    ) -> tuple[dict[Any, Mapping[str, Any]], dict[tuple, torch.Tensor]]:
-        """The batch's outputs of ``teacher_keys`` and custom-match features, from the cache where it can."""
+    ) -> tuple[dict[Any, TeacherOutput], dict[tuple, torch.Tensor]]:
+        """The batch's outputs of ``teacher_keys`` and custom-match features, from the cache where it can.
+
+        ``run_teachers(missing)`` returns the fresh adapted outputs of the teachers ``missing`` (and
+        their custom-match features); ``assemble=False`` only stores them (building the cache ahead).
+        """
         batch = describe_batch(keys)
         found: dict[Any, list[Entry | None]] = {key: self._lookup(self.teachers[key], batch) for key in teacher_keys}
         missing = [key for key in teacher_keys if any(entry is None for entry in found[key])]
@@ -271,11 +280,15 @@ class TeacherCache:
             fresh, fresh_captured = run_teachers(missing)
             for key in missing:
                 self._store(self.teachers[key], batch, found[key], fresh[key], fresh_captured)
-        results: dict[Any, Mapping[str, Any]] = {}
+        results: dict[Any, TeacherOutput] = {}
         captured: dict[tuple, torch.Tensor] = {}
         if assemble:
             for key in teacher_keys:
-                results[key], features = self.teachers[key].encoder.assemble(found[key], batch, device)
+                stored, features, token_rows = self.teachers[key].encoder.assemble(found[key], batch, device)
+                logits = None
+                if self.teachers[key].encoder.selection.logits:
+                    logits = token_rows if token_rows is not None else logits_view(stored)
+                results[key] = TeacherOutput(stored, logits)
                 captured.update({("teacher", module, key): value for module, value in features.items()})
         return results, captured
 

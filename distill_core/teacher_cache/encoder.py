@@ -240,7 +240,7 @@ class Encoder:
 
     def _logits_chunks(self, results: Mapping[str, Any], keep: Tensor) -> Iterator[Tensor]:
         """The teacher's token logits at the ``keep`` positions, a chunk of rows at a time (first V entries)."""
-        from distill_core.token_kd import default_chunk_size
+        from distill_core.terms.token_kd import default_chunk_size
 
         vocab = self.layout.vocab
         chunk = self.chunk_rows or default_chunk_size(vocab)
@@ -259,8 +259,12 @@ class Encoder:
     # -- entries -> a batch's outputs ------------------------------------------------------------
     def assemble(
         self, entries: Sequence[Entry], batch: BatchExamples, device: torch.device
-    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """The batch's adapted teacher outputs (and custom-match features) from its examples' entries."""
+    ) -> tuple[dict[str, Any], dict[str, Tensor], TeacherRows | None]:
+        """The batch's adapted teacher outputs, custom-match features and token-logit rows from its entries.
+
+        The rows (None unless token logits are stored) are the teacher's KD logits as a
+        :class:`~distill_core.adaptors.logits.LogitsView`.
+        """
         layout = self.layout
         results: dict[str, Any] = {feature: [None] * count for feature, count in layout.layers}
         captured: dict[str, Tensor] = {}
@@ -268,6 +272,7 @@ class Encoder:
         rows: dict[str, list[Tensor]] = {}
         pin = device.type == "cuda"
         host_mask = None
+        token_rows = None
         for index, field in enumerate(layout.fields):
             arrays = [entry.arrays[index] for entry in entries]
             if field.kind == "rows":
@@ -306,7 +311,7 @@ class Encoder:
             if pin:
                 joined = {name: t.pin_memory() for name, t in joined.items()}
             joined = {name: t.to(device, non_blocking=pin) for name, t in joined.items()}
-            results["cached_logits"] = TeacherRows(
+            token_rows = TeacherRows(
                 results["logits_mask"] != 0,
                 positions=joined["positions"],
                 vocab=layout.vocab,
@@ -315,4 +320,4 @@ class Encoder:
                 temperature=self.temperature,
                 missing_mass=self.config.missing_mass,
             )
-        return results, captured
+        return results, captured, token_rows

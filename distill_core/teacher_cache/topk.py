@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor
 
+from distill_core.adaptors.logits import LogitsView, TeacherChunk
+
 #: the log-probability of an entry without mass (exp underflows to exactly 0 in float32)
 LOG_FLOOR = -10_000.0
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -61,8 +63,12 @@ def densify(values: Tensor, indices: Tensor, mass: Tensor, vocab: int, temperatu
     return dense if temperature == 1.0 else dense.mul_(temperature)
 
 
-class TeacherRows:
+class TeacherRows(LogitsView):
     """A teacher's token logits at the valid positions of a batch, read from the cache.
+
+    The KD term reads them as it reads any teacher's logits (a
+    :class:`~distill_core.adaptors.logits.LogitsView`): ``chunks(keep, vocab)`` gives these rows, which
+    are the positions of the same mask in the same order; ``dense()`` places them in (B, L, V).
 
     The rows are the True entries of ``mask`` (B, L) in row-major order, the order in which the
     chunked token-KD path gathers the student's rows. Dense rows are returned as stored; top-k rows
@@ -93,6 +99,24 @@ class TeacherRows:
         self.temperature = temperature
         self.missing_mass = missing_mass
 
+    kind = "cached"
+
+    def describe(self) -> list[tuple[str, tuple[int, ...], int]]:
+        return [(f"cached token logits at positions {self.positions} of {self.vocab} entries", self.positions, self.vocab)]
+
+    def token_level(self) -> bool:
+        return True
+
+    def count(self) -> Tensor:
+        return self.mask.sum().to(torch.float32)  # always with a mask
+
+    @property
+    def device(self) -> torch.device:
+        return self.mask.device
+
+    def chunks(self, keep: Tensor, vocab: int | None) -> TeacherChunk:
+        return self.chunk  # stored at the same mask's positions, in the same order, first N entries already
+
     @property
     def positions(self) -> tuple[int, ...]:
         """(B, L): the positions of the batch these rows belong to."""
@@ -108,15 +132,15 @@ class TeacherRows:
         values, indices, mass = (part[start:end] for part in self.top_k)
         return densify(values, indices, mass, self.vocab, self.temperature, self.missing_mass)
 
-    def dense(self) -> Tensor:
-        """(B, L, V) logits: the rows at their positions, zeros (a uniform row) where ``mask`` is False."""
+    def dense(self) -> list[Tensor]:
+        """[(B, L, V) logits]: the rows at their positions, zeros (a uniform row) where ``mask`` is False."""
         rows = self.rows if self.rows is not None else self.chunk(0, len(self))
         full = torch.zeros((*self.positions, self.vocab), dtype=rows.dtype, device=rows.device)
         if self.flat_positions is None:
             full[self.mask] = rows
         else:
             full.view(-1, self.vocab).index_copy_(0, self.flat_positions, rows)
-        return full
+        return [full]
 
 
 def is_shift_invariant(row_loss: object, temperature: float) -> bool:

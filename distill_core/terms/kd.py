@@ -1,20 +1,18 @@
-"""The KD term of a distiller: logits through the KD plugin, dense or in chunks from hidden states.
+"""The KD term: logits through the KD plugin, dense or in chunks from hidden states.
 
-Dense: the adaptors return ``logits`` (B, C) or (B, L, V); the configured plugin compares them (the
-teachers' logits averaged for several teachers) with the adaptor's ``logits_mask``.
-
-A teacher's token logits may also come from the teacher cache (``cached_logits``, a
-:class:`~distill_core.teacher_cache.topk.TeacherRows`): dense (B, L, V) on the first path, chunks of
-rows on the second.
+Dense: the student adaptor returns ``logits`` (B, C) or (B, L, V); the configured plugin compares
+them with the teachers' (averaged for several teachers), read through their
+:class:`~distill_core.adaptors.logits.LogitsView`, with the adaptor's ``logits_mask``.
 
 Chunked (DESIGN §9): the student's adaptor returns ``logits_hidden`` (B, L, D) and ``logits_head``
 instead of logits (the automatic causal-LM adaptor does); the valid positions are gathered and
-:func:`distill_core.token_kd.chunked_token_kd` runs the same plugin over chunks of rows, so neither
-model's (B·L, V) logits exist at once. A teacher gives either side (hidden states and head, or
-logits). The hard-label loss of a chunked student is the token cross-entropy of the same chunks.
+:func:`distill_core.terms.token_kd.chunked_token_kd` runs the same plugin over chunks of rows, so
+neither model's (B·L, V) logits exist at once. The teacher's view gives the matching rows a chunk
+at a time, whatever produced them. The hard-label loss of a chunked student is the token
+cross-entropy of the same chunks.
 
 Token-level terms are means over the valid positions of the whole optimisation step: the loop counts
-them from the teachers' outputs before the first backward (:class:`~distill_core.loop.StepInfo`).
+them from the teachers' views before the first backward (:class:`~distill_core.step.StepInfo`).
 """
 
 from __future__ import annotations
@@ -24,16 +22,16 @@ from typing import Any
 
 import torch
 
-from distill_core.adaptors import as_list
 from distill_core.config import DistillationConfig
-from distill_core.errors import AdaptorError, DistillError, ShapeMismatchError
-from distill_core.loop import MicroBatch, StepInfo
+from distill_core.errors import AdaptorError, ShapeMismatchError
 from distill_core.registry import get_registry
 from distill_core.schedules import build_temperature_scheduler
-from distill_core.token_kd import TeacherChunk, chunked_token_kd, teacher_logits_from_head
+from distill_core.step import MicroBatch, StepInfo
+from distill_core.adaptors.logits import LogitsView, TeacherChunk, head_params, is_chunked
+from distill_core.terms.token_kd import chunked_token_kd
 
-#: (weight, adapted outputs) of each teacher whose logits make the KD target
-Teachers = Sequence[tuple[float, Mapping[str, Any]]]
+#: (weight, logits view) of each teacher whose logits make the KD target
+Teachers = Sequence[tuple[float, LogitsView]]
 
 
 def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -56,27 +54,10 @@ def probability_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return torch.where(valid.unsqueeze(-1), shifted, logits)
 
 
-def is_chunked(results: Mapping[str, Any]) -> bool:
-    return results.get("logits_hidden") is not None
-
-
-def _head_params(head: Any, vocab: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    weight, bias = head.weight, getattr(head, "bias", None)
-    if vocab is not None and weight.shape[0] > vocab:  # a padded vocabulary: its shared first N rows
-        weight, bias = weight[:vocab], None if bias is None else bias[:vocab]
-    return weight, bias
-
-
-def dense_teacher_logits(results: Mapping[str, Any]) -> list[torch.Tensor]:
-    """A teacher's logits: its own, from its head (hidden states given), or from the teacher cache (no gradient)."""
-    cached = results.get("cached_logits")
-    if cached is not None:  # token logits of the teacher cache: dense, or top-k densified (B, L, V)
-        return [cached.dense()]
-    if is_chunked(results):
-        with torch.no_grad():
-            weight, bias = _head_params(results["logits_head"], None)
-            return [torch.nn.functional.linear(results["logits_hidden"].to(weight.dtype), weight, bias)]
-    return as_list(results.get("logits"))
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class KDTerm:
@@ -93,7 +74,6 @@ class KDTerm:
         )
         self.vocab_size = vocab_size
         self.chunk_size = config.token_kd_chunk_size
-        self.last_temperature: float | torch.Tensor | None = None
 
     @property
     def needs_full_logits(self) -> str | None:
@@ -108,7 +88,7 @@ class KDTerm:
         return self.component.call_in_order(student, teacher, temperature, mask, self.params)
 
     def row_loss(self, logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Any) -> torch.Tensor:
-        """The plugin on 2-D (rows, V) logits, as :func:`~distill_core.token_kd.chunked_token_kd` calls it."""
+        """The plugin on 2-D (rows, V) logits, as :func:`~distill_core.terms.token_kd.chunked_token_kd` calls it."""
         return self._call(logits_S, logits_T, temperature, None)
 
     # -- the terms -------------------------------------------------------------------------------
@@ -120,20 +100,21 @@ class KDTerm:
         step: StepInfo,
         *,
         hard_labels: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the KD term and, for a chunked student with ``hard_labels``, the token cross-entropy term.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float | torch.Tensor]:
+        """Return the KD term, the chunked token cross-entropy (or None) and the temperature used.
 
-        Token-level terms are shares of the step's token mean (see the module docstring).
+        The cross-entropy is computed for a chunked student with ``hard_labels``. Token-level terms
+        are shares of the step's token mean (see the module docstring).
         """
         if is_chunked(results_S):
             kd_sum, ce_sum = self._chunked(results_S, teachers, hard_labels)
             share = self._step_share(step)
-            return kd_sum * share, None if ce_sum is None else ce_sum * share
-        kd = self._dense(results_S, teachers)
+            return kd_sum * share, None if ce_sum is None else ce_sum * share, self.config.temperature
+        kd, temperature = self._dense(results_S, teachers)
         if micro.tokens is not None and step.tokens is not None:
             # the plugin averaged over this micro-batch's positions: make it a share of the step's mean
             kd = kd * (micro.tokens * self._step_share(step))
-        return kd, None
+        return kd, None, temperature
 
     @staticmethod
     def _step_share(step: StepInfo) -> torch.Tensor | float:
@@ -146,9 +127,9 @@ class KDTerm:
             return 1.0
         return float(step.micro_batches * step.world_size) / step.tokens.clamp_min(1.0)
 
-    def _dense(self, results_S: Mapping[str, Any], teachers: Teachers) -> torch.Tensor:
+    def _dense(self, results_S: Mapping[str, Any], teachers: Teachers) -> tuple[torch.Tensor, Any]:
         config = self.config
-        logits_S = as_list(results_S.get("logits"))
+        logits_S = _as_list(results_S.get("logits"))
         logits_T = self.target(teachers)
         mask = _kd_mask(results_S, teachers)
         labels = results_S.get("labels") if config.probability_shift else None
@@ -156,17 +137,16 @@ class KDTerm:
             raise AdaptorError("probability_shift=True needs 'labels' from adaptor_S (the true class ids)")
         vocab = self.vocab_size
         total = None
+        temperature: float | torch.Tensor = config.temperature
         for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
             if vocab is not None:  # a padded vocabulary (either side): the shared first N (views, no copy)
                 student, teacher = student[..., :vocab], teacher[..., :vocab]
             if labels is not None:
                 teacher = probability_shift(
-                    teacher, as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
+                    teacher, _as_list(labels)[index] if isinstance(labels, (list, tuple)) else labels
                 )
-            temperature: float | torch.Tensor = config.temperature
             if self.temperature_fn is not None:
                 temperature = self.temperature_fn(student, teacher, config.temperature)
-            self.last_temperature = temperature
             try:
                 loss = self._call(student, teacher, temperature, mask if student.dim() == 3 else None)
             except ShapeMismatchError as exc:
@@ -174,12 +154,12 @@ class KDTerm:
             total = loss if total is None else total + loss
         if total is None:
             raise AdaptorError("no logits to distil: adaptor_S and adaptor_T returned empty 'logits'")
-        return total
+        return total, temperature
 
     @staticmethod
     def target(teachers: Teachers) -> list[torch.Tensor]:
         """The dense KD target: the (weighted average of the) teachers' logits."""
-        per_teacher = [dense_teacher_logits(results) for _, results in teachers]
+        per_teacher = [view.dense() for _, view in teachers]
         if len(per_teacher) == 1:
             return per_teacher[0]
         averaged = []
@@ -201,9 +181,8 @@ class KDTerm:
             else mask.to(hidden_S.device) != 0
         )
         rows_S = hidden_S[keep]  # reads the number of valid rows (one host sync per micro-batch on CUDA)
-        weight_S, bias_S = _head_params(results_S["logits_head"], self.vocab_size)
+        weight_S, bias_S = head_params(results_S["logits_head"], self.vocab_size)
         teacher_chunk = self._teacher_chunks(teachers, keep)
-        temperature = self.last_temperature = self.config.temperature
         labels = None
         if hard_labels:
             labels = results_S.get("labels")
@@ -225,33 +204,13 @@ class KDTerm:
             weight_S,
             bias_S,
             teacher_chunk,
-            temperature=temperature,
+            temperature=self.config.temperature,
             chunk_size=self.chunk_size,
             labels=labels,
         )
 
     def _teacher_chunks(self, teachers: Teachers, keep: torch.Tensor) -> TeacherChunk:
-        chunks: list[tuple[float, TeacherChunk]] = []
-        for weight, results in teachers:
-            cached = results.get("cached_logits")
-            if cached is not None:  # the teacher cache's rows: the positions of the same mask, in the same order
-                chunk = cached.chunk
-            elif is_chunked(results):
-                weight_T, bias_T = _head_params(results["logits_head"], self.vocab_size)
-                chunk = teacher_logits_from_head(results["logits_hidden"].to(keep.device)[keep], weight_T, bias_T)
-            else:
-                logits = as_list(results.get("logits"))
-                if len(logits) != 1 or logits[0].dim() != 3:
-                    raise DistillError(
-                        "chunked token KD pairs the student's hidden states with one (B, L, V) logits tensor of the "
-                        f"teacher, but the teacher's adaptor returned "
-                        f"{_describe_logits(logits)}; return its token logits (B, L, V) as 'logits'"
-                    )
-                rows = logits[0].to(keep.device)[keep]
-                if self.vocab_size is not None:
-                    rows = rows[:, : self.vocab_size]
-                chunk = _slicer(rows)
-            chunks.append((weight, chunk))
+        chunks = [(weight, view.chunks(keep, self.vocab_size)) for weight, view in teachers]
         if len(chunks) == 1:
             return chunks[0][1]
 
@@ -268,17 +227,4 @@ class KDTerm:
 def _kd_mask(results_S: Mapping[str, Any], teachers: Teachers) -> Any:
     """The KD positions' mask: the student adaptor's 'logits_mask', else the first teacher's (None: all)."""
     mask = results_S.get("logits_mask")
-    return teachers[0][1].get("logits_mask") if mask is None else mask
-
-
-def _describe_logits(logits: list[torch.Tensor]) -> str:
-    if len(logits) != 1:
-        return f"{len(logits)} logits tensors"
-    return f"logits of shape {tuple(logits[0].shape)}"
-
-
-def _slicer(rows: torch.Tensor) -> TeacherChunk:
-    def chunk(start: int, end: int) -> torch.Tensor:
-        return rows[start:end]
-
-    return chunk
+    return teachers[0][1].mask if mask is None else mask

@@ -1,4 +1,10 @@
-"""Intermediate and custom matches: projections, bound losses, and forward-hook capture."""
+"""Intermediate and custom matches: projections, bound losses, and forward-hook capture.
+
+A configured match is bound once at setup (:func:`bind_match`) to its loss implementation and its
+projection; at each step :meth:`BoundMatch.compute` projects the student's feature and calls the
+loss. The first step of each task checks the projection's input width first
+(:meth:`BoundMatch.check_student_feature`), so a wrong ``dim_in`` is named before any loss runs.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,8 @@ from torch import nn
 
 from distill_core.config import CustomMatch, IntermediateMatch, ProjectionSpec
 from distill_core.errors import AdaptorError, ShapeMismatchError
+from distill_core.modules import unwrap
 from distill_core.registry import Component, get_projection, get_registry
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside ``DataParallel`` / ``DistributedDataParallel`` wrappers."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
 
 
 def build_projection(spec: ProjectionSpec | None) -> nn.Module:
@@ -38,9 +38,8 @@ class BoundMatch:
     params: Any
     projection: nn.Module
 
-    def compute(self, feature_S: Any, feature_T: Any, mask: torch.Tensor | None, check: bool) -> torch.Tensor:
-        if check:
-            self._check_projection_input(feature_S)
+    def compute(self, feature_S: Any, feature_T: Any, mask: torch.Tensor | None) -> torch.Tensor:
+        """The match's loss: the student's feature through the projection, against the teacher's."""
         if self.spec.proj is not None:
             feature_S = (
                 [self.projection(f) for f in feature_S] if isinstance(feature_S, list) else self.projection(feature_S)
@@ -69,7 +68,8 @@ class BoundMatch:
             f"dim_out to {width_T}"
         )
 
-    def _check_projection_input(self, feature_S: Any) -> None:
+    def check_student_feature(self, feature_S: Any) -> None:
+        """First step: the student's feature must have the projection's input width."""
         proj = self.spec.proj
         if proj is None:
             return
