@@ -18,6 +18,7 @@ from distill_core import (
     MultiTaskDistillation,
     MultiTeacherDistillation,
     TrainingConfig,
+    get_loss,
 )
 from distill_core.distillers import probability_shift
 from tests.tb_reader import read_scalars
@@ -44,6 +45,14 @@ def models():
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def confident(model: torch.nn.Module) -> torch.nn.Module:
+    """Scale a tiny BERT's classifier up: random-init logits are near 0, so every KD loss would be about
+    ln(classes) whatever its target, and a check of the target would prove nothing."""
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    return model
 
 
 def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
@@ -375,18 +384,38 @@ def test_probability_shift_swaps_on_a_copy() -> None:
 
 
 def test_probability_shift_in_training(tmp_path) -> None:
-    teacher, student = models()
+    """The KD target is the teacher's logits with the true label's logit swapped with the largest one."""
+    teacher, student = (confident(model) for model in models())
 
     def adaptor(batch, outputs):
         return {**bert_adaptor(batch, outputs), "labels": batch["labels"]}
 
+    batch = dict_batches(tiny_data(16), 16)[0]
+    with torch.no_grad():  # the models are deterministic (no dropout): as the first step sees them
+        logits_T = teacher.eval()(**batch).logits
+        logits_S = student(**batch).logits
+    labels = batch["labels"]
+    top = logits_T.argmax(dim=-1)
+    assert (top != labels).sum() >= 4, "the check needs rows where the teacher's top class is not the label"
+    shifted = logits_T.clone()
+    for row, (label, best) in enumerate(zip(labels.tolist(), top.tolist())):
+        shifted[row, label], shifted[row, best] = logits_T[row, best], logits_T[row, label]
+
     distiller = BasicDistillation(
-        train_config(tmp_path), DistillationConfig(probability_shift=True), teacher, student, adaptor, adaptor
+        train_config(tmp_path, log_dir=str(tmp_path / "logs")),
+        DistillationConfig(probability_shift=True, temperature=2),
+        teacher,
+        student,
+        adaptor,
+        adaptor,
     )
     with distiller:
-        distiller.train(
-            torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(16), 8), num_epochs=1
-        )
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, [batch], num_epochs=1)
+    kd_loss = get_loss("ce")
+    first_kd = read_scalars(tmp_path / "logs")["loss/kd"][0]
+    assert first_kd == (1, pytest.approx(float(kd_loss(logits_S, shifted, temperature=2)), rel=1e-5))
+    unshifted = float(kd_loss(logits_S, logits_T, temperature=2))
+    assert first_kd[1] != pytest.approx(unshifted, rel=1e-3)
 
 
 def test_modes_restored_and_teacher_eval_outside_context(tmp_path) -> None:
