@@ -271,22 +271,34 @@ def test_custom_match_with_unknown_module_path_fails_at_construction(tmp_path) -
 
 
 def test_multi_teacher_averages_teacher_logits(tmp_path) -> None:
-    teachers = [tiny_bert(32, 4, 4, seed=s) for s in (10, 11)]
-    student = tiny_bert(16, 2, 2, seed=1)
+    teachers = [confident(tiny_bert(32, 4, 4, seed=s)) for s in (10, 11)]
+    student = confident(tiny_bert(16, 2, 2, seed=1))
     teacher_state = [snapshot(t) for t in teachers]
-    config = DistillationConfig(temperature=1, intermediate_matches=[{**HIDDEN_MATCH, "teacher": 1}])
+    config = DistillationConfig(temperature=2, intermediate_matches=[{**HIDDEN_MATCH, "teacher": 1}])
     distiller = MultiTeacherDistillation(
-        train_config(tmp_path), config, teachers, student, bert_adaptor, bert_adaptor, teacher_weights=[1, 3]
+        train_config(tmp_path, log_dir=str(tmp_path / "logs")),
+        config,
+        teachers,
+        student,
+        bert_adaptor,
+        bert_adaptor,
+        teacher_weights=[1, 3],
     )
     batch = dict_batches(tiny_data(8), 8)[0]
+    with torch.no_grad():  # the models are deterministic (no dropout): as the first step sees them
+        logits_T = [teacher.eval()(**batch).logits for teacher in teachers]
+        logits_S = student(**batch).logits
     with distiller:
-        results = distiller.teacher_outputs(batch, None, {})
-        target = distiller._kd_target(results)[0]
-        expected = 0.25 * results[0]["logits"] + 0.75 * results[1]["logits"]
-        assert torch.allclose(target, expected)
         distiller.train(
             torch.optim.SGD(student.parameters(), lr=0.1), None, [batch] * 2, num_epochs=1, output_hidden_states=True
         )
+    # the KD target is the teachers' logits averaged with the normalised weights 1/4 and 3/4
+    kd_loss = get_loss("ce")
+    expected = float(kd_loss(logits_S, 0.25 * logits_T[0] + 0.75 * logits_T[1], temperature=2))
+    first_kd = read_scalars(tmp_path / "logs")["loss/kd"][0]
+    assert first_kd == (1, pytest.approx(expected, rel=1e-5))
+    unweighted = float(kd_loss(logits_S, 0.5 * logits_T[0] + 0.5 * logits_T[1], temperature=2))
+    assert unweighted != pytest.approx(expected, rel=1e-3), "the weights must make a difference to this check"
     assert all(not changed(state, t) for state, t in zip(teacher_state, teachers))
     assert BasicMultiTeacherDistillation is MultiTeacherDistillation
     with pytest.raises(DistillError, match="teacher 2 does not exist"):
