@@ -10,12 +10,16 @@ both alike. Each side's per-step times are pooled over rounds (the first steps o
 up and dropped); the report gives the medians and their ratio. At the end the two students are
 compared: they must agree to float tolerance, which shows both computed the same thing.
 
-The hand loop masks by multiplying with the mask, as one usually writes it; distill's losses mask
-with ``torch.where``, so that a NaN or infinity in padding (a model's -inf attention scores, the
-fully masked rows of a left-padded causal LM) can reach neither the loss nor its gradient (the
-differences are selected before they are squared), and ``0 · log 0`` counts as 0.
-``time_ratio`` is against that plain loop. A second series, ``time_ratio_nan_safe_hand``, runs
-against a hand loop that masks as distill does: what the framework costs apart from that guarantee.
+The hand loop masks by multiplying with the mask, as one usually writes it; distill's losses select
+instead, setting dropped entries to 0 before any arithmetic, so that a NaN or infinity in padding (a
+model's -inf attention scores, the fully masked rows of a left-padded causal LM) can reach neither
+the loss nor its gradient, and ``0 · log 0`` counts as 0. The squared-error losses (hidden_mse,
+attention_mse) select the differences before they are squared, by a bitwise AND on the floats' bits
+inside one fused autograd function (``distill_plugins_losses/_common.py``); the KD loss selects its
+``0 · log 0`` terms with ``torch.where``. ``time_ratio`` is against that plain loop. A second
+series, ``time_ratio_nan_safe_hand``, runs against a hand loop that keeps padding out as distill
+does, written with ``torch.where`` (the same values, bit for bit, as the bitwise select): what the
+framework costs apart from that guarantee.
 
 Memory: each variant alone in a child process. On a GPU, ``torch.cuda.max_memory_allocated``; on
 the CPU, how far training raises the child's peak resident size, with 8x the batch and 4x the
@@ -121,9 +125,10 @@ def make_distiller(teacher: torch.nn.Module, student: torch.nn.Module, device: t
 class HandWritten:
     """The same distillation as a plain PyTorch loop body, written out by hand.
 
-    ``nan_safe``: mask as distill's losses do, with ``torch.where`` on the differences (a NaN or
-    infinity in padding, or a ``0 · log 0``, reaches neither the loss nor its gradient), instead of
-    multiplying by the mask.
+    ``nan_safe``: keep padding out as distill's losses do, selecting the differences to 0 before they
+    are squared (a NaN or infinity in padding, or a ``0 · log 0``, reaches neither the loss nor its
+    gradient), instead of multiplying by the mask. Written with ``torch.where``, as one would by
+    hand; distill's squared errors select the same values by a bitwise AND on the floats' bits.
     """
 
     def __init__(
@@ -331,7 +336,7 @@ def main() -> None:
         "peak_memory_mb": memory,
         "time_ratio": step_ms["distill"] / step_ms["hand"],
         "time_ratio_per_round": round_ratios,
-        # against a hand loop that masks as distill does (torch.where): the framework without its guarantees
+        # against a hand loop that keeps padding out as distill does: the framework without its guarantees
         "step_ms_median_nan_safe_series": safe_ms,
         "time_ratio_nan_safe_hand": safe_ms["distill"] / safe_ms["hand_nan_safe"],
         "memory_ratio": memory["distill"] / memory["hand"] if memory["hand"] > 0 else float("nan"),
@@ -351,7 +356,7 @@ def main() -> None:
     print(f"ratio distill/hand: time {result['time_ratio']:.3f}, memory {result['memory_ratio']:.3f}")
     print(f"time ratio of each round: {', '.join(f'{ratio:.3f}' for ratio in round_ratios)}")
     print(
-        f"against a hand loop that masks with torch.where as distill does (median step {safe_ms['hand_nan_safe']:.2f} "
+        f"against a hand loop that keeps padding out as distill does (median step {safe_ms['hand_nan_safe']:.2f} "
         f"ms, distill {safe_ms['distill']:.2f} ms): time {result['time_ratio_nan_safe_hand']:.3f}"
     )
     print(f"largest difference between the two students' weights after training: {result['max_weight_gap']:.2e}")

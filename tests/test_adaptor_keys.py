@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -43,8 +45,16 @@ def chunked_results(rows: int = L_DEC, width: int = D, vocab: int = V) -> dict:
 
 
 def test_well_formed_generative_outputs_pass() -> None:
+    """They pass because they fit, not because nothing is looked at: each of their masks, one
+    position short, is refused by name."""
     check_adaptor_output(encoder_decoder_results(), "adaptor_T")
     check_adaptor_output(chunked_results(), "adaptor_S")
+    masks = encoder_decoder_results()["masks"]
+    for feature, mask in masks.items():
+        with pytest.raises(AdaptorError, match=rf"adaptor_T\['masks'\]\['{feature}'\] of shape .* does not fit"):
+            check_adaptor_output({**encoder_decoder_results(), "masks": {**masks, feature: mask[:, :-1]}}, "adaptor_T")
+    with pytest.raises(AdaptorError, match=r"adaptor_S\['logits_mask'\] of shape \(2, 3\) must match"):
+        check_adaptor_output(changed(chunked_results(), logits_mask=torch.ones(B, L_DEC - 1).bool()), "adaptor_S")
 
 
 def test_feature_keys_are_the_config_features_and_adaptor_keys() -> None:
@@ -148,15 +158,35 @@ def test_each_new_key_is_checked(results, pattern) -> None:
 
 def test_self_attention_masks_may_be_pair_masks_and_unreturned_features_are_not_checked() -> None:
     check_adaptor_output(with_masks(encoder_attention=torch.ones(B, L_ENC, L_ENC)), "adaptor_S")
-    check_adaptor_output(changed(with_masks(hidden=torch.ones(B, 3)), encoder_hidden=None), "adaptor_S")
+    # a pair mask is still checked against the maps it masks
+    with pytest.raises(AdaptorError, match=r"\['masks'\]\['encoder_attention'\] of shape \(2, 6, 4\) does not fit"):
+        check_adaptor_output(with_masks(encoder_attention=torch.ones(B, L_ENC, L_DEC)), "adaptor_S")
+    # masks of features the adaptor does not return have nothing to fit, until the feature comes
+    unreturned = changed(with_masks(hidden=torch.ones(B, 3)), encoder_hidden=None)
+    check_adaptor_output(unreturned, "adaptor_S")
+    with pytest.raises(AdaptorError, match=r"\['masks'\]\['hidden'\] of shape \(2, 3\) does not fit"):
+        check_adaptor_output({**unreturned, "hidden": [torch.zeros(B, L_ENC, D)]}, "adaptor_S")
 
 
 # -- check_pair -------------------------------------------------------------------------------------
-def test_chunked_pairs_compare_rows_and_vocabulary_not_widths() -> None:
-    check_pair(chunked_results(width=8), chunked_results(width=16), "adaptor_T", needs_logits=True)
-    dense = {"logits": torch.zeros(B, L_DEC, V)}
-    check_pair(chunked_results(), dense, "adaptor_T", needs_logits=True)
-    check_pair(dense, chunked_results(width=16), "adaptor_T", needs_logits=True)
+def dense_results(rows: int = L_DEC, vocab: int = V) -> dict:
+    return {"logits": torch.zeros(B, rows, vocab)}
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher"),
+    [
+        (functools.partial(chunked_results, width=8), functools.partial(chunked_results, width=16)),
+        (chunked_results, dense_results),
+        (dense_results, functools.partial(chunked_results, width=16)),
+    ],
+)
+def test_chunked_pairs_compare_rows_and_vocabulary_not_widths(student, teacher) -> None:
+    check_pair(student(), teacher(), "adaptor_T", needs_logits=True)  # other hidden widths: accepted
+    with pytest.raises(AdaptorError, match=r"logits 0: the student's positions \(2, 4\) .* \(2, 5\)"):
+        check_pair(student(), teacher(rows=L_DEC + 1), "adaptor_T", needs_logits=True)
+    with pytest.raises(AdaptorError, match=r"logits 0: the student has 10 outputs .* the teacher \(adaptor_T\) has 11"):
+        check_pair(student(), teacher(vocab=V + 1), "adaptor_T", needs_logits=True)
 
 
 def test_chunked_pairs_with_other_rows_or_vocabularies_fail() -> None:
@@ -172,6 +202,8 @@ def test_chunked_pairs_with_other_rows_or_vocabularies_fail() -> None:
 
 def test_a_padded_vocabulary_pairs_with_vocab_size() -> None:
     padded = chunked_results(vocab=V + 6)
+    with pytest.raises(AdaptorError, match=r"the student has 10 outputs .* has 16 .* vocab_size=N"):
+        check_pair(chunked_results(), padded, "adaptor_T", needs_logits=True)
     check_pair(chunked_results(), padded, "adaptor_T", needs_logits=True, vocab_size=V)
     check_pair(
         {"logits": torch.zeros(B, L_DEC, V)},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from distill_core.demo import cpus
@@ -23,9 +26,14 @@ def test_default_threads_says_why_it_uses_fewer(monkeypatch):
     assert cpus.default_threads() == (2, "")
 
 
-def test_busy_cpus_reads_this_machine():
-    busy = cpus.busy_cpus(cpus.allowed_cpus(), interval=0.05)
-    assert busy is None or 0.0 <= busy <= len(cpus.allowed_cpus()) + 1e-9
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="busy_cpus measures from /proc/stat on Linux only")
+def test_busy_cpus_reads_this_machine(monkeypatch):
+    # without the load average to fall back on, the number must come from /proc/stat
+    monkeypatch.delattr(os, "getloadavg", raising=False)
+    allowed = cpus.allowed_cpus()
+    busy = cpus.busy_cpus(allowed, interval=0.1)
+    assert isinstance(busy, float), f"busy_cpus read nothing from /proc/stat: {busy!r}"
+    assert 0.0 <= busy <= len(allowed) + 1e-9
 
 
 def test_demo_options_take_the_default_and_check_an_explicit_count(monkeypatch):

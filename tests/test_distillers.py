@@ -18,6 +18,7 @@ from distill_core import (
     MultiTaskDistillation,
     MultiTeacherDistillation,
     TrainingConfig,
+    get_loss,
 )
 from distill_core.distillers import probability_shift
 from tests.tb_reader import read_scalars
@@ -44,6 +45,14 @@ def models():
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def confident(model: torch.nn.Module) -> torch.nn.Module:
+    """Scale a tiny BERT's classifier up: random-init logits are near 0, so every KD loss would be about
+    ln(classes) whatever its target, and a check of the target would prove nothing."""
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    return model
 
 
 def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
@@ -262,22 +271,34 @@ def test_custom_match_with_unknown_module_path_fails_at_construction(tmp_path) -
 
 
 def test_multi_teacher_averages_teacher_logits(tmp_path) -> None:
-    teachers = [tiny_bert(32, 4, 4, seed=s) for s in (10, 11)]
-    student = tiny_bert(16, 2, 2, seed=1)
+    teachers = [confident(tiny_bert(32, 4, 4, seed=s)) for s in (10, 11)]
+    student = confident(tiny_bert(16, 2, 2, seed=1))
     teacher_state = [snapshot(t) for t in teachers]
-    config = DistillationConfig(temperature=1, intermediate_matches=[{**HIDDEN_MATCH, "teacher": 1}])
+    config = DistillationConfig(temperature=2, intermediate_matches=[{**HIDDEN_MATCH, "teacher": 1}])
     distiller = MultiTeacherDistillation(
-        train_config(tmp_path), config, teachers, student, bert_adaptor, bert_adaptor, teacher_weights=[1, 3]
+        train_config(tmp_path, log_dir=str(tmp_path / "logs")),
+        config,
+        teachers,
+        student,
+        bert_adaptor,
+        bert_adaptor,
+        teacher_weights=[1, 3],
     )
     batch = dict_batches(tiny_data(8), 8)[0]
+    with torch.no_grad():  # the models are deterministic (no dropout): as the first step sees them
+        logits_T = [teacher.eval()(**batch).logits for teacher in teachers]
+        logits_S = student(**batch).logits
     with distiller:
-        results = distiller.teacher_outputs(batch, None, {})
-        target = distiller._kd_target(results)[0]
-        expected = 0.25 * results[0]["logits"] + 0.75 * results[1]["logits"]
-        assert torch.allclose(target, expected)
         distiller.train(
             torch.optim.SGD(student.parameters(), lr=0.1), None, [batch] * 2, num_epochs=1, output_hidden_states=True
         )
+    # the KD target is the teachers' logits averaged with the normalised weights 1/4 and 3/4
+    kd_loss = get_loss("ce")
+    expected = float(kd_loss(logits_S, 0.25 * logits_T[0] + 0.75 * logits_T[1], temperature=2))
+    first_kd = read_scalars(tmp_path / "logs")["loss/kd"][0]
+    assert first_kd == (1, pytest.approx(expected, rel=1e-5))
+    unweighted = float(kd_loss(logits_S, 0.5 * logits_T[0] + 0.5 * logits_T[1], temperature=2))
+    assert unweighted != pytest.approx(expected, rel=1e-3), "the weights must make a difference to this check"
     assert all(not changed(state, t) for state, t in zip(teacher_state, teachers))
     assert BasicMultiTeacherDistillation is MultiTeacherDistillation
     with pytest.raises(DistillError, match="teacher 2 does not exist"):
@@ -375,18 +396,38 @@ def test_probability_shift_swaps_on_a_copy() -> None:
 
 
 def test_probability_shift_in_training(tmp_path) -> None:
-    teacher, student = models()
+    """The KD target is the teacher's logits with the true label's logit swapped with the largest one."""
+    teacher, student = (confident(model) for model in models())
 
     def adaptor(batch, outputs):
         return {**bert_adaptor(batch, outputs), "labels": batch["labels"]}
 
+    batch = dict_batches(tiny_data(16), 16)[0]
+    with torch.no_grad():  # the models are deterministic (no dropout): as the first step sees them
+        logits_T = teacher.eval()(**batch).logits
+        logits_S = student(**batch).logits
+    labels = batch["labels"]
+    top = logits_T.argmax(dim=-1)
+    assert (top != labels).sum() >= 4, "the check needs rows where the teacher's top class is not the label"
+    shifted = logits_T.clone()
+    for row, (label, best) in enumerate(zip(labels.tolist(), top.tolist())):
+        shifted[row, label], shifted[row, best] = logits_T[row, best], logits_T[row, label]
+
     distiller = BasicDistillation(
-        train_config(tmp_path), DistillationConfig(probability_shift=True), teacher, student, adaptor, adaptor
+        train_config(tmp_path, log_dir=str(tmp_path / "logs")),
+        DistillationConfig(probability_shift=True, temperature=2),
+        teacher,
+        student,
+        adaptor,
+        adaptor,
     )
     with distiller:
-        distiller.train(
-            torch.optim.SGD(student.parameters(), lr=0.01), None, dict_batches(tiny_data(16), 8), num_epochs=1
-        )
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, [batch], num_epochs=1)
+    kd_loss = get_loss("ce")
+    first_kd = read_scalars(tmp_path / "logs")["loss/kd"][0]
+    assert first_kd == (1, pytest.approx(float(kd_loss(logits_S, shifted, temperature=2)), rel=1e-5))
+    unshifted = float(kd_loss(logits_S, logits_T, temperature=2))
+    assert first_kd[1] != pytest.approx(unshifted, rel=1e-3)
 
 
 def test_modes_restored_and_teacher_eval_outside_context(tmp_path) -> None:

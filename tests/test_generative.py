@@ -43,12 +43,17 @@ def first_logged(tmp_path, tag: str = "loss/kd") -> float:
     return read_scalars(tmp_path / "logs")[tag][0][1]
 
 
-def hand_masked_kl(teacher, student, batch, temperature: float = 1.0) -> tuple[float, float]:
-    """KL(teacher ‖ student) per next-token position, averaged over the positions that count, and over all."""
+def hand_masked_kl(
+    teacher, student, batch, temperature: float = 1.0, *, vocab_T: slice = slice(None), vocab_S: slice = slice(None)
+) -> tuple[float, float]:
+    """KL(teacher ‖ student) per next-token position, averaged over the positions that count, and over all.
+
+    ``vocab_T`` and ``vocab_S`` pick the vocabulary entries of each side that are compared.
+    """
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits_T = teacher(**inputs).logits[:, :-1] / temperature
-        logits_S = student(**inputs).logits[:, :-1] / temperature
+        logits_T = teacher(**inputs).logits[:, :-1, vocab_T] / temperature
+        logits_S = student(**inputs).logits[:, :-1, vocab_S] / temperature
     rows = (F.softmax(logits_T, -1) * (F.log_softmax(logits_T, -1) - F.log_softmax(logits_S, -1))).sum(-1)
     rows = rows * temperature**2
     keep = (
@@ -188,18 +193,31 @@ def test_different_vocabularies_stop_at_setup_naming_both_sizes(tmp_path):
     with pytest.raises(VocabularyMismatchError, match=r"teacher outputs 100 token logits and the student 120"):
         make(tmp_path, teacher, student, kd_loss_type="kl")
     # a padded vocabulary: compare the shared first 100 entries
-    run = make(tmp_path, teacher, student, kd_loss_type="kl", kd_vocab_size=100)
-    run.train(torch.optim.SGD(student.parameters(), lr=0.1), dataloader=[causal_batch()], num_epochs=1)
-    assert read_scalars(tmp_path / "logs")["loss/kd"][0][1] > 0
+    assert_cuts_the_shared_first_entries(tmp_path, teacher, student, padded="student", chunked=None)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_a_padded_teacher_vocabulary_is_cut_too(tmp_path, chunked):
     """kd_vocab_size cuts whichever side is padded; before, only a padded student was cut (dense path)."""
     teacher, student = tiny_gpt2(vocab=120, seed=0), tiny_gpt2(seed=1)
-    run = make(tmp_path, teacher, student, kd_loss_type="kl", kd_vocab_size=100, chunked_token_kd=chunked)
-    run.train(torch.optim.SGD(student.parameters(), lr=0.1), dataloader=[causal_batch()], num_epochs=1)
-    assert first_logged(tmp_path) > 0
+    assert_cuts_the_shared_first_entries(tmp_path, teacher, student, padded="teacher", chunked=chunked)
+
+
+def assert_cuts_the_shared_first_entries(tmp_path, teacher, student, *, padded: str, chunked: bool | None) -> None:
+    """The logged KD of a run with ``kd_vocab_size=100`` is the KL over the first 100 entries of the
+    ``padded`` side (120 entries), not over its last 100."""
+    confident(teacher)
+    argument = {"teacher": "vocab_T", "student": "vocab_S"}[padded]
+    cuts = {"right": slice(None, 100), "wrong": slice(-100, None)}
+    values = {
+        name: hand_masked_kl(teacher, student, causal_batch(), 2.0, **{argument: cut})[0] for name, cut in cuts.items()
+    }
+    run = make(
+        tmp_path, teacher, student, kd_loss_type="kl", temperature=2.0, kd_vocab_size=100, chunked_token_kd=chunked
+    )
+    run.train(torch.optim.SGD(student.parameters(), lr=0.0), dataloader=[causal_batch()], num_epochs=1)
+    assert first_logged(tmp_path) == pytest.approx(values["right"], rel=1e-5)
+    assert abs(values["right"] - values["wrong"]) > 20 * 1e-5 * values["right"]
 
 
 def test_chunked_hard_labels_accept_int32_and_name_misaligned_labels(tmp_path):

@@ -85,7 +85,8 @@ def test_declared_names():
 
 
 def test_projection_modules_register_as_pluggy_plugins():
-    """Hookimpl names and arguments must fit the specs (pluggy validates them on register)."""
+    """Hookimpl names and arguments must fit the specs (pluggy validates them on register), and the
+    hooks called through pluggy declare and build working projections."""
     import pluggy
 
     from distill_core import hookspecs
@@ -94,7 +95,19 @@ def test_projection_modules_register_as_pluggy_plugins():
     manager.add_hookspecs(hookspecs)
     manager.register(linear)
     manager.register(identity)
-    built = manager.hook.build_projection(name="identity", dim_in=3, dim_out=3, params=None)
-    assert isinstance(built, nn.Identity)
-    built = manager.hook.build_projection(name="linear_tanh", dim_in=3, dim_out=5, params=None)
-    assert isinstance(built, nn.Sequential)
+    declared = [info.name for infos in manager.hook.declare_components() for info in infos]
+    assert sorted(declared) == ["identity", "linear", "linear_relu", "linear_tanh"]
+
+    x = torch.randn(2, 4, 3)
+    through = manager.hook.build_projection(name="identity", dim_in=3, dim_out=3, params=None)
+    assert through(x) is x
+    # the first non-None result: the linear module's, mapping width 3 to 5 through tanh, trainable
+    for name in ("linear_tanh", "tanh"):
+        built = manager.hook.build_projection(name=name, dim_in=3, dim_out=5, params=None)
+        weight = next(p for p in built.parameters() if p.dim() == 2)
+        assert weight.shape == (5, 3)
+        out = built(x)
+        torch.testing.assert_close(out, torch.tanh(x @ weight.T))  # the bias starts at zero
+        out.sum().backward()
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+    assert manager.hook.build_projection(name="conv", dim_in=3, dim_out=5, params=None) is None
