@@ -63,6 +63,14 @@ def test_unknown_key_is_named() -> None:
         ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["lnear", 4, 8]}]}, "intermediate_matches.0.proj.name"),
         ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["linear", 0, 8]}]}, "intermediate_matches.0.proj.dim_in"),
         ({"intermediate_matches": [{**GOOD_MATCH, "weight": -0.5}]}, "intermediate_matches.0.weight"),
+        (  # a projection's params are checked by the same validator as a loss's, and named as precisely
+            {"intermediate_matches": [{**GOOD_MATCH, "proj": {"name": "linear", "dim_in": 4, "dim_out": 8,
+                                                               "params": {"zz": 1}}}]},
+            "intermediate_matches.0.proj.params\n  Value error, projection 'linear' takes no params",
+        ),
+        ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["linear", 4, 8, {"params": []}]}]},
+         "intermediate_matches.0.proj.group_options\n  Value error, group_options must not contain 'params'"),
+        ({"kd_loss_params": {"zz": 1}}, "kd_loss_params\n  Value error"),
     ],
 )
 def test_limits_and_names_are_validated(kwargs: dict, path: str) -> None:

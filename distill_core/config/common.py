@@ -1,0 +1,159 @@
+"""What every config model shares: the strict base model, the registry-name checks, the did-you-mean
+hints for misspelt keys, and the dict / JSON file helpers.
+
+A model that names a registered component (a loss, a projection) takes its two validators from
+:func:`registry_validators`, so the name check, the params check and their messages exist once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from distill_core.atomic import write_text_atomic
+from distill_core.errors import UnknownComponentError, did_you_mean
+
+
+class ConfigModel(BaseModel):
+    """The base of every config model: unknown keys are errors, instances are frozen."""
+
+    # allow_inf_nan=False: a temperature or weight of inf/NaN passes `gt=0`/`ge=0` but breaks the
+    # first training step, so every float field must be finite
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+def registered(kind: str, name: str) -> Any:
+    """Return the registered ``kind`` component ``name``; an unknown name becomes a ValueError for pydantic.
+
+    The message is the registry's: the closest names, what is registered, and ``distill plugins``.
+    """
+    from distill_core.registry import get_registry
+
+    try:
+        return get_registry().get(kind, name)
+    except UnknownComponentError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def validated_params(kind: str, name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Return ``params`` checked by the params model of component ``name`` (JSON-ready, defaults filled in)."""
+    validated = registered(kind, name).validate_params(params or {})
+    return {} if validated is None else validated.model_dump(mode="json")
+
+
+def registry_validators(kind: str, name_field: str, params_field: str) -> tuple[Any, Any]:
+    """Return the field validators of a registered component named in a config, and its params.
+
+    ``name_field`` must name a registered ``kind`` component; ``params_field`` is replaced by the
+    params that component's model validated. ``name_field`` must be declared before
+    ``params_field`` (pydantic validates fields in order). Use in a model's body::
+
+        _registered_loss, _loss_params = registry_validators("match_loss", "loss", "params")
+    """
+
+    def check_name(cls: type, name: str) -> str:
+        registered(kind, name)
+        return name
+
+    def check_params(cls: type, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get(name_field)
+        if name is None:  # the name already failed; that error is reported
+            return params
+        return validated_params(kind, name, params)
+
+    return (
+        field_validator(name_field)(classmethod(check_name)),  # type: ignore[arg-type]
+        field_validator(params_field)(classmethod(check_params)),  # type: ignore[arg-type]
+    )
+
+
+def unknown_name(what: str, name: str, known: Sequence[str]) -> str:
+    """``"unknown feature 'hiden'; did you mean 'hidden'? Known: hidden, ..."``: a name outside a fixed list."""
+    return f"unknown {what} {name!r}{did_you_mean(name, known)} Known: {', '.join(known)}"
+
+
+def _fields_at(model: Any, loc: Sequence[Any]) -> list[str]:
+    """The field names of the config model that holds the key at ``loc`` (for did-you-mean)."""
+
+    def model_in(annotation: Any) -> Any:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        for argument in get_args(annotation):
+            found = model_in(argument)
+            if found is not None:
+                return found
+        return None
+
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = None if field is None else model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def with_suggestions(error: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """``error`` with "did you mean 'temperature'?" added to each unknown key close to a field of its model."""
+    details: list[Any] = []
+    changed = False
+    for item in error.errors():
+        detail: dict[str, Any] = {"type": item["type"], "loc": item["loc"], "input": item["input"]}
+        if "ctx" in item:
+            detail["ctx"] = item["ctx"]
+        if item["type"] == "extra_forbidden" and item["loc"]:
+            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
+            if close:
+                detail["type"] = PydanticCustomError(
+                    "extra_forbidden", "Extra inputs are not permitted; did you mean '{close}'?", {"close": close[0]}
+                )
+                changed = True
+        details.append(detail)
+    return ValidationError.from_exception_data(error.title, details) if changed else error
+
+
+class SerializableConfig(ConfigModel):
+    """A top-level config: the seed API's dict / JSON helpers, and did-you-mean hints for misspelt keys."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise with_suggestions(exc, type(self)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise with_suggestions(exc, cls) from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SerializableConfig:
+        """Build a config from a plain dict (e.g. parsed JSON)."""
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> SerializableConfig:
+        """Read a config from a JSON file."""
+        with open(path, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{os.fspath(path)}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+                ) from None
+        return cls.model_validate(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict; ``from_dict`` of it gives an equal config."""
+        return self.model_dump(mode="json")
+
+    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as JSON, atomically (a crash never leaves a half-written file)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
