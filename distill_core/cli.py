@@ -77,7 +77,7 @@ def _read_json(path: str) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from distill_core.config import DistillationConfig, TrainingConfig
+    from distill_core.config import DistillationConfig, TrainingConfig, is_sectioned
 
     try:
         data = _read_json(args.config)
@@ -88,7 +88,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: must hold a JSON object, got {type(data).__name__}", file=sys.stderr)
         return USAGE_ERROR
     sections: dict[str, tuple[type, Any]]
-    if set(data) <= {"training", "distillation"} and data:
+    if is_sectioned(data):
         sections = {
             name: (cls, data[name])
             for name, cls in (("training", TrainingConfig), ("distillation", DistillationConfig))

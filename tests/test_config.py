@@ -348,3 +348,36 @@ def test_from_json_file_names_the_file_and_position_of_bad_json(tmp_path) -> Non
     path.write_text('{"temperature": 4,}')
     with pytest.raises(ValueError, match=r"distill.json: not valid JSON \(.* at line 1, column 19\)"):
         DistillationConfig.from_json_file(path)
+
+
+# -- the sectioned file `distill validate` reads ------------------------------------------------------
+def _config_file(tmp_path, content: dict):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_from_json_file_reads_its_own_section_of_the_file_distill_validate_accepts(tmp_path) -> None:
+    distillation = {"temperature": 2, "intermediate_matches": [GOOD_MATCH]}
+    path = _config_file(tmp_path, {"training": {"log_steps": 5}, "distillation": distillation})
+    assert run_cli("validate", str(path)).returncode == 0
+    assert TrainingConfig.from_json_file(path) == TrainingConfig(log_steps=5)
+    assert DistillationConfig.from_json_file(path) == DistillationConfig(**distillation)
+    assert DistillationConfig.from_dict(json.loads(path.read_text())) == DistillationConfig(**distillation)
+    # a file with one section gives that config; the flat form is unchanged
+    one_section = _config_file(tmp_path, {"distillation": {"temperature": 3}})
+    assert DistillationConfig.from_json_file(one_section).temperature == 3
+    assert DistillationConfig.from_json_file(_config_file(tmp_path, {"temperature": 5})).temperature == 5
+
+
+def test_errors_of_a_section_name_it_and_a_missing_section_is_named(tmp_path) -> None:
+    distillation = {"temperature": 0, "temprature": 1}
+    path = _config_file(tmp_path, {"training": {"log_steps": 1}, "distillation": distillation})
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig.from_json_file(path)
+    message = str(info.value)
+    assert "distillation.temperature\n  Input should be greater than 0" in message
+    assert "distillation.temprature\n  Extra inputs are not permitted; did you mean 'temperature'?" in message
+    expected = "DistillationConfig reads the 'distillation' section of a sectioned config, and this one has only 'tr"
+    with pytest.raises(ValidationError, match=expected):
+        DistillationConfig.from_json_file(_config_file(tmp_path, {"training": {"log_steps": 1}}))

@@ -11,10 +11,10 @@ import difflib
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from distill_core.atomic import write_text_atomic
 from distill_core.errors import UnknownComponentError, did_you_mean
@@ -117,8 +117,32 @@ def with_suggestions(error: ValidationError, model: type[BaseModel]) -> Validati
     return ValidationError.from_exception_data(error.title, details) if changed else error
 
 
+#: the sections of a config file that holds both configs, as ``distill validate`` reads it
+SECTIONS: tuple[str, ...] = ("training", "distillation")
+
+
+def is_sectioned(data: dict[str, Any]) -> bool:
+    """Whether a config file's object is ``{"training": {...}, "distillation": {...}}`` (either or both),
+    not one config's fields."""
+    return bool(data) and set(data) <= set(SECTIONS)
+
+
+def _in_section(error: ValidationError, section: str) -> ValidationError:
+    """``error`` with each location under ``section`` (``distillation.temperature``), messages kept."""
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError(item["type"], item["msg"]), loc=(section, *item["loc"]), input=item["input"]
+        )
+        for item in error.errors()
+    ]
+    return ValidationError.from_exception_data(error.title, details)
+
+
 class SerializableConfig(ConfigModel):
     """A top-level config: the seed API's dict / JSON helpers, and did-you-mean hints for misspelt keys."""
+
+    #: the section of a sectioned config file (:data:`SECTIONS`) this config is read from
+    file_section: ClassVar[str]
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -135,12 +159,39 @@ class SerializableConfig(ConfigModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SerializableConfig:
-        """Build a config from a plain dict (e.g. parsed JSON)."""
-        return cls.model_validate(data)
+        """Build a config from a plain dict (e.g. parsed JSON).
+
+        ``data`` is the config's own fields, or the sectioned form ``distill validate`` reads,
+        ``{"training": {...}, "distillation": {...}}``: then this config's own section is read (a
+        ``DistillationConfig`` the ``"distillation"`` one) and errors are located under it
+        (``distillation.temperature``).
+        """
+        if not (isinstance(data, dict) and is_sectioned(data)):
+            return cls.model_validate(data)
+        section = cls.file_section
+        if section not in data:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "missing_section",
+                            f"{cls.__name__} reads the {section!r} section of a sectioned config, and this one has "
+                            f"only {' and '.join(repr(name) for name in data)}",
+                        ),
+                        loc=(section,),
+                        input=data,
+                    )
+                ],
+            )
+        try:
+            return cls.model_validate(data[section])
+        except ValidationError as exc:
+            raise _in_section(exc, section) from None
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> SerializableConfig:
-        """Read a config from a JSON file."""
+        """Read a config from a JSON file: this config alone, or sectioned as :meth:`from_dict` reads it."""
         with open(path, encoding="utf-8") as handle:
             try:
                 data = json.load(handle)
@@ -148,7 +199,7 @@ class SerializableConfig(ConfigModel):
                 raise ValueError(
                     f"{os.fspath(path)}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
                 ) from None
-        return cls.model_validate(data)
+        return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; ``from_dict`` of it gives an equal config."""

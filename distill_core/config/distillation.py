@@ -6,7 +6,7 @@ temperature scheduler's params are validated by its own model (:mod:`distill_cor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -66,6 +66,8 @@ class DistillationConfig(SerializableConfig):
     is replaced by the teacher-output cache (``teacher_cache``), and a config that sets it is
     refused with that pointer.
     """
+
+    file_section: ClassVar[str] = "distillation"
 
     temperature: float = Field(4.0, gt=0)
     temperature_scheduler: str | list[Any] | dict[str, Any] = "none"

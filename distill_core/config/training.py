@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,6 +19,8 @@ class TrainingConfig(SerializableConfig):
     (``best_metric_mode``) and training stops after ``early_stopping_patience`` evaluations without
     improvement.
     """
+
+    file_section: ClassVar[str] = "training"
 
     gradient_accumulation_steps: int = Field(1, ge=1)
     ckpt_frequency: int = Field(1, ge=1)
