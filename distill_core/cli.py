@@ -77,7 +77,7 @@ def _read_json(path: str) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from distill_core.config import DistillationConfig, TrainingConfig, is_sectioned
+    from distill_core.config import DistillationConfig, TrainingConfig, is_sectioned, not_a_section
 
     try:
         data = _read_json(args.config)
@@ -88,15 +88,16 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: must hold a JSON object, got {type(data).__name__}", file=sys.stderr)
         return USAGE_ERROR
     sections: dict[str, tuple[type, Any]]
-    if is_sectioned(data):
+    errors: list[str] = []
+    if is_sectioned(data, DistillationConfig.model_fields):
         sections = {
             name: (cls, data[name])
             for name, cls in (("training", TrainingConfig), ("distillation", DistillationConfig))
             if name in data
         }
+        errors.extend(f"  {name}: {not_a_section(name)}" for name in data if name not in sections)
     else:  # a flat object is a distillation config
         sections = {"distillation": (DistillationConfig, data)}
-    errors: list[str] = []
     for name, (cls, section) in sections.items():
         try:
             cls.model_validate(section)

@@ -381,3 +381,31 @@ def test_errors_of_a_section_name_it_and_a_missing_section_is_named(tmp_path) ->
     expected = "DistillationConfig reads the 'distillation' section of a sectioned config, and this one has only 'tr"
     with pytest.raises(ValidationError, match=expected):
         DistillationConfig.from_json_file(_config_file(tmp_path, {"training": {"log_steps": 1}}))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"training": {"log_steps": 5}, "distilation": {"temperature": 2}},
+        {"distilation": {"temperature": 2}},
+        {"Distillation": {"temperature": 2}, "training": {}},
+    ],
+    ids=["beside-a-section", "alone", "capitalised"],
+)
+def test_a_misspelt_section_is_named_with_the_section_meant(tmp_path, content: dict) -> None:
+    path = _config_file(tmp_path, content)
+    (misspelt,) = [name for name in content if name != "training"]
+    expected = f"{misspelt}: not a section; did you mean 'distillation'? A sectioned config has 'training' and/or"
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert f"  {expected}" in result.stderr
+    for read in (DistillationConfig.from_json_file, TrainingConfig.from_json_file):
+        with pytest.raises(ValidationError) as info:
+            read(path)
+        assert expected.replace(": ", "\n  ", 1) in str(info.value)
+
+
+def test_an_object_valued_field_is_not_taken_for_a_section(tmp_path) -> None:
+    path = _config_file(tmp_path, {"teacher_cache": {"location": "memory"}, "kd_loss_params": {}})
+    assert DistillationConfig.from_json_file(path).teacher_cache.location == "memory"
+    assert run_cli("validate", str(path)).returncode == 0

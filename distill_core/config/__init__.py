@@ -14,7 +14,7 @@ from __future__ import annotations
 
 # write_text_atomic: configs were written through distill_core.config before distill_core.atomic existed
 from distill_core.atomic import write_text_atomic
-from distill_core.config.common import SECTIONS, is_sectioned, with_suggestions
+from distill_core.config.common import SECTIONS, is_sectioned, not_a_section, with_suggestions
 from distill_core.config.distillation import TEXTBREWER_REPLACED, DistillationConfig
 from distill_core.config.matches import FEATURES, CustomMatch, Feature, IntermediateMatch, LayerIndex, ProjectionSpec
 from distill_core.config.training import TrainingConfig
@@ -37,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "TrainingConfig",
     "is_sectioned",
+    "not_a_section",
     "with_suggestions",
     "write_text_atomic",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
@@ -121,10 +121,25 @@ def with_suggestions(error: ValidationError, model: type[BaseModel]) -> Validati
 SECTIONS: tuple[str, ...] = ("training", "distillation")
 
 
-def is_sectioned(data: dict[str, Any]) -> bool:
-    """Whether a config file's object is ``{"training": {...}, "distillation": {...}}`` (either or both),
-    not one config's fields."""
-    return bool(data) and set(data) <= set(SECTIONS)
+def is_sectioned(data: dict[str, Any], flat_fields: Collection[str] = ()) -> bool:
+    """Whether a config file's object is ``{"training": {...}, "distillation": {...}}`` (either or
+    both) rather than one config's fields (``flat_fields``).
+
+    A key that holds an object, is none of ``flat_fields`` and is close to a section name counts as
+    a misspelt section, so that it is reported as one (:func:`not_a_section`).
+    """
+
+    def section_like(key: str, value: Any) -> bool:
+        if key in SECTIONS:
+            return True
+        return isinstance(value, dict) and key not in flat_fields and bool(did_you_mean(key, SECTIONS))
+
+    return bool(data) and all(section_like(key, value) for key, value in data.items())
+
+
+def not_a_section(name: str) -> str:
+    """The message for a key of a sectioned config file that is no section (a misspelt one)."""
+    return f"not a section{did_you_mean(name, SECTIONS)} A sectioned config has {' and/or '.join(map(repr, SECTIONS))}"
 
 
 def _in_section(error: ValidationError, section: str) -> ValidationError:
@@ -166,8 +181,19 @@ class SerializableConfig(ConfigModel):
         ``DistillationConfig`` the ``"distillation"`` one) and errors are located under it
         (``distillation.temperature``).
         """
-        if not (isinstance(data, dict) and is_sectioned(data)):
+        if not (isinstance(data, dict) and is_sectioned(data, cls.model_fields)):
             return cls.model_validate(data)
+        misspelt = [name for name in data if name not in SECTIONS]
+        if misspelt:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("unknown_section", not_a_section(name)), loc=(name,), input=data[name]
+                    )
+                    for name in misspelt
+                ],
+            )
         section = cls.file_section
         if section not in data:
             raise ValidationError.from_exception_data(
