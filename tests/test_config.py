@@ -79,6 +79,19 @@ def test_limits_and_names_are_validated(kwargs: dict, path: str) -> None:
     assert path in str(info.value)
 
 
+
+@pytest.mark.parametrize(
+    ("name", "meant"), [("KL", "kl"), ("kl_div", "kl"), ("kldiv", "kl"), ("cross_entropy", "ce"), ("kullback", None)]
+)
+def test_an_unknown_kd_loss_type_suggests_the_loss_meant(name: str, meant: str | None) -> None:
+    """KD loss names are short ('kl', 'ce'): spelling similarity alone suggested nothing for these."""
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(kd_loss_type=name)
+    message = str(info.value)
+    hint = f"; did you mean {meant!r}?" if meant else ""
+    assert f"unknown KD loss {name!r}{hint} Registered KD losses: bce, ce, jsd, kl, mse," in message
+    assert "distill plugins" in message
+
 @pytest.mark.parametrize(
     "field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency", "ckpt_steps", "log_steps"]
 )

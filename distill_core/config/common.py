@@ -7,7 +7,6 @@ A model that names a registered component (a loss, a projection) takes its two v
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Collection, Sequence
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from distill_core.atomic import write_text_atomic
-from distill_core.errors import UnknownComponentError, did_you_mean
+from distill_core.errors import UnknownComponentError, close_names, did_you_mean
 
 
 class ConfigModel(BaseModel):
@@ -107,7 +106,7 @@ def with_suggestions(error: ValidationError, model: type[BaseModel]) -> Validati
         if "ctx" in item:
             detail["ctx"] = item["ctx"]
         if item["type"] == "extra_forbidden" and item["loc"]:
-            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
+            close = close_names(item["loc"][-1], _fields_at(model, item["loc"]))
             if close:
                 detail["type"] = PydanticCustomError(
                     "extra_forbidden", "Extra inputs are not permitted; did you mean '{close}'?", {"close": close[0]}
