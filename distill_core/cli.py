@@ -2,13 +2,15 @@
 
 Exit status: 0 success; 1 the command ran and found a problem (an invalid config, a plugin that
 failed to load, a teacher cache that cannot be read); 2 a usage error (bad arguments, a config file
-that cannot be read as JSON).
+that cannot be read as JSON); 141 the reader of the output went away (``distill schema | head``),
+quietly, as a shell reports a Unix tool that SIGPIPE ended.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +21,8 @@ from distill_core.errors import PluginError
 
 
 USAGE_ERROR = 2
+#: 128 + SIGPIPE: stdout was closed by its reader before the output was written
+CLOSED_OUTPUT = 141
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -77,7 +81,7 @@ def _read_json(path: str) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from distill_core.config import DistillationConfig, TrainingConfig
+    from distill_core.config import DistillationConfig, TrainingConfig, is_sectioned, not_a_section
 
     try:
         data = _read_json(args.config)
@@ -88,15 +92,16 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: must hold a JSON object, got {type(data).__name__}", file=sys.stderr)
         return USAGE_ERROR
     sections: dict[str, tuple[type, Any]]
-    if set(data) <= {"training", "distillation"} and data:
+    errors: list[str] = []
+    if is_sectioned(data, DistillationConfig.model_fields):
         sections = {
             name: (cls, data[name])
             for name, cls in (("training", TrainingConfig), ("distillation", DistillationConfig))
             if name in data
         }
+        errors.extend(f"  {name}: {not_a_section(name)}" for name in data if name not in sections)
     else:  # a flat object is a distillation config
         sections = {"distillation": (DistillationConfig, data)}
-    errors: list[str] = []
     for name, (cls, section) in sections.items():
         try:
             cls.model_validate(section)
@@ -220,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:
         return _demo(argv[1:])
     args = build_parser().parse_args(argv)
@@ -230,6 +234,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _discard_output() -> None:
+    """Point stdout at the null device, so that the flush at interpreter exit cannot fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (AttributeError, OSError, ValueError):  # no real stdout (replaced, or closed)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``distill ARGV`` and return its exit status."""
+    try:
+        try:
+            return _run(list(sys.argv[1:] if argv is None else argv))
+        finally:  # output still buffered fails here, not as "Exception ignored" at interpreter exit
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:  # `distill schema | head`: the reader has what it wanted
+        _discard_output()
+        return CLOSED_OUTPUT
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable
 
 
 class DistillError(Exception):
@@ -45,7 +46,31 @@ class NonFiniteLossError(DistillError, FloatingPointError):
     """A loss term became NaN or infinite."""
 
 
-def did_you_mean(name: str, known: Sequence[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(name), list(known), n=1)
+def close_names(name: object, known: Iterable[str], *, n: int = 1) -> list[str]:
+    """Return up to ``n`` of ``known`` that ``name`` was probably meant to be, best first.
+
+    Case is ignored (``KL`` gives ``kl``). Otherwise the names most similar in spelling
+    (``hiden_mse`` gives ``hidden_mse``); for a name with none similar, a known name that is one of
+    its parts (``kl_div`` gives ``kl``), its initials (``cross_entropy`` gives ``ce``) or its start
+    (``kldiv`` gives ``kl``): short names such as the KD losses' are too short for spelling
+    similarity alone.
+    """
+    by_lower: dict[str, str] = {}
+    for candidate in known:
+        by_lower.setdefault(candidate.lower(), candidate)
+    lower = str(name).lower()
+    if lower in by_lower:
+        return [by_lower[lower]]
+    similar = difflib.get_close_matches(lower, list(by_lower), n=n)
+    if similar:
+        return [by_lower[match] for match in similar]
+    parts = [part for part in re.split(r"[^0-9a-z]+", lower) if part]
+    guesses = [*parts, "".join(part[0] for part in parts) if len(parts) > 1 else ""]
+    guesses += sorted((k for k in by_lower if len(k) >= 2 and lower.startswith(k)), key=len, reverse=True)
+    return [by_lower[guess] for guess in dict.fromkeys(guesses) if guess in by_lower][:n]
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the likeliest of ``known`` (:func:`close_names`), or ``""`` when none is."""
+    close = close_names(name, known)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -12,7 +12,6 @@ lists the healthy plugins anyway, with ``allow_load_failures=True``).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from distill_core import hookspecs
 from distill_core.components import COMPONENT_KINDS, ComponentInfo
-from distill_core.errors import DuplicateComponentError, PluginError, UnknownComponentError
+from distill_core.errors import DuplicateComponentError, PluginError, UnknownComponentError, close_names
 from distill_core.plugins import BLOCK_ENV, DistillPluginManager, get_plugin_manager
 
 #: which hook computes each kind of component
@@ -201,7 +200,7 @@ class Registry:
     def unknown_message(self, kind: str, name: object) -> str:
         label = KIND_LABEL[kind]
         parts = [f"unknown {label} {name!r}"]
-        close = difflib.get_close_matches(str(name), self.names(kind, aliases=True), n=3, cutoff=0.6)
+        close = close_names(name, self.names(kind, aliases=True), n=3)
         if close:
             parts[0] += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
         other = [k for k in COMPONENT_KINDS if k != kind and self.has(k, name)] if isinstance(name, str) else []

@@ -58,7 +58,7 @@ def _check_tokenizers(tokenizer_T: Any, tokenizer_S: Any, compared: int | None, 
             "both models must be trained with the same tokenizer (the teacher's)"
             if explicit
             else "both models must be trained with the same tokenizer; if only ids past the shared vocabulary "
-            "differ (added tokens, padding), pass vocab_size=N to compare the first N ids only"
+            "differ (added tokens, padding), set DistillationConfig.kd_vocab_size=N to compare the first N ids only"
         )
         raise VocabularyMismatchError(
             f"tokenizer_T and tokenizer_S differ at id {index}: the teacher's token is {token_T!r}, the "
@@ -77,7 +77,8 @@ def check_vocabularies(
     """Check that teacher and student share a vocabulary; return how many entries KD compares.
 
     Output sizes (:func:`output_vocab_size`) must be equal; models that are not language models
-    (no vocabulary, e.g. classifiers) are skipped. ``vocab_size=N`` is for a padded vocabulary
+    (no vocabulary, e.g. classifiers) are skipped. ``vocab_size=N`` (the distiller passes
+    ``DistillationConfig.kd_vocab_size``, the name the messages give) is for a padded vocabulary
     (output sizes rounded up, e.g. to a multiple of 64): only the first N entries are compared,
     both models need at least N outputs, and KD is to use ``logits[..., :N]``. Tokenizers, when
     both are given, must map the same id to the same token over the compared ids.
@@ -96,7 +97,7 @@ def check_vocabularies(
         for role, size in (("teacher", size_T), ("student", size_S)):
             if size is not None and size < vocab_size:
                 raise VocabularyMismatchError(
-                    f"vocab_size={vocab_size} is larger than the {role}'s output size {size}; the shared vocabulary "
+                    f"kd_vocab_size={vocab_size} is larger than the {role}'s output size {size}; the shared vocabulary "
                     f"can have at most {min(s for s in (size_T, size_S) if s is not None)} entries"
                 )
         compared = vocab_size
@@ -105,7 +106,7 @@ def check_vocabularies(
             raise VocabularyMismatchError(
                 f"the teacher outputs {size_T} token logits and the student {size_S}; token KD needs one vocabulary. "
                 f"Use a student built with the teacher's tokenizer, or, if one output layer is only padded (its "
-                f"first N entries are the same tokens), pass vocab_size=N to compare those"
+                f"first N entries are the same tokens), set DistillationConfig.kd_vocab_size=N to compare those"
             )
         compared = size_T
     if tokenizer_T is not None:

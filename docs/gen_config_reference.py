@@ -73,6 +73,13 @@ def render() -> str:
         "the live registry when a config is built (`distill plugins` lists them; `distill schema` prints",
         "the JSON schema with those names filled in). Every number must be finite: inf and NaN are refused",
         "with the field's name.",
+        "",
+        "## Config files",
+        "",
+        "`from_dict` / `from_json_file` read, and `to_dict` / `to_json_file` write, one config's fields. They",
+        'also read the file `distill validate` reads, `{"training": {...}, "distillation": {...}}` (either',
+        "section alone too): `TrainingConfig` reads its `training` section, `DistillationConfig` its",
+        "`distillation` one, and an error names the section it is in (`distillation.temperature`).",
     ]
     for model, intro in (
         (TrainingConfig, TrainingConfig.__doc__),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from importlib import metadata
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import BUILTINS_ONLY, REPO, run_cli
 
 
 def test_version_prints_distill_and_torch_versions() -> None:
@@ -53,3 +57,38 @@ def test_validate_accepts_a_utf8_byte_order_mark(tmp_path) -> None:
     path.write_bytes(b'\xef\xbb\xbf{"temperature": 2}')
     result = run_cli("validate", str(path))
     assert result.returncode == 0, result.stderr
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distill_core", *args]
+
+
+_ENV = {**os.environ, **BUILTINS_ONLY, "OMP_NUM_THREADS": "1"}
+
+
+def test_distill_schema_piped_into_head_ends_quietly() -> None:
+    """`distill schema | head -1` printed a BrokenPipeError traceback once head had its line."""
+    shell = f"{shlex.join(_command('schema'))} | head -1"
+    result = subprocess.run(shell, shell=True, capture_output=True, text=True, env=_ENV, cwd=REPO, timeout=120)
+    assert result.stdout == "{\n"
+    assert result.stderr == ""
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    from tests.test_teacher_cache import lm_run
+
+    root = tmp_path_factory.mktemp("cache")
+    lm_run(root / "out", {"location": str(root / "cache")})
+    return str(root / "cache")
+
+
+@pytest.mark.parametrize("args", [["schema"], ["plugins"], ["plugins", "--json"], ["cache", "info"]])
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(args: list[str], request) -> None:
+    if args[0] == "cache":
+        args = [*args, request.getfixturevalue("cache_dir")]
+    process = subprocess.Popen(_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV, cwd=REPO)
+    process.stdout.close()  # before the command writes anything: every write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
+    assert stderr == ""

@@ -63,6 +63,14 @@ def test_unknown_key_is_named() -> None:
         ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["lnear", 4, 8]}]}, "intermediate_matches.0.proj.name"),
         ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["linear", 0, 8]}]}, "intermediate_matches.0.proj.dim_in"),
         ({"intermediate_matches": [{**GOOD_MATCH, "weight": -0.5}]}, "intermediate_matches.0.weight"),
+        (  # a projection's params are checked by the same validator as a loss's, and named as precisely
+            {"intermediate_matches": [{**GOOD_MATCH, "proj": {"name": "linear", "dim_in": 4, "dim_out": 8,
+                                                               "params": {"zz": 1}}}]},
+            "intermediate_matches.0.proj.params\n  Value error, projection 'linear' takes no params",
+        ),
+        ({"intermediate_matches": [{**GOOD_MATCH, "proj": ["linear", 4, 8, {"params": []}]}]},
+         "intermediate_matches.0.proj.group_options\n  Value error, group_options must not contain 'params'"),
+        ({"kd_loss_params": {"zz": 1}}, "kd_loss_params\n  Value error"),
     ],
 )
 def test_limits_and_names_are_validated(kwargs: dict, path: str) -> None:
@@ -70,6 +78,19 @@ def test_limits_and_names_are_validated(kwargs: dict, path: str) -> None:
         DistillationConfig(**kwargs)
     assert path in str(info.value)
 
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"), [("KL", "kl"), ("kl_div", "kl"), ("kldiv", "kl"), ("cross_entropy", "ce"), ("kullback", None)]
+)
+def test_an_unknown_kd_loss_type_suggests_the_loss_meant(name: str, meant: str | None) -> None:
+    """KD loss names are short ('kl', 'ce'): spelling similarity alone suggested nothing for these."""
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig(kd_loss_type=name)
+    message = str(info.value)
+    hint = f"; did you mean {meant!r}?" if meant else ""
+    assert f"unknown KD loss {name!r}{hint} Registered KD losses: bce, ce, jsd, kl, mse," in message
+    assert "distill plugins" in message
 
 @pytest.mark.parametrize(
     "field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency", "ckpt_steps", "log_steps"]
@@ -340,3 +361,64 @@ def test_from_json_file_names_the_file_and_position_of_bad_json(tmp_path) -> Non
     path.write_text('{"temperature": 4,}')
     with pytest.raises(ValueError, match=r"distill.json: not valid JSON \(.* at line 1, column 19\)"):
         DistillationConfig.from_json_file(path)
+
+
+# -- the sectioned file `distill validate` reads ------------------------------------------------------
+def _config_file(tmp_path, content: dict):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_from_json_file_reads_its_own_section_of_the_file_distill_validate_accepts(tmp_path) -> None:
+    distillation = {"temperature": 2, "intermediate_matches": [GOOD_MATCH]}
+    path = _config_file(tmp_path, {"training": {"log_steps": 5}, "distillation": distillation})
+    assert run_cli("validate", str(path)).returncode == 0
+    assert TrainingConfig.from_json_file(path) == TrainingConfig(log_steps=5)
+    assert DistillationConfig.from_json_file(path) == DistillationConfig(**distillation)
+    assert DistillationConfig.from_dict(json.loads(path.read_text())) == DistillationConfig(**distillation)
+    # a file with one section gives that config; the flat form is unchanged
+    one_section = _config_file(tmp_path, {"distillation": {"temperature": 3}})
+    assert DistillationConfig.from_json_file(one_section).temperature == 3
+    assert DistillationConfig.from_json_file(_config_file(tmp_path, {"temperature": 5})).temperature == 5
+
+
+def test_errors_of_a_section_name_it_and_a_missing_section_is_named(tmp_path) -> None:
+    distillation = {"temperature": 0, "temprature": 1}
+    path = _config_file(tmp_path, {"training": {"log_steps": 1}, "distillation": distillation})
+    with pytest.raises(ValidationError) as info:
+        DistillationConfig.from_json_file(path)
+    message = str(info.value)
+    assert "distillation.temperature\n  Input should be greater than 0" in message
+    assert "distillation.temprature\n  Extra inputs are not permitted; did you mean 'temperature'?" in message
+    expected = "DistillationConfig reads the 'distillation' section of a sectioned config, and this one has only 'tr"
+    with pytest.raises(ValidationError, match=expected):
+        DistillationConfig.from_json_file(_config_file(tmp_path, {"training": {"log_steps": 1}}))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"training": {"log_steps": 5}, "distilation": {"temperature": 2}},
+        {"distilation": {"temperature": 2}},
+        {"Distillation": {"temperature": 2}, "training": {}},
+    ],
+    ids=["beside-a-section", "alone", "capitalised"],
+)
+def test_a_misspelt_section_is_named_with_the_section_meant(tmp_path, content: dict) -> None:
+    path = _config_file(tmp_path, content)
+    (misspelt,) = [name for name in content if name != "training"]
+    expected = f"{misspelt}: not a section; did you mean 'distillation'? A sectioned config has 'training' and/or"
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert f"  {expected}" in result.stderr
+    for read in (DistillationConfig.from_json_file, TrainingConfig.from_json_file):
+        with pytest.raises(ValidationError) as info:
+            read(path)
+        assert expected.replace(": ", "\n  ", 1) in str(info.value)
+
+
+def test_an_object_valued_field_is_not_taken_for_a_section(tmp_path) -> None:
+    path = _config_file(tmp_path, {"teacher_cache": {"location": "memory"}, "kd_loss_params": {}})
+    assert DistillationConfig.from_json_file(path).teacher_cache.location == "memory"
+    assert run_cli("validate", str(path)).returncode == 0

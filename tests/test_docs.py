@@ -34,3 +34,30 @@ def test_demo_docs_install_like_the_readme_and_show_the_default_teacher_key() ->
     key = teacher_key(dataset="rt", train_size=rt["train_size"], max_length=rt["max_length"], seed=0,
                       steps=rt["teacher_steps"], lr=rt["teacher_lr"], batch_size=rt["batch_size"])
     assert f"teachers/{key}/" in demo
+
+
+def test_every_page_that_shows_the_tensorboard_command_says_how_to_install_it() -> None:
+    """distill writes logs with tensorboardX; the `tensorboard` viewer the docs point to is not a dependency."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert [requirement.split(">")[0] for requirement in extras["tensorboard"]] == ["tensorboard"]
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    showing = [page for page in pages if "tensorboard --logdir" in page.read_text(encoding="utf-8")]
+    assert {page.name for page in showing} >= {"README.md", "quickstart.md", "demo.md"}
+    for page in showing:
+        assert "pip install tensorboard" in page.read_text(encoding="utf-8"), page.name
+
+
+def test_the_demo_says_how_to_get_the_viewer_only_when_it_is_missing(monkeypatch) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from distill_core.demo.report import tensorboard_line
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # as without the tensorboard package
+    assert tensorboard_line(Path("out/logs")) == (
+        "TensorBoard logs: tensorboard --logdir out/logs (the viewer: pip install tensorboard)"
+    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert tensorboard_line(Path("out/logs")) == "TensorBoard logs: tensorboard --logdir out/logs"

@@ -125,3 +125,21 @@ def test_vocab_size_larger_than_a_model_is_an_error() -> None:
 def test_vocab_size_must_be_a_positive_integer(bad) -> None:
     with pytest.raises(ValueError, match=r"Expected argument `vocab_size` to be a positive integer but got"):
         check_vocabularies(tiny_gpt2(), tiny_llama(), vocab_size=bad)
+
+
+@pytest.mark.parametrize(
+    ("kd_vocab_size", "advice"),
+    [
+        (None, r"the teacher outputs 128 token logits and the student 100.*set DistillationConfig.kd_vocab_size=N "),
+        (101, r"kd_vocab_size=101 is larger than the student's output size 100"),
+    ],
+)
+def test_the_distiller_s_vocabulary_error_names_the_config_field(tmp_path, kd_vocab_size, advice) -> None:
+    """The advice named check_vocabularies' argument (vocab_size=N), which a config does not have."""
+    from distill_core import DistillationConfig, Distillation, TrainingConfig
+
+    training = TrainingConfig(output_dir=str(tmp_path), progress_bar=False, device="cpu")
+    distillation = DistillationConfig(kd_loss_type="kl", kd_vocab_size=kd_vocab_size)
+    with pytest.raises(VocabularyMismatchError, match=advice):
+        Distillation(training, distillation, tiny_gpt2(vocab=128), tiny_llama(), None, None)
+    assert DistillationConfig(kd_vocab_size=100).kd_vocab_size == 100  # the field the advice names

@@ -11,6 +11,15 @@ from distill_core.demo.assets import require_module
 from distill_core.demo.measure import describe, mean
 
 MATPLOTLIB_INSTALL = 'pip install "matplotlib>=3.7"'
+TENSORBOARD_INSTALL = "pip install tensorboard"
+
+
+def tensorboard_line(log_dir: Path) -> str:
+    """The line that says where the TensorBoard logs are, and how to get the viewer when it is missing."""
+    import importlib.util
+
+    line = f"TensorBoard logs: tensorboard --logdir {log_dir}"
+    return line if importlib.util.find_spec("tensorboard") else f"{line} (the viewer: {TENSORBOARD_INSTALL})"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from distill_core.demo.models import (
     set_threads,
 )
 from distill_core.demo.pipeline import TrainSettings, distil, fine_tune
-from distill_core.demo.report import ModelResult, format_table, plot_curves, verdict
+from distill_core.demo.report import ModelResult, format_table, plot_curves, tensorboard_line, verdict
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
 
 
@@ -192,7 +192,7 @@ def run_demo(args: argparse.Namespace) -> bool:
     print()
     for line in lines:
         print(line)
-    outputs = [f"TensorBoard logs: tensorboard --logdir {args.output_dir / 'logs'}"]
+    outputs = [tensorboard_line(args.output_dir / "logs")]
     if not args.no_plot:
         plot_path = plot_curves(curves, args.output_dir / "accuracy_vs_steps.png",
                                 teacher_accuracy=teacher_row.accuracies[0],

@@ -21,6 +21,7 @@ from distill_core.demo.lm.report import LMRow, format_table, plot_curves, verdic
 from distill_core.demo.lm.train import RunOutcome, build_cache, distil, teacher_cache_settings, train_alone
 from distill_core.demo.models import set_threads
 from distill_core.demo.pipeline import TrainSettings
+from distill_core.demo.report import tensorboard_line
 from distill_core.demo.runner import drop_checkpoints
 
 #: the runs of each seed: (key, row label); "on-policy" only with --on-policy
@@ -198,7 +199,7 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
     print(f"greedy continuations of {args.prompt!r}:")
     for row in table_rows:
         print(f"  {row.name}: {row.continuation!r}")
-    outputs = [f"TensorBoard logs: tensorboard --logdir {args.output_dir / 'logs'}"]
+    outputs = [tensorboard_line(args.output_dir / "logs")]
     if not args.no_plot:
         plot_path = plot_curves(students.curves, args.output_dir / "held_out_loss_vs_steps.png",
                                 teacher_loss=teacher_scores.loss,
