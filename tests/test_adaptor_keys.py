@@ -195,14 +195,14 @@ def test_chunked_pairs_with_other_rows_or_vocabularies_fail() -> None:
     with pytest.raises(
         AdaptorError,
         match=r"the student has 10 outputs .* but the teacher \(adaptor_T\) has 12 .*"
-        r"vocab_size=N",
+        r"DistillationConfig.kd_vocab_size=N",
     ):
         check_pair(chunked_results(), {"logits": torch.zeros(B, L_DEC, V + 2)}, "adaptor_T", needs_logits=True)
 
 
 def test_a_padded_vocabulary_pairs_with_vocab_size() -> None:
     padded = chunked_results(vocab=V + 6)
-    with pytest.raises(AdaptorError, match=r"the student has 10 outputs .* has 16 .* vocab_size=N"):
+    with pytest.raises(AdaptorError, match=r"the student has 10 outputs .* has 16 .* DistillationConfig.kd_vocab_size=N"):
         check_pair(chunked_results(), padded, "adaptor_T", needs_logits=True)
     check_pair(chunked_results(), padded, "adaptor_T", needs_logits=True, vocab_size=V)
     check_pair(

@@ -218,7 +218,7 @@ def check_pair(
             raise AdaptorError(
                 f"logits {index}: the student has {size_S} outputs ({what_S}) but the teacher ({role_T}) has "
                 f"{size_T} ({what_T}); KD needs the same vocabulary in the same order (for a padded vocabulary, "
-                f"compare only the shared first N entries with vocab_size=N)"
+                f"compare only the shared first N entries with DistillationConfig.kd_vocab_size=N)"
             )
         if vocab_size is not None and min(size_S, size_T) < vocab_size:
             side, size = ("student", size_S) if size_S < vocab_size else (f"teacher ({role_T})", size_T)
