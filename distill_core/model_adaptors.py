@@ -6,30 +6,9 @@
 
 from __future__ import annotations
 
-from distill_core.adaptors.auto import (
-    IGNORE_INDEX,
-    MODEL_KINDS,
-    AutoAdaptor,
-    CausalLMAdaptor,
-    EncoderDecoderAdaptor,
-    ModelKind,
-    auto_adaptor_for,
-    causal_lm_targets,
-    model_kind,
-    output_head,
-)
+from distill_core.adaptors import auto, kinds
+from distill_core.adaptors.auto import *  # noqa: F403 (this module is only a second name for them)
+from distill_core.adaptors.kinds import *  # noqa: F403
 from distill_core.modules import unwrap as unwrap_model
 
-__all__ = [
-    "IGNORE_INDEX",
-    "MODEL_KINDS",
-    "AutoAdaptor",
-    "CausalLMAdaptor",
-    "EncoderDecoderAdaptor",
-    "ModelKind",
-    "auto_adaptor_for",
-    "causal_lm_targets",
-    "model_kind",
-    "output_head",
-    "unwrap_model",
-]
+__all__ = [*kinds.__all__, *auto.__all__, "unwrap_model"]

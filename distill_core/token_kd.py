@@ -4,22 +4,7 @@ Kept so code that imports ``distill_core.token_kd`` (its documented home until t
 became one package) works unchanged.
 """
 
-from distill_core.terms.token_kd import (
-    DEFAULT_CHUNK_ELEMENTS,
-    RowKdLoss,
-    TeacherChunk,
-    chunked_token_kd,
-    default_chunk_size,
-    kd_loss_for_rows,
-    teacher_logits_from_head,
-)
+from distill_core.terms import token_kd as _token_kd
+from distill_core.terms.token_kd import *  # noqa: F403 (this module is only a second name for them)
 
-__all__ = [
-    "DEFAULT_CHUNK_ELEMENTS",
-    "RowKdLoss",
-    "TeacherChunk",
-    "chunked_token_kd",
-    "default_chunk_size",
-    "kd_loss_for_rows",
-    "teacher_logits_from_head",
-]
+__all__ = list(_token_kd.__all__)

@@ -202,7 +202,9 @@ def test_chunked_pairs_with_other_rows_or_vocabularies_fail() -> None:
 
 def test_a_padded_vocabulary_pairs_with_vocab_size() -> None:
     padded = chunked_results(vocab=V + 6)
-    with pytest.raises(AdaptorError, match=r"the student has 10 outputs .* has 16 .* DistillationConfig.kd_vocab_size=N"):
+    with pytest.raises(
+        AdaptorError, match=r"the student has 10 outputs .* has 16 .* DistillationConfig.kd_vocab_size=N"
+    ):
         check_pair(chunked_results(), padded, "adaptor_T", needs_logits=True)
     check_pair(chunked_results(), padded, "adaptor_T", needs_logits=True, vocab_size=V)
     check_pair(

@@ -22,7 +22,8 @@ PACKAGE_DIR = REPO / "distill_core" / "adaptors"
 LAYERS = {
     "contract": set(),
     "checks": {"contract", "logits"},
-    "auto": {"contract"},
+    "auto": {"contract", "kinds"},
+    "kinds": set(),
     "bound": {"contract", "auto"},
     "logits": set(),
     "first_step": {"contract", "checks", "logits"},

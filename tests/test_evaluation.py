@@ -51,7 +51,7 @@ def _evaluate_each(run: types.SimpleNamespace, metrics: Iterable[Any]) -> list[b
     differs); the callback returns that step's metric. Returns what evaluate returned each time."""
     metrics = list(metrics)
     stops = []
-    for step, metric in enumerate(metrics, start=1):
+    for step, _metric in enumerate(metrics, start=1):
         with torch.no_grad():
             for parameter in run.student.parameters():
                 parameter.add_(0.01 * step)

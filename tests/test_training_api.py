@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distill_core import AdaptorError, DistillationConfig, DistillError, MultiTeacherDistillation, TrainingConfig
+from distill_core import AdaptorError, DistillationConfig, DistillError, TrainingConfig
 from distill_core.errors import ShapeMismatchError
 from distill_core import Distillation
 from tests.tb_reader import read_scalars

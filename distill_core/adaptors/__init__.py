@@ -6,8 +6,10 @@ The package's modules import one way, so none of them needs a deferred import:
   (:func:`select_layers`, :func:`feature_mask`), and :func:`auto_adaptor` for plain Hugging Face
   outputs. Imports nothing from the package.
 - :mod:`~distill_core.adaptors.checks`: the checks of adaptor outputs. Imports the contract and ``logits``.
-- :mod:`~distill_core.adaptors.auto`: model kinds and the automatic adaptors chosen by kind
-  (:func:`auto_adaptor_for`). Imports the contract.
+- :mod:`~distill_core.adaptors.kinds`: model kinds (:func:`model_kind`) and the output head.
+  Imports nothing from the package.
+- :mod:`~distill_core.adaptors.auto`: the automatic adaptors chosen by kind
+  (:func:`auto_adaptor_for`). Imports the contract and ``kinds``.
 - :mod:`~distill_core.adaptors.bound`: :class:`BoundAdaptor`, a user's adaptor or the automatic
   one bound to its model. Imports the contract and ``auto``.
 - :mod:`~distill_core.adaptors.logits`: the logits of an adaptor's dict as views the KD term
@@ -22,19 +24,15 @@ Everything public is importable from ``distill_core.adaptors`` itself.
 from __future__ import annotations
 
 from distill_core.adaptors.auto import (
-    IGNORE_INDEX,
-    MODEL_KINDS,
     AutoAdaptor,
     CausalLMAdaptor,
     EncoderDecoderAdaptor,
-    ModelKind,
     auto_adaptor_for,
     causal_lm_targets,
-    model_kind,
-    output_head,
 )
 from distill_core.adaptors.bound import BoundAdaptor
 from distill_core.adaptors.checks import check_adaptor_output, check_pair
+from distill_core.adaptors.kinds import IGNORE_INDEX, MODEL_KINDS, ModelKind, model_kind, output_head
 from distill_core.adaptors.first_step import check_terms, checked_first_step, checked_plain_step, losses_for_check
 from distill_core.adaptors.logits import (
     DenseLogits,

@@ -41,7 +41,7 @@ ATTENTION_FEATURES = ("attention", "encoder_attention", "decoder_attention", "cr
 FEATURE_KEYS = HIDDEN_FEATURES + ATTENTION_FEATURES
 ENCODER_DECODER_FEATURES = HIDDEN_FEATURES[1:] + ATTENTION_FEATURES[1:]
 # A match's ``feature`` field: the names of FEATURE_KEYS in the order the config reference lists
-# them. distill_core.config still has its own copy; tests/test_adaptor_keys.py holds the two equal.
+# them; distill_core.config validates a match's feature against this Literal.
 Feature = Literal[
     "hidden",
     "attention",

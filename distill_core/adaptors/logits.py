@@ -139,9 +139,8 @@ class HeadLogits(LogitsView):
 
     def describe(self) -> list[tuple[str, tuple[int, ...], int]]:
         outputs = int(self.head.weight.shape[0])
-        return [
-            (f"logits_hidden {_shape(self.hidden)} with logits_head of {outputs} outputs", tuple(self.hidden.shape[:-1]), outputs)
-        ]
+        what = f"logits_hidden {_shape(self.hidden)} with logits_head of {outputs} outputs"
+        return [(what, tuple(self.hidden.shape[:-1]), outputs)]
 
     def token_level(self) -> bool:
         return True

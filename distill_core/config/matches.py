@@ -7,24 +7,14 @@ registry and their params by the component's own model.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union, get_args
+from typing import Any, Union
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator, model_serializer, model_validator
 
+from distill_core.adaptors.contract import FEATURES, Feature
 from distill_core.config.common import ConfigModel, registry_validators, unknown_name
 
 LayerIndex = Union[int, list[int]]
-# The adaptor keys an intermediate match can read (distill_core.adaptors.FEATURE_KEYS).
-Feature = Literal[
-    "hidden",
-    "attention",
-    "encoder_hidden",
-    "decoder_hidden",
-    "encoder_attention",
-    "decoder_attention",
-    "cross_attention",
-]
-FEATURES: tuple[str, ...] = get_args(Feature)
 
 
 class ProjectionSpec(ConfigModel):

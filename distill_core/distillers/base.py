@@ -203,7 +203,9 @@ class BaseDistiller(abc.ABC):
             if num_epochs is not None and num_epochs != num_train_epochs:
                 raise TypeError("pass num_epochs or num_train_epochs (the seed's spelling), not both")
             num_epochs = num_train_epochs
-        self._check_train_arguments(optimizer, num_epochs, num_steps, callback, max_grad_norm, scheduler_class, scheduler_args)
+        self._check_train_arguments(
+            optimizer, num_epochs, num_steps, callback, max_grad_norm, scheduler_class, scheduler_args
+        )
         self.runtime.check_output_folders(resume_from)
         entered_here = self._session is None
         if entered_here:

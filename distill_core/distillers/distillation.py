@@ -118,11 +118,12 @@ class ComposedDistillation(BaseDistiller):
         for key, adaptor in routing.adaptors_T.items():
             plan[("T", key)] = adaptor is None and model_kind(self.teachers[key]) == "causal_lm"
         if wanted and not all(plan[("S", key)] for key in routing.adaptors_S):
+            custom = any(a is not None for a in routing.adaptors_S.values())
             raise DistillError(
                 "DistillationConfig.chunked_token_kd=True needs a causal-LM student with the automatic adaptor "
                 "(adaptor_S=None), or an adaptor_S that returns 'logits_hidden' and 'logits_head' itself; "
                 f"this student is {type(unwrap(model_S)).__name__} with "
-                f"{'a custom adaptor' if any(a is not None for a in routing.adaptors_S.values()) else 'no causal-LM head'}"
+                f"{'a custom adaptor' if custom else 'no causal-LM head'}"
             )
         return plan
 
@@ -155,7 +156,8 @@ class ComposedDistillation(BaseDistiller):
                 ("teacher", bound.spec.module_T, key),
                 resolve_submodule(self.teachers[key], bound.spec.module_T, "the teacher"),
             )
-            capture.attach(("student", bound.spec.module_S), resolve_submodule(student, bound.spec.module_S, "the student"))
+            module_S = resolve_submodule(student, bound.spec.module_S, "the student")
+            capture.attach(("student", bound.spec.module_S), module_S)
 
     def _detach_hooks(self) -> None:
         self.loss.capture.detach()
@@ -177,7 +179,9 @@ class ComposedDistillation(BaseDistiller):
         results_S = adaptor_S(batch, outputs_S, task)
         if task in self._checked_tasks:
             return self.loss.compute(results_S, micro, step, progress)
-        result = checked_first_step(lambda: self.loss.compute(results_S, micro, step, progress), self.loss, results_S, micro)
+        result = checked_first_step(
+            lambda: self.loss.compute(results_S, micro, step, progress), self.loss, results_S, micro
+        )
         self._checked_tasks.add(task)
         return result
 

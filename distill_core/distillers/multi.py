@@ -48,7 +48,13 @@ class MultiTeacherDistillation(ComposedDistillation):
     ) -> None:
         routing = WeightedEnsemble(model_T, adaptor_T, adaptor_S, teacher_weights)
         super().__init__(
-            train_config, distill_config, routing, model_S, custom_matches, tokenizer_T=tokenizer_T, tokenizer_S=tokenizer_S
+            train_config,
+            distill_config,
+            routing,
+            model_S,
+            custom_matches,
+            tokenizer_T=tokenizer_T,
+            tokenizer_S=tokenizer_S,
         )
 
     @property
@@ -81,7 +87,8 @@ class MultiTaskDistillation(ComposedDistillation):
         adaptor_S: Mapping[str, Adaptor | None],
         task_weights: Mapping[str, float] | None = None,
     ) -> None:
-        super().__init__(train_config, distill_config, TaskTeachers(model_T, adaptor_T, adaptor_S, task_weights), model_S)
+        routing = TaskTeachers(model_T, adaptor_T, adaptor_S, task_weights)
+        super().__init__(train_config, distill_config, routing, model_S)
 
     @property
     def task_weights(self) -> dict[str, float]:

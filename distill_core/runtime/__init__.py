@@ -1,9 +1,12 @@
 """The runtime: the one object that owns device, precision, processes and rank-0 effects.
 
-The training loop asks the runtime to place and wrap the models, shard the data, run a micro-batch
-under autocast (and without gradient synchronisation until the last one of a step), scale the
-backward, finish the gradients (average, unscale, clip), step the optimizer, agree on decisions
-across ranks, and write logs and checkpoints on rank 0. Distillers only compute losses.
+Like accelerate's ``prepare``, :meth:`Runtime.prepare` takes the trainable modules (student and
+projections, one :class:`~distill_core.modules.Trainables`) and the teachers, places, wraps or
+shards them, and returns the modules to call (:class:`Prepared`); it never assigns to a distiller.
+The training loop then asks it to shard the data, run a micro-batch under autocast (and without
+gradient synchronisation until the last one of a step), scale the backward, finish the gradients
+(average, unscale, clip), step the optimizer, agree on decisions across ranks, and write logs on
+rank 0. A distiller creates its runtime when training starts, not when it is built.
 
 - Device: ``TrainingConfig.device``, else CUDA (``cuda:<local rank>`` under torchrun) when available.
 - Precision: ``TrainingConfig.mixed_precision`` ("no" | "fp16" | "bf16"; see :mod:`.precision`).

@@ -42,7 +42,9 @@ def make_cache(config: DistillationConfig, loss: DistillationLoss, vocab_size: i
             f"constant is added (it compares logits, not distributions); use top_k=None (dense logits) or a "
             f"divergence such as 'kl' or 'ce'"
         )
-    return TeacherCache(cache, temperature=config.temperature, vocab_size=vocab_size, chunk_rows=config.token_kd_chunk_size)
+    return TeacherCache(
+        cache, temperature=config.temperature, vocab_size=vocab_size, chunk_rows=config.token_kd_chunk_size
+    )
 
 
 class CachedTeachers(TeacherSource):
@@ -100,7 +102,13 @@ class CachedTeachers(TeacherSource):
         return micro_batch(batch, task, teacher, captured, self.live.routing, self.live.with_logits)
 
     def outputs(
-        self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: ExampleKeys, *, assemble: bool = True
+        self,
+        batch: Any,
+        task: str | None,
+        model_args: Mapping[str, Any],
+        examples: ExampleKeys,
+        *,
+        assemble: bool = True,
     ) -> tuple[dict[Any, Any], dict[tuple, torch.Tensor]]:
         """Each needed teacher's outputs (and custom features); ``assemble=False`` only stores the misses."""
         self._open(model_args, examples.kind)

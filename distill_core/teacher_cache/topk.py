@@ -102,7 +102,8 @@ class TeacherRows(LogitsView):
     kind = "cached"
 
     def describe(self) -> list[tuple[str, tuple[int, ...], int]]:
-        return [(f"cached token logits at positions {self.positions} of {self.vocab} entries", self.positions, self.vocab)]
+        what = f"cached token logits at positions {self.positions} of {self.vocab} entries"
+        return [(what, self.positions, self.vocab)]
 
     def token_level(self) -> bool:
         return True

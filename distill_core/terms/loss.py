@@ -147,7 +147,8 @@ class DistillationLoss:
             terms.append(bound.compute(feature_S, feature_T, match_mask))
         if self.custom:
             for bound in self.custom:
-                feature_T = micro.captured[("teacher", bound.spec.module_T, self.routing.match_teacher(bound.spec, task))]
+                key = self.routing.match_teacher(bound.spec, task)
+                feature_T = micro.captured[("teacher", bound.spec.module_T, key)]
                 feature_S = self.capture.take(("student", bound.spec.module_S), bound.label)
                 terms.append(bound.compute(feature_S, feature_T, results_S.get("inputs_mask")))
             self.capture.clear()
