@@ -156,8 +156,8 @@ def gold_loss(
         ULD_U = Σ_i |sort↓(q_T|U)_i − sort↓(q_S|U)_i|                      (sorted-probability L1)
 
     ``q`` are the chained group vectors; a key held by several ids of one vocabulary sums their
-    entries. The split follows the hybrid of Hugging Face TRL's GOLD (General Online Logit
-    Distillation) trainer; the unmatched part is the ULD loss of Boizard et al., 2024.
+    entries. The split is the hybrid of GOLD (the cross-tokenizer distillation trainer of Hugging
+    Face TRL, 2025); the unmatched part is the ULD loss of Boizard et al., 2024.
 
     :param logits_S: (B, L_S, V_S) student logits, row t for the student's token t.
     :param logits_T: (B, L_T, V_T) teacher logits, row t for the teacher's token t.
