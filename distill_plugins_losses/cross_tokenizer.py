@@ -43,7 +43,9 @@ class XTokenParams(BaseModel):
         100, ge=1, description="teacher tokens compared per group (the rest is one bin); None: all of them"
     )
     floor: float = Field(
-        1e-12, gt=0.0, description="stands in for a projected probability of 0 (a teacher token no student token maps to)"
+        1e-12,
+        gt=0.0,
+        description="stands in for a projected probability of 0 (a teacher token no student token maps to)",
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import tomllib
-import warnings
 from pathlib import Path
 
 import pytest
@@ -117,7 +116,7 @@ def _check_coverage(texts, encoding_S, encoding_T, alignment, pair):
         assert bool((ends > starts).all())  # non-empty and in order: a partition of [0, last end)
         assert int(ends[-1]) == len(text.encode("utf-8")), text  # ... which is the whole text
         owners = torch.zeros(len(text.encode("utf-8")), dtype=torch.int64)
-        for group, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        for start, end in zip(starts.tolist(), ends.tolist()):
             owners[start:end] += 1
         assert bool((owners == 1).all()), text
         for side, group_ids in zip(spans, (alignment.group_ids_S, alignment.group_ids_T)):
