@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-ComponentKind = Literal["kd_loss", "match_loss", "projection"]
-COMPONENT_KINDS: tuple[str, ...] = ("kd_loss", "match_loss", "projection")
+ComponentKind = Literal["kd_loss", "aligned_kd_loss", "match_loss", "projection"]
+COMPONENT_KINDS: tuple[str, ...] = ("kd_loss", "aligned_kd_loss", "match_loss", "projection")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 
@@ -17,7 +17,8 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 class ComponentInfo:
     """One named component a plugin provides.
 
-    :param kind: ``"kd_loss"``, ``"match_loss"`` or ``"projection"``.
+    :param kind: ``"kd_loss"``, ``"aligned_kd_loss"`` (teacher and student with different
+        tokenizers), ``"match_loss"`` or ``"projection"``.
     :param name: the registry name configs use, e.g. ``"hidden_mse"``.
     :param params: a pydantic model class for the component's options, or None if it takes none.
     :param summary: one line shown by ``distill plugins``.

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # imported for annotations only; keeps this module light
     from pydantic import BaseModel
 
     from distill_core.components import ComponentInfo
+    from distill_core.cross_tokenizer import TokenAlignment
 
 
 @hookspec
@@ -36,7 +37,7 @@ def declare_components() -> list[ComponentInfo]:
     """Return the components this plugin provides.
 
     Each :class:`~distill_core.ComponentInfo` names a component of kind ``"kd_loss"``,
-    ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``), a one-line
+    ``"aligned_kd_loss"``, ``"match_loss"`` or ``"projection"``, its pydantic params model (or ``None``), a one-line
     summary and optionally ``aliases`` (other names configs may use; the compute hooks are then
     called with the canonical name). All plugins' results are collected; a name or alias declared
     twice is an error.
@@ -67,6 +68,34 @@ def compute_kd_loss(
     :param mask: for 3-D logits, the adaptor's ``logits_mask`` (B, L), 1 = keep; else None (a chunk
         holds kept rows only).
     :param params: the validated params model instance, or None if the component takes none.
+    """
+
+
+@hookspec(firstresult=True)
+def compute_aligned_kd_loss(
+    name: str,
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    alignment: TokenAlignment,
+    temperature: float | torch.Tensor,
+    params: BaseModel | None,
+) -> torch.Tensor | None:
+    """Return the scalar KD loss ``name`` between a student and a teacher with different tokenizers, or None.
+
+    Stops at first non-None result. The two sides' tokens are grouped where both end at the same
+    byte (docs/cross-tokenizer.md); reduce as a mean over the kept groups
+    (``alignment.group_mask``). With the same tokenizer on both sides every group is one token, and
+    a loss should then equal its same-vocabulary counterpart.
+
+    :param name: the component name from the config.
+    :param logits_S: (B, L_S, V_S) student logits; row t is the distribution for token t of the
+        student's sequence (a causal LM's logits shifted by one).
+    :param logits_T: (B, L_T, V_T) teacher logits, row t for token t of the teacher's sequence.
+    :param alignment: the :class:`~distill_core.cross_tokenizer.TokenAlignment` of the batch: group
+        of each token on each side, the kept groups, the token ids, and the matched
+        ``vocabularies`` (a :class:`~distill_core.cross_tokenizer.VocabularyPair`).
+    :param temperature: a positive float or a 0-d tensor.
+    :param params: the validated params model instance, or None.
     """
 
 

@@ -27,6 +27,7 @@ from distill_core.plugins import BLOCK_ENV, DistillPluginManager, get_plugin_man
 #: which hook computes each kind of component
 HOOK_OF_KIND = {
     "kd_loss": "compute_kd_loss",
+    "aligned_kd_loss": "compute_aligned_kd_loss",
     "match_loss": "compute_match_loss",
     "projection": "build_projection",
 }
@@ -34,8 +35,18 @@ HOOK_OF_KIND = {
 HOOK_ARGNAMES = {
     kind: tuple(inspect.signature(getattr(hookspecs, hook)).parameters) for kind, hook in HOOK_OF_KIND.items()
 }
-KIND_LABEL = {"kd_loss": "KD loss", "match_loss": "match loss", "projection": "projection"}
-KIND_PLURAL = {"kd_loss": "KD losses", "match_loss": "match losses", "projection": "projections"}
+KIND_LABEL = {
+    "kd_loss": "KD loss",
+    "aligned_kd_loss": "aligned KD loss",
+    "match_loss": "match loss",
+    "projection": "projection",
+}
+KIND_PLURAL = {
+    "kd_loss": "KD losses",
+    "aligned_kd_loss": "aligned KD losses",
+    "match_loss": "match losses",
+    "projection": "projections",
+}
 LISTING_HINT = "Run `distill plugins` to list every installed component."
 
 
@@ -249,13 +260,14 @@ def _find_loss(name: str, kind: str | None) -> Component:
     registry = get_registry()
     if kind is not None:
         return registry.get(kind, name)
-    found = [registry.get(k, name) for k in ("kd_loss", "match_loss") if registry.has(k, name)]
+    kinds = ("kd_loss", "aligned_kd_loss", "match_loss")
+    found = [registry.get(k, name) for k in kinds if registry.has(k, name)]
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        raise UnknownComponentError(
-            f"loss {name!r} is both a KD loss and a match loss; pass kind='kd_loss' or kind='match_loss'"
-        )
+        labels = " and ".join(KIND_LABEL[component.kind] for component in found)
+        options = " or ".join(f"kind={component.kind!r}" for component in found)
+        raise UnknownComponentError(f"loss {name!r} is a {labels}; pass {options}")
     raise UnknownComponentError(registry.unknown_message("match_loss", name))
 
 
@@ -263,7 +275,9 @@ def get_loss(name: str, *, kind: str | None = None, **params: Any) -> Callable[.
     """Return a callable ``loss(student, teacher, mask=None, *, temperature=None)`` for ``name``.
 
     ``params`` are validated by the component's params model. ``temperature`` is for KD losses only
-    (default 1.0).
+    (default 1.0). For an aligned KD loss (different tokenizers) the callable is
+    ``loss(student, teacher, alignment, *, temperature=None)``, ``alignment`` a
+    :class:`~distill_core.cross_tokenizer.TokenAlignment`.
     """
     component = _find_loss(name, kind)
     try:
@@ -285,6 +299,21 @@ def get_loss(name: str, *, kind: str | None = None, **params: Any) -> Callable[.
 
         kd_loss.__name__ = name
         return kd_loss
+
+    if component.kind == "aligned_kd_loss":
+
+        def aligned_kd_loss(student: Any, teacher: Any, alignment: Any, *, temperature: Any = None) -> Any:
+            return component.call(
+                name=name,
+                logits_S=student,
+                logits_T=teacher,
+                alignment=alignment,
+                temperature=1.0 if temperature is None else temperature,
+                params=validated,
+            )
+
+        aligned_kd_loss.__name__ = name
+        return aligned_kd_loss
 
     def match_loss(student: Any, teacher: Any, mask: Any = None, *, temperature: Any = None) -> Any:
         if temperature is not None:

@@ -1,0 +1,46 @@
+"""Cross-tokenizer distillation: align two tokenizations of one text, match two vocabularies.
+
+- :mod:`~distill_core.cross_tokenizer.offsets`: token spans in UTF-8 bytes.
+- :mod:`~distill_core.cross_tokenizer.alignment`: groups of tokens covering the same bytes.
+- :mod:`~distill_core.cross_tokenizer.vocabulary`: token keys, exact matches, the projection.
+- :mod:`~distill_core.cross_tokenizer.groups`: chained group distributions.
+
+The losses over aligned groups are plugins of kind ``aligned_kd_loss``
+(:mod:`distill_plugins_losses.cross_tokenizer`). See docs/cross-tokenizer.md.
+"""
+
+from __future__ import annotations
+
+from distill_core.cross_tokenizer.alignment import (
+    kept_groups,
+    token_byte_spans,
+    TokenAlignment,
+    align_byte_ends,
+    align_encodings,
+    align_positions,
+    align_texts,
+    encode_for_alignment,
+)
+from distill_core.cross_tokenizer.groups import group_log_probs
+from distill_core.cross_tokenizer.offsets import ByteSpans, byte_spans, char_to_byte_table, split_character_ends
+from distill_core.cross_tokenizer.vocabulary import VocabularyPair, detect_style, token_key, vocabulary_keys
+
+__all__ = [
+    "ByteSpans",
+    "TokenAlignment",
+    "VocabularyPair",
+    "align_byte_ends",
+    "align_encodings",
+    "align_positions",
+    "align_texts",
+    "byte_spans",
+    "char_to_byte_table",
+    "detect_style",
+    "encode_for_alignment",
+    "group_log_probs",
+    "kept_groups",
+    "split_character_ends",
+    "token_byte_spans",
+    "token_key",
+    "vocabulary_keys",
+]
