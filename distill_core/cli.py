@@ -1,4 +1,4 @@
-"""The ``distill`` command: ``plugins``, ``validate``, ``schema``, ``cache info`` and ``demo``, and ``--version``.
+"""The ``distill`` command: ``plugins``, ``validate``, ``schema``, ``cache info``, ``shrink``, ``demo``, ``--version``.
 
 Exit status: 0 success; 1 the command ran and found a problem (an invalid config, a plugin that
 failed to load, a teacher cache that cannot be read); 2 a usage error (bad arguments, a config file
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--verify", action="store_true", help="also read every entry and check its checksum")
     info.set_defaults(func=_cache_info)
+    from distill_core.students.command import add_shrink_parser
+
+    add_shrink_parser(sub)
     # listed for `distill --help`; main() hands everything after "demo" to the demo's own parser
     sub.add_parser("demo", help="distil a real MiniLM teacher on real data, or with --task lm SmolLM2-135M into a "
                    "small LM (see `distill demo --help`)")
