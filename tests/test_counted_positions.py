@@ -144,3 +144,82 @@ def test_under_policy_skip_a_later_empty_step_is_skipped_and_counted(tmp_path):
     assert all(torch.allclose(skipping[key], without[key], atol=1e-6) for key in skipping)  # no AdamW step at all
     assert read_scalars(tmp_path / "skipping" / "logs")["steps/without_counted_tokens"] == [(3, 1.0)]
     assert read_scalars(tmp_path / "without_it" / "logs")["steps/without_counted_tokens"] == [(2, 0.0)]
+
+
+# -- padding that no attention_mask hides ---------------------------------------------------------
+
+
+def padded_without_mask(side: str, *, labels: bool) -> dict[str, torch.Tensor]:
+    """causal_batch's right padding (3 + 1 pads in rows 0 and 2), or the same rows padded on the left; no mask."""
+    batch = causal_batch()
+    real = batch.pop("attention_mask").bool()
+    if side == "left":
+        for row in range(real.shape[0]):
+            count = int(real[row].sum())
+            for name in ("input_ids", "labels"):
+                batch[name][row] = torch.cat([batch[name][row, count:], batch[name][row, :count]])
+    if not labels:
+        del batch["labels"]
+    return batch
+
+
+def padding_warnings(recorded) -> list[str]:
+    return [str(w.message) for w in recorded if "no attention_mask" in str(w.message)]
+
+
+def train_one_step(tmp_path, batch, *, teacher=None, student=None, **tokenizers) -> list[str]:
+    teacher = teacher if teacher is not None else tiny_llama(seed=0)
+    student = student if student is not None else tiny_llama(width=16, seed=1)
+    train = TrainingConfig(output_dir=str(tmp_path / "out"), log_dir=None, progress_bar=False)
+    run = Distillation(train, DistillationConfig(kd_loss_type="kl"), teacher, student, None, None, **tokenizers)
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        run.train(torch.optim.SGD(student.parameters(), lr=0.0), dataloader=[batch], num_epochs=1)
+    return padding_warnings(recorded)
+
+
+@pytest.mark.parametrize(
+    ("side", "labels", "expected"),
+    [
+        ("right", False, r"4 pad positions \(pad token id 0\): 4 at the right of rows \(right padding\)"),
+        ("left", True, r"4 pad positions \(pad token id 0\): 4 at the left of rows \(left padding\)"),
+    ],
+)
+def test_a_padded_batch_without_attention_mask_is_warned_about(tmp_path, side, labels, expected):
+    import re
+
+    messages = train_one_step(tmp_path, padded_without_mask(side, labels=labels))
+    assert len(messages) == 1 and re.search(expected, messages[0]), messages
+    assert "pass attention_mask" in messages[0]
+    if side == "right":
+        assert "or labels with -100 at the pads" in messages[0]
+        # right padding whose labels are -100: the causal model's real tokens never see it, no loss counts it
+        assert train_one_step(tmp_path / "quiet", padded_without_mask("right", labels=True)) == []
+    else:  # labels cannot stop the real tokens from attending to left pads
+        assert "labels of -100 cannot undo that" in messages[0] and "or labels with" not in messages[0]
+    assert train_one_step(tmp_path / "masked", causal_batch()) == []  # the same rows with their attention_mask
+
+
+def test_an_encoder_decoder_batch_without_mask_is_warned_about_whatever_its_labels(tmp_path):
+    from tests.tiny_lm import seq2seq_batch, tiny_t5
+
+    batch = seq2seq_batch()
+    del batch["attention_mask"]  # row 0 ends with two pads
+    messages = train_one_step(tmp_path, batch, teacher=tiny_t5(seed=0), student=tiny_t5(seed=1))
+    assert len(messages) == 1 and "2 at the right of rows" in messages[0] and "the encoder attends" in messages[0]
+
+
+def test_the_tokenizers_pad_id_comes_first_and_an_eos_ending_every_row_is_no_padding():
+    from distill_core.positions import PaddingCheck, unmasked_padding
+
+    class Tokenizer:
+        pad_token_id, eos_token_id = 2, 2  # pad = eos, as many tokenizers set it
+
+    check = PaddingCheck(tiny_llama(), Tokenizer())
+    assert (check.pad_token_id, check.eos_token_id) == (2, 2)
+    input_ids = torch.tensor([[5, 6, 7, 2], [5, 6, 2, 2], [5, 2, 2, 2]])  # each row's text ends with its EOS
+    found = unmasked_padding({"input_ids": input_ids}, 2, eos_token_id=2)
+    assert (found.left, found.right) == (0, 3)
+    assert unmasked_padding({"input_ids": input_ids[:1]}, 2, eos_token_id=2) is None
+    assert unmasked_padding({"input_ids": input_ids}, 2, eos_token_id=None).right == 6
+    assert unmasked_padding({"input_ids": torch.tensor([[5, 2, 6]])}, 2) is None  # inside a row: a real token
