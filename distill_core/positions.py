@@ -1,4 +1,4 @@
-"""Positions that count: a step in which none counts is refused, with what the batch held and why.
+"""Positions that count: a step in which none counts is refused; padding that no mask hides is warned about.
 
 A token-level loss is a mean over the positions that count: not padding, not a label of -100. When
 none counts in a whole optimisation step, that is a mean over zero tokens: the chunked path would

@@ -71,7 +71,7 @@ class Tracker:
         ]
 
     def interval(self) -> torch.Tensor | None:
-        """The interval's vectors stacked to (steps, 1 + terms), averaged over ranks; None if empty.
+        """The interval's vectors stacked to (steps, 1 + terms + flags), averaged over ranks; None if empty.
 
         A collective under torch.distributed: every rank calls it at the same steps.
         """
