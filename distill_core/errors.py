@@ -46,6 +46,10 @@ class NonFiniteLossError(DistillError, FloatingPointError):
     """A loss term became NaN or infinite."""
 
 
+class NoValidTokensError(DistillError, ValueError):
+    """An optimisation step had no position that counts (every label -100, every mask 0): it would train nothing."""
+
+
 def close_names(name: object, known: Iterable[str], *, n: int = 1) -> list[str]:
     """Return up to ``n`` of ``known`` that ``name`` was probably meant to be, best first.
 

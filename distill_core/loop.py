@@ -32,6 +32,7 @@ from torch import nn
 from distill_core.batches import BatchSource, call_model, device_batches
 from distill_core.evaluation import Evaluator
 from distill_core.nonfinite import NonFiniteGuard, loss_vector
+from distill_core.positions import empty_step_error
 from distill_core.rng import capture_rng, restore_rng
 from distill_core.runtime import move_to_device
 from distill_core.step import MicroBatch, StepInfo, StepLoss
@@ -155,6 +156,7 @@ class TrainingLoop:
         self.guard = NonFiniteGuard(term_names, config.nonfinite_policy)
         self._last: StepLoss | None = None  # the last micro-batch's loss: its weights and temperature are logged
         self._plain_steps: dict[int, StepInfo] = {}
+        self._zero_flag: torch.Tensor | None = None  # a step's flag when positions counted, once steps carry flags
 
     def _zero_grad(self) -> None:
         """``optimizer.zero_grad(set_to_none=True)``.
@@ -319,6 +321,8 @@ class TrainingLoop:
                 tokens = tokens.clone()  # the sum across ranks is in place: micro.tokens stays this rank's
             tokens = runtime.sum_across_ranks(tokens)
             step = StepInfo(count, runtime.world_size, tokens)
+            if self._zero_flag is None:
+                self._first_token_step(micro, tokens, tracker)
         else:
             step = self._plain_step(count)
         progress = self.state.progress()
@@ -336,7 +340,25 @@ class TrainingLoop:
                 vector = loss_vector(_detached(loss.total, loss.terms))
                 values = vector if values is None else values + vector
         self._last = loss
-        return self._optimizer_step(tracker, values / count if count > 1 else values)
+        if count > 1:
+            values = values / count
+        if self._zero_flag is not None:  # token-level runs: the step's "no position counted" flag, on the device
+            flag = self._zero_flag if tokens is None else (tokens == 0).to(torch.float32)
+            values = [*values, flag] if isinstance(values, list) else torch.cat([values, flag.reshape(1)])
+        return self._optimizer_step(tracker, values)
+
+    def _first_token_step(self, micro: list[MicroBatch], tokens: torch.Tensor, tracker: Tracker) -> None:
+        """Refuse a first step in which no position counts (one read); later steps carry a flag instead.
+
+        A later step without counted positions is found by the non-finite guard at its next check
+        point (raise), or skipped (policy "skip"): knowing it before the update would take a read
+        every step.
+        """
+        if not float(tokens) > 0:
+            raise empty_step_error(micro, step=self.state.global_step + 1, world_size=self.runtime.world_size)
+        self._zero_flag = torch.zeros((), dtype=torch.float32, device=tokens.device)
+        self.guard.count_empty_steps()
+        tracker.add_flag("without_counted_tokens", self._zero_flag)
 
     def _optimizer_step(self, tracker: Tracker, values: torch.Tensor | list[torch.Tensor]) -> bool:
         """Step, schedule, log, checkpoint, evaluate. Returns True when training is complete."""

@@ -53,6 +53,17 @@ class StepInfo:
     world_size: int
     tokens: torch.Tensor | None  # valid KD positions of the step on all ranks together
 
+    def token_share(self) -> torch.Tensor | float:
+        """Return what turns a sum over one micro-batch's valid tokens into its share of the step's token mean.
+
+        The loop divides each micro-batch's loss by their count and DDP averages over ranks, so the
+        share is ``micro_batches · world_size / tokens`` (tokens of the step, all ranks); 1 without
+        token counts.
+        """
+        if self.tokens is None:
+            return 1.0
+        return float(self.micro_batches * self.world_size) / self.tokens.clamp_min(1.0)
+
 
 @dataclass(frozen=True)
 class StepLoss:

@@ -1,7 +1,8 @@
 """Loss terms of a run: kept on the device per step, averaged over ranks and written at logging points.
 
 Each optimisation step hands its ``[total, *unweighted terms]`` vector (a device tensor) to the
-tracker, which only keeps a reference. At a logging point the interval's vectors are stacked, summed
+tracker, which only keeps a reference; token-level runs add a 0/1 flag per step (no position
+counted), logged as a count of steps. At a logging point the interval's vectors are stacked, summed
 across ranks (one all-reduce under torch.distributed) and read back to the host: one host-device
 sync every ``log_steps`` optimisation steps, none in between. Rank 0 writes tensorboardX scalars and
 draws the progress bar. The end of training (or early stopping) flushes a last, partial interval.
@@ -37,7 +38,8 @@ class Tracker:
         self.sum_across_ranks = sum_across_ranks
         self.world_size = world_size
         self.steps: list[int] = []  # the optimisation steps of the interval not yet logged
-        self.values: list[torch.Tensor | list[torch.Tensor]] = []  # their [total, *terms], on the device
+        self.values: list[torch.Tensor | list[torch.Tensor]] = []  # their [total, *terms, *flags], on the device
+        self.flag_names: list[str] = []  # per-step 0/1 columns after the terms (add_flag)
         self.last_logged_step = initial_step
         self.writer = None
         self.bar = None
@@ -57,8 +59,19 @@ class Tracker:
         if self.bar is not None:
             self.bar.update(1)
 
+    def add_flag(self, name: str, zero: torch.Tensor) -> None:
+        """From now on each step's vector ends with a 0/1 flag, written as ``steps/<name>``.
+
+        The scalar is the number of steps of the logging interval whose flag was 1. The steps already
+        kept (of the interval not yet logged) get ``zero`` (a 0-d float32 device tensor).
+        """
+        self.flag_names.append(name)
+        self.values = [
+            [*row, zero] if isinstance(row, list) else torch.cat([row, zero.reshape(1)]) for row in self.values
+        ]
+
     def interval(self) -> torch.Tensor | None:
-        """The interval's vectors stacked to (steps, 1 + terms), averaged over ranks; None if empty.
+        """The interval's vectors stacked to (steps, 1 + terms + flags), averaged over ranks; None if empty.
 
         A collective under torch.distributed: every rank calls it at the same steps.
         """
@@ -104,7 +117,7 @@ class Tracker:
             values = means.tolist()  # the one sync per logging interval
         self.steps, self.values = [], []
         self.last_logged_step = global_step
-        total, terms = values[0], values[1:]
+        total, terms, flags = values[0], values[1 : 1 + len(self.term_names)], values[1 + len(self.term_names) :]
         if self.writer is not None:
             self.writer.add_scalar("loss/total", total, global_step)
             for name, value, weight in zip(self.term_names, terms, weights):
@@ -114,6 +127,8 @@ class Tracker:
                 self.writer.add_scalar(f"lr/group{index}", lr, global_step)
             if temperature is not None:
                 self.writer.add_scalar("temperature", temperature, global_step)
+            for name, mean in zip(self.flag_names, flags):
+                self.writer.add_scalar(f"steps/{name}", round(mean * stacked.shape[0]), global_step)
             for tag, value in (extra or {}).items():
                 self.writer.add_scalar(tag, value, global_step)
         if self.bar is not None:

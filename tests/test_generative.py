@@ -128,6 +128,61 @@ def test_accumulated_micro_batches_with_different_token_counts_equal_one_batch_h
     assert gap < 1e-6
 
 
+
+def test_an_accumulation_step_with_a_micro_batch_without_counted_tokens_trains_alike_on_both_paths(tmp_path):
+    """One micro-batch of the step has no counted token (every label -100, e.g. prompt only): it adds
+    nothing, and the step is one over the other micro-batch's tokens, on the chunked path and on the full
+    logits (where Hugging Face's own loss over zero tokens is NaN)."""
+    teacher = confident(tiny_llama(seed=0))
+    counted, empty = causal_batch(seed=3), causal_batch(seed=4)
+    empty["labels"][:] = -100
+    runs = {
+        "chunked": ([counted, empty], 2, None),
+        "full": ([counted, empty], 2, False),
+        "counted_alone": ([counted], 1, None),
+    }
+    weights, logged = {}, {}
+    for name, (batches, accumulation, chunked) in runs.items():
+        student = tiny_llama(width=16, seed=1)
+        run = make(
+            tmp_path / name,
+            teacher,
+            student,
+            kd_loss_type="kl",
+            hard_label_weight=0.5,
+            chunked_token_kd=chunked,
+            training={"gradient_accumulation_steps": accumulation},
+        )
+        run.train(torch.optim.SGD(student.parameters(), lr=0.5), dataloader=batches, num_epochs=1)
+        weights[name] = student.state_dict()
+        scalars = read_scalars(tmp_path / name / "logs")
+        logged[name] = [scalars[tag][0][1] for tag in ("loss/kd", "loss/hard_label", "loss/total")]
+    initial = tiny_llama(width=16, seed=1).state_dict()
+    reference = weights["counted_alone"]
+    assert max((reference[key] - initial[key]).abs().max().item() for key in reference) > 1e-3
+    for name in ("chunked", "full"):
+        assert logged[name] == pytest.approx(logged["counted_alone"], rel=1e-5), name
+        assert max((weights[name][key] - reference[key]).abs().max().item() for key in reference) < 1e-5, name
+
+
+
+def test_an_encoder_decoder_accumulation_step_with_a_micro_batch_without_counted_tokens_trains(tmp_path):
+    teacher = tiny_t5(seed=0)
+    counted, empty = seq2seq_batch(seed=3), seq2seq_batch(seed=4)
+    empty["labels"][:] = -100
+    weights = {}
+    for name, batches, accumulation in (("split", [counted, empty], 2), ("counted_alone", [counted], 1)):
+        student = tiny_t5(seed=1)
+        run = make(
+            tmp_path / name, teacher, student, kd_loss_type="kl", hard_label_weight=0.5,
+            training={"gradient_accumulation_steps": accumulation},
+        )
+        run.train(torch.optim.SGD(student.parameters(), lr=0.5), dataloader=batches, num_epochs=1)
+        weights[name] = student.state_dict()
+    reference = weights["counted_alone"]
+    assert max((weights["split"][key] - reference[key]).abs().max().item() for key in reference) < 1e-5
+
+
 def seq2seq_hand_values(teacher, student, batch, layer: int) -> tuple[float, float]:
     with torch.no_grad():
         out_T = teacher(**batch, output_hidden_states=True)

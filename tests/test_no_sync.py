@@ -103,3 +103,33 @@ def test_no_host_reads_between_logging_points(tmp_path, host_reads) -> None:
     between = [reads_at_step[i + 1] - reads_at_step[i] for i in range(len(reads_at_step) - 1)]
     assert between == [0, 0, 0, 1, 0, 0, 0], (between, host_reads)
     assert host_reads[0].startswith("tolist at") and "tracking.py" in host_reads[0]
+
+
+@pytest.mark.parametrize("chunked", [None, False], ids=["chunked", "full_logits"])
+def test_token_level_steps_read_once_at_the_first_step_for_its_count_then_only_at_logging_points(
+    tmp_path, host_reads, chunked
+) -> None:
+    """The first token-level step reads its count of positions (a step where none counts is refused);
+    later steps only add a flag to the loss vector, read at logging points with the means."""
+    from tests.tiny_lm import causal_batch, tiny_llama
+
+    reads_at_step: list[int] = []
+
+    def postprocess(batch):
+        reads_at_step.append(len(host_reads))
+        return batch
+
+    train_config = TrainingConfig(
+        output_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), device="cpu", progress_bar=False,
+        log_steps=4, ckpt_steps=1000, gradient_accumulation_steps=2,
+    )
+    config = DistillationConfig(kd_loss_type="kl", hard_label_weight=0.5, chunked_token_kd=chunked)
+    student = tiny_llama(width=16, seed=1)
+    distiller = Distillation(train_config, config, tiny_llama(seed=0), student, None, None)
+    batches = [causal_batch(seed=seed) for seed in range(16)]
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    distiller.train(optimizer, None, batches, num_steps=8, batch_postprocessor=postprocess)
+    per_step = [reads_at_step[i + 2] - reads_at_step[i] for i in range(0, len(reads_at_step) - 2, 2)]
+    first_step = [read for read in host_reads[: reads_at_step[2]] if "adaptors/auto.py" not in read]  # the head check
+    assert per_step[1:] == [0, 0, 1, 0, 0, 0], (per_step, host_reads)
+    assert len(first_step) == 1 and first_step[0].startswith("__float__ at") and "loop.py" in first_step[0], host_reads

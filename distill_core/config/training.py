@@ -85,7 +85,9 @@ class TrainingConfig(SerializableConfig):
         None, ge=1, description="stop after this many evaluations in a row without a better metric"
     )
     nonfinite_policy: Literal["raise", "skip"] = Field(
-        "raise", description="on a NaN/inf loss: raise NonFiniteLossError, or skip the update and count it"
+        "raise",
+        description="on a NaN/inf loss, or a step after the first in which no token counts: raise "
+        "(NonFiniteLossError, NoValidTokensError), or skip the update and count it",
     )
 
     @field_validator("device")

@@ -27,6 +27,7 @@ from distill_core.distillers.base import BaseDistiller
 from distill_core.distillers.routing import SingleTeacher, TeacherRouting
 from distill_core.errors import DistillError
 from distill_core.modules import unwrap
+from distill_core.positions import PaddingCheck
 from distill_core.step import MicroBatch, StepInfo, StepLoss
 from distill_core.teachers import LiveTeachers, TeacherSource
 from distill_core.terms.loss import DistillationLoss
@@ -92,6 +93,7 @@ class ComposedDistillation(BaseDistiller):
             resolve_submodule(self.teachers[key], bound.spec.module_T, f"{bound.label}: the teacher")
             resolve_submodule(model_S, bound.spec.module_S, f"{bound.label}: the student")
         self._checked_tasks: set[str | None] = set()  # tasks whose first micro-batch passed the first-step checks
+        self._padding = PaddingCheck(model_S, tokenizer_S if tokenizer_S is not None else tokenizer_T)
         self.teacher_cache = None
         if config.teacher_cache is not None:
             from distill_core.teacher_cache.source import make_cache
@@ -174,10 +176,13 @@ class ComposedDistillation(BaseDistiller):
     ) -> StepLoss:
         """Run the student on the micro-batch and return its loss against the prepared teacher outputs."""
         batch, task = micro.batch, micro.task
+        first = task not in self._checked_tasks
+        if first:
+            self._padding(batch)  # padding that no attention_mask hides: a warning
         adaptor_S = self.adaptors_S[self.routing.student_key(task)]
         outputs_S = call_model(self.model_S, adaptor_S.model_batch(batch), adaptor_S.call_args(model_args))
         results_S = adaptor_S(batch, outputs_S, task)
-        if task in self._checked_tasks:
+        if not first:
             return self.loss.compute(results_S, micro, step, progress)
         result = checked_first_step(
             lambda: self.loss.compute(results_S, micro, step, progress), self.loss, results_S, micro

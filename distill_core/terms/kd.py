@@ -28,6 +28,7 @@ from distill_core.registry import get_registry
 from distill_core.schedules import build_temperature_scheduler
 from distill_core.step import MicroBatch, StepInfo
 from distill_core.adaptors.logits import LogitsView, TeacherChunk, head_params, is_chunked
+from distill_core.terms.hard_label import share_of_step_mean
 from distill_core.terms.token_kd import chunked_token_kd
 
 #: (weight, logits view) of each teacher whose logits make the KD target
@@ -108,24 +109,13 @@ class KDTerm:
         """
         if is_chunked(results_S):
             kd_sum, ce_sum = self._chunked(results_S, teachers, hard_labels)
-            share = self._step_share(step)
+            share = step.token_share()
             return kd_sum * share, None if ce_sum is None else ce_sum * share, self.config.temperature
         kd, temperature = self._dense(results_S, teachers)
         if micro.tokens is not None and step.tokens is not None:
             # the plugin averaged over this micro-batch's positions: make it a share of the step's mean
-            kd = kd * (micro.tokens * self._step_share(step))
+            kd = share_of_step_mean(kd, micro.tokens, step)
         return kd, None, temperature
-
-    @staticmethod
-    def _step_share(step: StepInfo) -> torch.Tensor | float:
-        """Multiplies a sum over this micro-batch's tokens into its share of the step's token mean.
-
-        The loop divides each micro-batch's loss by their count and DDP averages over ranks, so the
-        share is count · world size / tokens of the step (all ranks).
-        """
-        if step.tokens is None:
-            return 1.0
-        return float(step.micro_batches * step.world_size) / step.tokens.clamp_min(1.0)
 
     def _dense(self, results_S: Mapping[str, Any], teachers: Teachers) -> tuple[torch.Tensor, Any]:
         config = self.config

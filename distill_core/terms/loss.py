@@ -18,7 +18,7 @@ from distill_core.config import CustomMatch, DistillationConfig
 from distill_core.errors import DistillError
 from distill_core.schedules import weight_at
 from distill_core.step import MicroBatch, StepInfo, StepLoss, TeacherOutput
-from distill_core.terms.hard_label import hard_label_loss
+from distill_core.terms.hard_label import hard_label_loss, share_of_step_mean
 from distill_core.terms.kd import KDTerm
 from distill_core.adaptors.logits import is_chunked
 from distill_core.terms.matches import BoundMatch, OutputCapture, bind_match
@@ -129,7 +129,13 @@ class DistillationLoss:
             )
             terms.append(kd)
         if self.use_hard_label:
-            terms.append(token_ce if token_ce is not None else hard_label_loss(results_S, "adaptor_S"))
+            hard = token_ce
+            if hard is None:
+                hard = hard_label_loss(results_S, "adaptor_S")
+                if micro.tokens is not None and step.tokens is not None:
+                    # token-level outputs: the model's mean over this micro-batch, as a share of the step's mean
+                    hard = share_of_step_mean(hard, micro.tokens, step)
+            terms.append(hard)
         as_bool: dict[int, torch.Tensor] = {}  # each mask converted once per micro-batch, not once per match
         for bound in self.matches:
             spec = bound.spec
