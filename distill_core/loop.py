@@ -23,7 +23,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +34,7 @@ from distill_core.nonfinite import NonFiniteGuard, loss_vector
 from distill_core.positions import empty_step_error
 from distill_core.rng import capture_rng, restore_rng
 from distill_core.runtime import move_to_device
+from distill_core.state import RunState
 from distill_core.step import MicroBatch, StepInfo, StepLoss
 
 if TYPE_CHECKING:
@@ -60,39 +60,6 @@ __all__ = [
 
 #: ``compute_loss(micro, progress, model_args, step)``: the loss of one micro-batch
 ComputeLoss = Callable[[MicroBatch, float, Mapping[str, Any], StepInfo], StepLoss]
-
-
-@dataclass
-class RunState:
-    """Everything about the run's progress that a checkpoint must restore."""
-
-    global_step: int = 0  # optimisation steps taken
-    epoch: int = 0  # current epoch (0-based)
-    batch_in_epoch: int = 0  # batches consumed in the current epoch
-    step_in_epoch: int = 0  # optimisation steps taken in the current epoch
-    total_steps: int = 0
-    steps_per_epoch: int = 0
-    skipped_steps: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    stopped_early: bool = False  # early stopping ended the run (a resume of it trains no further)
-    pending_evaluation: bool = False  # the callback of this checkpoint's step had not finished when it was saved
-    data_seed: int | None = None  # the seed of the data order under torch.distributed (DistributedSampler)
-    epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
-
-    def progress(self) -> float:
-        """Fraction of training done, for weight schedules."""
-        return self.global_step / self.total_steps if self.total_steps else 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        names = {f.name for f in fields(self)}
-        for key, value in state.items():
-            if key in names:
-                setattr(self, key, value)
 
 
 def _detached(total: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ from distill_core.errors import NonFiniteLossError, NoValidTokensError
 from distill_core.positions import LIKELY_CAUSES
 
 if TYPE_CHECKING:
-    from distill_core.loop import RunState
+    from distill_core.state import RunState
     from distill_core.runtime import Runtime
 
 __all__ = ["NonFiniteGuard", "loss_vector"]

@@ -23,7 +23,8 @@ from torch import nn
 from distill_core.batches import BatchSource
 from distill_core.config import DistillationConfig, TrainingConfig
 from distill_core.errors import DistillError, did_you_mean
-from distill_core.loop import RunState, TrainingLoop
+from distill_core.loop import TrainingLoop
+from distill_core.state import RunState
 from distill_core.modules import Trainables, unwrap
 from distill_core.runtime import Runtime
 from distill_core.runtime.checkpointing import Checkpointer

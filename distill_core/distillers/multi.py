@@ -17,7 +17,7 @@ from distill_core.batches import TaskMixture
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.distillation import ComposedDistillation
 from distill_core.distillers.routing import TaskTeachers, WeightedEnsemble
-from distill_core.loop import RunState
+from distill_core.state import RunState
 
 __all__ = ["BasicMultiTeacherDistillation", "MultiTaskDistillation", "MultiTeacherDistillation"]
 

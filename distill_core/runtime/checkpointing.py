@@ -26,7 +26,7 @@ from distill_core.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from distill_core.config import DistillationConfig, TrainingConfig
-    from distill_core.loop import RunState
+    from distill_core.state import RunState
     from distill_core.modules import Trainables
     from distill_core.runtime import Runtime
 
