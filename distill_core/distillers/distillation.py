@@ -20,7 +20,14 @@ from typing import Any
 
 from torch import nn
 
-from distill_core.adaptors import Adaptor, BoundAdaptor, checked_first_step, model_kind
+from distill_core.adaptors import (
+    LOGITS_TO_KEEP_ARGS,
+    Adaptor,
+    BoundAdaptor,
+    checked_first_step,
+    forward_keywords,
+    model_kind,
+)
 from distill_core.batches import call_model
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
@@ -125,7 +132,24 @@ class ComposedDistillation(BaseDistiller):
                 f"this student is {type(unwrap(model_S)).__name__} with "
                 f"{'a custom adaptor' if custom else 'no causal-LM head'}"
             )
+        if wanted:
+            self._check_logits_to_keep(plan, model_S)
         return plan
+
+    def _check_logits_to_keep(self, plan: dict[tuple[str, Any], bool], model_S: nn.Module) -> None:
+        """chunked_token_kd=True promises no (B, L, V) logits: refuse a chunked model that would build them."""
+        for (side, key), chunked in plan.items():
+            model = model_S if side == "S" else self.teachers[key]
+            if not chunked or forward_keywords(model, LOGITS_TO_KEEP_ARGS):
+                continue
+            who = "the student" if side == "S" else "the teacher" if len(self.teachers) == 1 else f"teacher {key!r}"
+            raise DistillError(
+                f"DistillationConfig.chunked_token_kd=True, but {who} ({type(unwrap(model)).__name__}) takes neither "
+                f"{' nor '.join(LOGITS_TO_KEEP_ARGS)}, in its forward or in that of a model its forward(**kwargs) "
+                f"wraps, so it would build its (B, L, V) logits at every step; use a transformers version whose model "
+                f"takes logits_to_keep, or set chunked_token_kd=None (the loss is still chunked, the model builds "
+                f"its logits) or False (the models' full logits)"
+            )
 
     # -- the session -----------------------------------------------------------------------------
     def _uses_part_of_student_per_step(self) -> bool:
