@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill_core import DistillationConfig, Distillation, DistillError, TrainingConfig
+from distill_core import AdaptorError, DistillationConfig, Distillation, DistillError, TrainingConfig
 from distill_core.adaptors import LOGITS_TO_KEEP_ARGS, auto_adaptor_for, forward_keywords
 from tests.tiny_lm import causal_batch, tiny_llama
 
@@ -154,3 +154,21 @@ def test_chunked_token_kd_true_refuses_at_setup_a_student_that_would_build_full_
     # None chunks the loss all the same (the model builds its logits, the divergence does not)
     run = distiller(tmp_path, teacher, student, chunked_token_kd=None)
     run.train(torch.optim.SGD(student.parameters(), lr=0.5), dataloader=BATCHES[:1], num_epochs=1)
+
+
+def test_a_lora_adapter_on_the_output_head_is_not_chunked_away(tmp_path) -> None:
+    """Chunked token KD computes logits from the head's weight and bias: an adapter on the head would never train."""
+    with_head = ("q_proj", "lm_head")
+    with pytest.raises(
+        AdaptorError,
+        match=r"output head \(Linear\) holds parameters besides its weight and bias "
+        r"\(base_layer.weight, lora_A.default.weight, lora_B.default.weight\).*Leave the head out",
+    ):
+        distiller(tmp_path, tiny_llama(seed=0), lora_student(target_modules=with_head), chunked_token_kd=True)
+    student = lora_student(target_modules=with_head)
+    before = trainable(student)
+    run = distiller(tmp_path, confident_teacher(), student, chunked_token_kd=None)  # None: this student's full logits
+    run.train(torch.optim.SGD(student.parameters(), lr=0.5), dataloader=BATCHES[:2], num_epochs=1)
+    head_adapter = [name for name in before if "lm_head.lora_" in name]
+    assert len(head_adapter) == 2
+    assert all(not torch.equal(trainable(student)[name], before[name]) for name in head_adapter)

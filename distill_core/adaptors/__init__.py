@@ -39,6 +39,7 @@ from distill_core.adaptors.kinds import (
     MODEL_KINDS,
     ModelKind,
     forward_keywords,
+    head_extra_parameters,
     model_kind,
     output_head,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "checked_plain_step",
     "feature_mask",
     "forward_keywords",
+    "head_extra_parameters",
     "head_params",
     "is_chunked",
     "logits_view",

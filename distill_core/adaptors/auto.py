@@ -31,6 +31,7 @@ from distill_core.adaptors.kinds import (
     MODEL_KINDS,
     ModelKind,
     forward_keywords,
+    head_extra_parameters,
     model_kind,
     output_head,
 )
@@ -136,7 +137,8 @@ class CausalLMAdaptor(AutoAdaptor):
     hard-label loss is computed from ``logits_hidden``, ``logits_head`` and ``labels`` chunk by
     chunk. On the first call the adaptor checks that ``logits_head(hidden_states[-1])`` gives the
     model's own logits for the last position, so a model whose head does more (a scale, a bias
-    outside the head, soft-capping) fails with a clear error instead of distilling wrong logits.
+    outside the head, soft-capping) fails with a clear error instead of distilling wrong logits; a
+    head holding parameters besides its weight and bias (a LoRA adapter on it) is refused at once.
     """
 
     kind: ModelKind = "causal_lm"
@@ -149,6 +151,15 @@ class CausalLMAdaptor(AutoAdaptor):
             raise AdaptorError(
                 f"{self.model_name} has no output head: get_output_embeddings() must return a module with a "
                 f"2-D weight (V, D) for the causal-LM adaptor; pass your own adaptor instead"
+            )
+        extra = head_extra_parameters(head) if chunked else []
+        if extra:
+            raise AdaptorError(
+                f"{self.model_name}'s output head ({type(head).__name__}) holds parameters besides its weight and "
+                f"bias ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}), e.g. a LoRA adapter on the head; "
+                f"chunked token KD computes the logits from the head's weight and bias alone, so they would neither "
+                f"count nor train. Leave the head out of the adapter's target_modules, or let this model use its "
+                f"full logits (chunked_token_kd=None or False; chunked=False for auto_adaptor_for)"
             )
         self.head = head
         self.chunked = chunked

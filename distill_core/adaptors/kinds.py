@@ -34,6 +34,7 @@ __all__ = [
     "MODEL_KINDS",
     "ModelKind",
     "forward_keywords",
+    "head_extra_parameters",
     "model_kind",
     "output_head",
 ]
@@ -107,6 +108,16 @@ def output_head(model: nn.Module) -> nn.Module | None:
     if isinstance(head, nn.Module) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
         return head
     return None
+
+
+def head_extra_parameters(head: nn.Module) -> list[str]:
+    """Return the names of ``head``'s parameters other than its own ``weight`` and ``bias``.
+
+    A plain head (``nn.Linear``, a tied embedding) has none. A head wrapped by an adapter (peft's
+    LoRA on ``lm_head``: ``base_layer.weight``, ``lora_A.default.weight``, ...) computes more than
+    ``hidden @ weight.T + bias``, which is all chunked token KD computes from it.
+    """
+    return [name for name, _ in head.named_parameters() if name not in ("weight", "bias")]
 
 
 def _auto_class_names(mapping: str) -> set[str]:

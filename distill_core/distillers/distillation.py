@@ -26,7 +26,9 @@ from distill_core.adaptors import (
     BoundAdaptor,
     checked_first_step,
     forward_keywords,
+    head_extra_parameters,
     model_kind,
+    output_head,
 )
 from distill_core.batches import call_model
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
@@ -119,11 +121,19 @@ class ComposedDistillation(BaseDistiller):
                 f"DistillationConfig.chunked_token_kd=True, but {why_not}; set chunked_token_kd=None (chunk when "
                 f"possible) or False (the models' full logits)"
             )
+
+        def chunks(adaptor: Adaptor | None, model: nn.Module) -> bool:
+            if adaptor is not None or model_kind(model) != "causal_lm":
+                return False
+            # a head with an adapter on it cannot be chunked: None uses its logits, True lets the adaptor say why
+            head = output_head(model)
+            return bool(wanted) or head is None or not head_extra_parameters(head)
+
         plan: dict[tuple[str, Any], bool] = {}
         for key, adaptor in routing.adaptors_S.items():
-            plan[("S", key)] = adaptor is None and model_kind(model_S) == "causal_lm"
+            plan[("S", key)] = chunks(adaptor, model_S)
         for key, adaptor in routing.adaptors_T.items():
-            plan[("T", key)] = adaptor is None and model_kind(self.teachers[key]) == "causal_lm"
+            plan[("T", key)] = chunks(adaptor, self.teachers[key])
         if wanted and not all(plan[("S", key)] for key in routing.adaptors_S):
             custom = any(a is not None for a in routing.adaptors_S.values())
             raise DistillError(
