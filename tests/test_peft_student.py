@@ -21,12 +21,16 @@ BATCHES = [causal_batch(seed=seed) for seed in range(4)]
 
 
 def lora_student(
-    *, task_type: str | None = "CAUSAL_LM", seed: int = 1, target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    *,
+    task_type: str | None = "CAUSAL_LM",
+    seed: int = 1,
+    width: int = 16,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> nn.Module:
     config = peft.LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=list(target_modules), task_type=task_type
     )
-    student = peft.get_peft_model(tiny_llama(width=16, seed=seed), config)
+    student = peft.get_peft_model(tiny_llama(width=width, seed=seed), config)
     torch.manual_seed(seed + 100)  # lora_B starts at zero: give it values so both adapter matrices get gradients
     with torch.no_grad():
         for name, parameter in student.named_parameters():
@@ -172,3 +176,155 @@ def test_a_lora_adapter_on_the_output_head_is_not_chunked_away(tmp_path) -> None
     head_adapter = [name for name in before if "lm_head.lora_" in name]
     assert len(head_adapter) == 2
     assert all(not torch.equal(trainable(student)[name], before[name]) for name in head_adapter)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+class Interrupt(Exception):
+    pass
+
+
+def checkpointed_run(output, *, student=None, stop_at=None, resume_from=None, seed=1) -> nn.Module:
+    """Six steps of a LoRA Llama student (width 32), a checkpoint every 2; the callback's metric makes best.pkl."""
+    student = lora_student(seed=seed, width=32) if student is None else student
+    run = distiller(
+        output,
+        confident_teacher(),
+        student,
+        chunked_token_kd=True,
+        training={"ckpt_steps": 2, "device": "cpu"},
+    )
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+
+    def callback(model, step):
+        if step == stop_at:
+            raise Interrupt
+        return -float(step)  # the best student is the first one
+
+    batches = [causal_batch(seed=seed) for seed in range(6)]
+    run.train(optimizer, dataloader=batches, num_epochs=1, callback=callback, resume_from=resume_from)
+    return student
+
+
+def state_size(state: dict[str, torch.Tensor], path) -> int:
+    torch.save(state, path)
+    return path.stat().st_size
+
+
+def test_checkpoints_of_a_lora_student_hold_its_adapter_not_the_frozen_base(tmp_path) -> None:
+    from distill_core.checkpoint import load_peft_student, load_state, load_student, state_path, student_path
+
+    student = checkpointed_run(tmp_path)
+    out = tmp_path / "out"
+    adapter = set(peft.get_peft_model_state_dict(student))  # peft's names: lora_A.weight, without the adapter's
+    trained = {name for name, p in student.named_parameters() if p.requires_grad}
+    assert len(adapter) == len(trained) == 8
+
+    saved = load_peft_student(student_path(out, 6))
+    assert set(saved["state_dict"]) == adapter and set(load_student(student_path(out, 6))) == adapter
+    assert saved["adapter_name"] == "default" and saved["peft_type"] == "LORA"
+    assert saved["base_model_class"] == "LlamaForCausalLM"
+    assert saved["peft_config"]["r"] == 4 and saved["peft_config"]["target_modules"] == ["q_proj", "v_proj"]
+    assert set(load_student(out / "best.pkl")) == adapter
+    full = load_state(state_path(out, 6))
+    assert set(full["student"]) == trained
+    assert set(full["student_peft"]["frozen"]) == set(student.state_dict()) - trained
+
+    base_size = state_size(student.get_base_model().state_dict(), tmp_path / "base.pt")
+    gs_size = student_path(out, 6).stat().st_size
+    print(f"frozen base {base_size} bytes; gs6.pkl {gs_size} bytes; full state {state_path(out, 6).stat().st_size}")
+    assert gs_size < base_size / 10
+    assert state_size(full["student"], tmp_path / "student.pt") < base_size / 10
+    assert state_path(out, 6).stat().st_size < base_size  # with the optimizer's state, RNG states and configs
+
+    # the file says what to build: the base again, the adapter from its config; peft's loader fills it in
+    rebuilt = peft.get_peft_model(tiny_llama(width=32, seed=1), peft.PeftConfig.from_peft_type(**saved["peft_config"]))
+    with torch.no_grad():
+        for parameter in rebuilt.parameters():
+            if parameter.requires_grad:
+                parameter.zero_()
+    result = peft.set_peft_model_state_dict(rebuilt, load_student(student_path(out, 6)))
+    assert not result.unexpected_keys
+    for name, value in rebuilt.state_dict().items():
+        assert torch.equal(value, student.state_dict()[name]), name
+
+
+def test_a_lora_student_resumed_from_its_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_path) -> None:
+    from distill_core.checkpoint import load_state, state_path, student_path
+
+    checkpointed_run(tmp_path / "reference")
+    with pytest.raises(Interrupt):
+        checkpointed_run(tmp_path / "resumed", stop_at=4)
+    resumed = checkpointed_run(tmp_path / "resumed", resume_from="latest")  # the student is built again
+    expected = load_state(state_path(tmp_path / "reference" / "out", 6))
+    actual = load_state(state_path(tmp_path / "resumed" / "out", 6))
+    for key in ("student", "optimizer", "run_state", "rng"):
+        assert_identical(expected[key], actual[key], key)
+    assert expected["optimizer"]["state"]
+    for name in ("gs6.pkl", "best.pkl"):
+        assert_identical(
+            torch.load(tmp_path / "reference" / "out" / name, weights_only=True),
+            torch.load(tmp_path / "resumed" / "out" / name, weights_only=True),
+            name,
+        )
+    assert set(expected["student"]) == {name for name, p in resumed.named_parameters() if p.requires_grad}
+    assert student_path(tmp_path / "resumed" / "out", 6).is_file()
+
+
+def assert_identical(expected, actual, where: str) -> None:
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(expected, actual), f"{where} differs"
+    elif isinstance(expected, dict):
+        assert set(expected) == set(actual), where
+        for key in expected:
+            assert_identical(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(expected) == len(actual), where
+        for index, (left, right) in enumerate(zip(expected, actual)):
+            assert_identical(left, right, f"{where}[{index}]")
+    else:
+        assert expected == actual, where
+
+
+def other_base_lora_student() -> nn.Module:
+    """The same LoRA shapes on another base: a wider MLP, which the adapter (q_proj, v_proj) does not touch."""
+    config = tiny_llama().config
+    config.intermediate_size = 48
+    torch.manual_seed(1)
+    base = type(tiny_llama())(config).eval()
+    lora = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    return peft.get_peft_model(base, lora)
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (
+            other_base_lora_student,
+            r"student \(frozen base\)\.base_model\.model\.model\.layers\.0\.mlp\.down_proj\.weight: "
+            r"shape \(32, 64\) in the checkpoint, \(32, 48\) now",
+        ),
+        (
+            lambda: peft.get_peft_model(
+                tiny_llama(width=32, seed=1),
+                peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+            ),
+            r"student\.peft_config\.lora_alpha: checkpoint 8, now 16",
+        ),
+        (
+            lambda: tiny_llama(width=32, seed=1),
+            r"the checkpoint holds a peft model's trained weights \(adapter 'default'\) without its frozen base, "
+            r"but this student is not a peft model",
+        ),
+    ],
+    ids=["other base", "other adapter config", "not a peft model"],
+)
+def test_resuming_a_lora_checkpoint_with_another_student_is_refused(tmp_path, build, expected) -> None:
+    from distill_core import CheckpointError
+    from distill_core.checkpoint import state_path
+
+    with pytest.raises(Interrupt):
+        checkpointed_run(tmp_path, stop_at=2)
+    with pytest.raises(CheckpointError, match=expected):
+        checkpointed_run(tmp_path, student=build(), resume_from=str(state_path(tmp_path / "out", 2)))
