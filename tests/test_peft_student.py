@@ -248,6 +248,23 @@ def test_checkpoints_of_a_lora_student_hold_its_adapter_not_the_frozen_base(tmp_
         assert torch.equal(value, student.state_dict()[name]), name
 
 
+def test_a_base_parameter_trained_beside_the_adapter_is_kept_under_its_own_name(tmp_path) -> None:
+    from distill_core.checkpoint import load_state, load_student, state_path, student_path
+
+    student = lora_student(seed=1, width=32)
+    norm = "base_model.model.model.norm.weight"
+    student.get_parameter(norm).requires_grad_(True)  # the user trains the final norm too
+    checkpointed_run(tmp_path, student=student)
+    saved = load_student(student_path(tmp_path / "out", 6))
+    assert norm in saved and len(saved) == 9
+    assert norm in load_state(state_path(tmp_path / "out", 6))["student"]
+    rebuilt = lora_student(seed=1, width=32)
+    assert not torch.equal(rebuilt.get_parameter(norm), student.get_parameter(norm))  # it trained
+    result = peft.set_peft_model_state_dict(rebuilt, saved)
+    assert not result.unexpected_keys
+    assert torch.equal(rebuilt.get_parameter(norm), student.get_parameter(norm))
+
+
 def test_a_lora_student_resumed_from_its_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_path) -> None:
     from distill_core.checkpoint import load_state, state_path, student_path
 

@@ -93,7 +93,7 @@ class Checkpointer:
         trained = trained_names(student)
         return {name: tensor for name, tensor in state.items() if name in trained}
 
-    def student_state(self, weights: dict[str, Any] | None = None) -> dict[str, Any]:
+    def student_state(self, *, weights: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``gs*.pkl`` and ``best.pkl`` hold: the student's ``state_dict``, or a peft student's adapter file.
 
         :param weights: :meth:`student_weights`, when already gathered (else gathered here: a collective).
@@ -158,7 +158,7 @@ class Checkpointer:
         student = self.student_weights()
         full = self._full_state(state, optimizer, scheduler, student)
         if runtime.is_main:
-            ckpt.save_atomic(self.student_state(student), ckpt.student_path(output_dir, step))
+            ckpt.save_atomic(self.student_state(weights=student), ckpt.student_path(output_dir, step))
             full_path = ckpt.state_path(output_dir, step)
             from distill_core.plugins import get_plugin_manager
 
