@@ -2,7 +2,8 @@
 
 Layout under ``output_dir``:
 
-- ``gs{step}.pkl``: the student's ``state_dict`` alone, for deployment (TextBrewer's file name).
+- ``gs{step}.pkl``: the student's ``state_dict`` alone, for deployment (TextBrewer's file name); for
+  a peft student its adapter and what it belongs to (:mod:`distill_core.student_state`).
 - ``checkpoints/step-{step:08d}.pt``: the full state (student, projections, optimizer, scheduler,
   run state, RNG states, configs, versions, plugin state) that ``resume_from`` reads. It is written
   before the callback of its step runs.
@@ -39,6 +40,7 @@ import torch
 
 from distill_core.atomic import save_atomic, write_text_atomic
 from distill_core.errors import CheckpointError
+from distill_core.student_state import PEFT_FORMAT, PEFT_FORMAT_VERSION
 
 FORMAT = "distill-checkpoint"
 FORMAT_VERSION = 1
@@ -215,10 +217,13 @@ def _load_verified(path: str | os.PathLike[str], map_location: Any) -> Any:
 
 
 def load_student(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """Return the student ``state_dict`` saved in ``path`` (``gs{step}.pkl`` or ``best.pkl``), checked.
+    """Return the student weights saved in ``path`` (``gs{step}.pkl`` or ``best.pkl``), checked.
 
-    The same as ``torch.load(path, weights_only=True)``, but a damaged file is an error
-    (:func:`verify_archive`) instead of silently changed weights.
+    For most students the file is the ``state_dict`` (``student.load_state_dict(load_student(path))``);
+    this is then the same as ``torch.load(path, weights_only=True)``, but a damaged file is an error
+    (:func:`verify_archive`) instead of silently changed weights. For a peft student it is the
+    adapter in peft's format, which ``set_peft_model_state_dict(model, load_student(path))`` loads;
+    :func:`load_peft_student` gives what it belongs to as well.
 
     :raises CheckpointError: the file is missing, damaged, or not a student file.
     """
@@ -230,6 +235,32 @@ def load_student(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> 
         )
     if not isinstance(state, dict):
         raise CheckpointError(f"{str(path)!r} is not a student file (a state_dict) written by distill")
+    if state.get("format") == PEFT_FORMAT:
+        return state["state_dict"]
+    return state
+
+
+def load_peft_student(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Return a peft student's ``gs{step}.pkl`` or ``best.pkl``, checked: its adapter and what it belongs to.
+
+    Keys: ``state_dict`` (the adapter in peft's format, for ``set_peft_model_state_dict``),
+    ``adapter_name``, ``peft_type`` (e.g. ``"LORA"``), ``peft_config`` (the adapter's config as a
+    dict, what peft's ``adapter_config.json`` holds), ``base_model_class``, ``format`` and
+    ``format_version``.
+
+    :raises CheckpointError: the file is missing, damaged, or not a peft student's file.
+    """
+    state = _load_verified(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != PEFT_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a peft student's file (a whole student's state_dict, or not a student file): "
+            f"load it with load_student(path)"
+        )
+    if state.get("format_version", 0) > PEFT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has peft student format version {state['format_version']}, newer than this distill "
+            f"reads ({PEFT_FORMAT_VERSION}); upgrade distill"
+        )
     return state
 
 

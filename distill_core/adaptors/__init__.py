@@ -6,7 +6,8 @@ The package's modules import one way, so none of them needs a deferred import:
   (:func:`select_layers`, :func:`feature_mask`), and :func:`auto_adaptor` for plain Hugging Face
   outputs. Imports nothing from the package.
 - :mod:`~distill_core.adaptors.checks`: the checks of adaptor outputs. Imports the contract and ``logits``.
-- :mod:`~distill_core.adaptors.kinds`: model kinds (:func:`model_kind`) and the output head.
+- :mod:`~distill_core.adaptors.kinds`: model kinds (:func:`model_kind`), the output head, and
+  the keyword arguments a model call takes (:func:`forward_keywords`).
   Imports nothing from the package.
 - :mod:`~distill_core.adaptors.auto`: the automatic adaptors chosen by kind
   (:func:`auto_adaptor_for`). Imports the contract and ``kinds``.
@@ -32,7 +33,16 @@ from distill_core.adaptors.auto import (
 )
 from distill_core.adaptors.bound import BoundAdaptor
 from distill_core.adaptors.checks import check_adaptor_output, check_pair
-from distill_core.adaptors.kinds import IGNORE_INDEX, MODEL_KINDS, ModelKind, model_kind, output_head
+from distill_core.adaptors.kinds import (
+    IGNORE_INDEX,
+    LOGITS_TO_KEEP_ARGS,
+    MODEL_KINDS,
+    ModelKind,
+    forward_keywords,
+    head_extra_parameters,
+    model_kind,
+    output_head,
+)
 from distill_core.adaptors.first_step import check_terms, checked_first_step, checked_plain_step, losses_for_check
 from distill_core.adaptors.logits import (
     DenseLogits,
@@ -68,6 +78,7 @@ __all__ = [
     "HF_OUTPUT_NAMES",
     "HIDDEN_FEATURES",
     "IGNORE_INDEX",
+    "LOGITS_TO_KEEP_ARGS",
     "MODEL_KINDS",
     "Adaptor",
     "AutoAdaptor",
@@ -90,6 +101,8 @@ __all__ = [
     "checked_first_step",
     "checked_plain_step",
     "feature_mask",
+    "forward_keywords",
+    "head_extra_parameters",
     "head_params",
     "is_chunked",
     "logits_view",

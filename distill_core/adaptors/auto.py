@@ -18,7 +18,6 @@ with :func:`distill_core.modules.unwrap`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +25,16 @@ import torch
 from torch import nn
 
 from distill_core.adaptors.contract import ADAPTOR_KEYS, ENCODER_DECODER_FEATURES, HF_OUTPUT_NAMES, auto_adaptor
-from distill_core.adaptors.kinds import IGNORE_INDEX, MODEL_KINDS, ModelKind, model_kind, output_head
+from distill_core.adaptors.kinds import (
+    IGNORE_INDEX,
+    LOGITS_TO_KEEP_ARGS,
+    MODEL_KINDS,
+    ModelKind,
+    forward_keywords,
+    head_extra_parameters,
+    model_kind,
+    output_head,
+)
 from distill_core.errors import AdaptorError
 from distill_core.modules import unwrap
 
@@ -123,12 +131,14 @@ class CausalLMAdaptor(AutoAdaptor):
 
     Chunked mode never needs the model's (B, L, V) logits: the model is called with
     :attr:`model_kwargs` (``output_hidden_states=True``, ``logits_to_keep=1`` where the forward
-    takes it, ``use_cache=False``) and :meth:`model_batch` (no ``labels``), so it builds logits for
+    takes it, read through wrappers such as peft's by :func:`~distill_core.adaptors.kinds.forward_keywords`,
+    ``use_cache=False``) and :meth:`model_batch` (no ``labels``), so it builds logits for
     the last position only, (B, 1, V). ``losses`` is then absent (the model had no labels); a
     hard-label loss is computed from ``logits_hidden``, ``logits_head`` and ``labels`` chunk by
     chunk. On the first call the adaptor checks that ``logits_head(hidden_states[-1])`` gives the
     model's own logits for the last position, so a model whose head does more (a scale, a bias
-    outside the head, soft-capping) fails with a clear error instead of distilling wrong logits.
+    outside the head, soft-capping) fails with a clear error instead of distilling wrong logits; a
+    head holding parameters besides its weight and bias (a LoRA adapter on it) is refused at once.
     """
 
     kind: ModelKind = "causal_lm"
@@ -142,15 +152,21 @@ class CausalLMAdaptor(AutoAdaptor):
                 f"{self.model_name} has no output head: get_output_embeddings() must return a module with a "
                 f"2-D weight (V, D) for the causal-LM adaptor; pass your own adaptor instead"
             )
+        extra = head_extra_parameters(head) if chunked else []
+        if extra:
+            raise AdaptorError(
+                f"{self.model_name}'s output head ({type(head).__name__}) holds parameters besides its weight and "
+                f"bias ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}), e.g. a LoRA adapter on the head; "
+                f"chunked token KD computes the logits from the head's weight and bias alone, so they would neither "
+                f"count nor train. Leave the head out of the adapter's target_modules, or let this model use its "
+                f"full logits (chunked_token_kd=None or False; chunked=False for auto_adaptor_for)"
+            )
         self.head = head
         self.chunked = chunked
-        try:
-            parameters = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            parameters = {}
-        # Older transformers versions name it num_logits_to_keep.
-        self.logits_to_keep_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in parameters), None)
-        self.takes_use_cache = "use_cache" in parameters
+        # read through wrappers such as peft's PeftModel, whose forward(*args, **kwargs) hides the base model's
+        takes = forward_keywords(model, (*LOGITS_TO_KEEP_ARGS, "use_cache"))
+        self.logits_to_keep_arg = next((name for name in LOGITS_TO_KEEP_ARGS if name in takes), None)
+        self.takes_use_cache = "use_cache" in takes
         self._head_checked = False
 
     @property

@@ -20,7 +20,16 @@ from typing import Any
 
 from torch import nn
 
-from distill_core.adaptors import Adaptor, BoundAdaptor, checked_first_step, model_kind
+from distill_core.adaptors import (
+    LOGITS_TO_KEEP_ARGS,
+    Adaptor,
+    BoundAdaptor,
+    checked_first_step,
+    forward_keywords,
+    head_extra_parameters,
+    model_kind,
+    output_head,
+)
 from distill_core.batches import call_model
 from distill_core.config import CustomMatch, DistillationConfig, TrainingConfig
 from distill_core.distillers.base import BaseDistiller
@@ -114,11 +123,19 @@ class ComposedDistillation(BaseDistiller):
                 f"DistillationConfig.chunked_token_kd=True, but {why_not}; set chunked_token_kd=None (chunk when "
                 f"possible) or False (the models' full logits)"
             )
+
+        def chunks(adaptor: Adaptor | None, model: nn.Module) -> bool:
+            if adaptor is not None or model_kind(model) != "causal_lm":
+                return False
+            # a head with an adapter on it cannot be chunked: None uses its logits, True lets the adaptor say why
+            head = output_head(model)
+            return bool(wanted) or head is None or not head_extra_parameters(head)
+
         plan: dict[tuple[str, Any], bool] = {}
         for key, adaptor in routing.adaptors_S.items():
-            plan[("S", key)] = adaptor is None and model_kind(model_S) == "causal_lm"
+            plan[("S", key)] = chunks(adaptor, model_S)
         for key, adaptor in routing.adaptors_T.items():
-            plan[("T", key)] = adaptor is None and model_kind(self.teachers[key]) == "causal_lm"
+            plan[("T", key)] = chunks(adaptor, self.teachers[key])
         if wanted and not all(plan[("S", key)] for key in routing.adaptors_S):
             custom = any(a is not None for a in routing.adaptors_S.values())
             raise DistillError(
@@ -127,7 +144,24 @@ class ComposedDistillation(BaseDistiller):
                 f"this student is {type(unwrap(model_S)).__name__} with "
                 f"{'a custom adaptor' if custom else 'no causal-LM head'}"
             )
+        if wanted:
+            self._check_logits_to_keep(plan, model_S)
         return plan
+
+    def _check_logits_to_keep(self, plan: dict[tuple[str, Any], bool], model_S: nn.Module) -> None:
+        """chunked_token_kd=True promises no (B, L, V) logits: refuse a chunked model that would build them."""
+        for (side, key), chunked in plan.items():
+            model = model_S if side == "S" else self.teachers[key]
+            if not chunked or forward_keywords(model, LOGITS_TO_KEEP_ARGS):
+                continue
+            who = "the student" if side == "S" else "the teacher" if len(self.teachers) == 1 else f"teacher {key!r}"
+            raise DistillError(
+                f"DistillationConfig.chunked_token_kd=True, but {who} ({type(unwrap(model)).__name__}) takes neither "
+                f"{' nor '.join(LOGITS_TO_KEEP_ARGS)}, in its forward or in that of a model its forward(**kwargs) "
+                f"wraps, so it would build its (B, L, V) logits at every step; use a transformers version whose model "
+                f"takes logits_to_keep, or set chunked_token_kd=None (the loss is still chunked, the model builds "
+                f"its logits) or False (the models' full logits)"
+            )
 
     # -- the session -----------------------------------------------------------------------------
     def _uses_part_of_student_per_step(self) -> bool:

@@ -1,5 +1,8 @@
 """Full-state checkpoints of a run: write them, find the one to resume from, restore it, refuse a mismatch.
 
+What a checkpoint holds of the student is :mod:`distill_core.student_state`'s to say: the whole
+``state_dict``, or for a peft student its trained weights with what they belong to.
+
 A :class:`Checkpointer` is given what it saves: the runtime (ranks, sharding, the GradScaler), the
 training and distillation configs (recorded, and compared on resume) and the
 :class:`~distill_core.modules.Trainables` (the student and projections, one module). File names,
@@ -23,6 +26,13 @@ import torch
 from distill_core import checkpoint as ckpt
 from distill_core.errors import CheckpointError
 from distill_core.rng import capture_rng, restore_rng
+from distill_core.student_state import (
+    metadata_differences,
+    peft_adapter_name,
+    peft_metadata,
+    student_file,
+    trained_names,
+)
 
 if TYPE_CHECKING:
     from distill_core.config import DistillationConfig, TrainingConfig
@@ -63,15 +73,44 @@ class Checkpointer:
         # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses
         return {"distill": str(__version__), "torch": str(torch.__version__), "plugins": used}
 
-    def student_state(self) -> dict[str, Any]:
-        """The student's full ``state_dict`` (gathered from all ranks when it is sharded; a collective)."""
+    def student_weights(self) -> dict[str, Any]:
+        """What the full state holds of the student (gathered from all ranks when it is sharded; a collective).
+
+        The whole ``state_dict``; for a peft student only what trains (:mod:`distill_core.student_state`).
+        """
         student = self.trainables.student
+        peft = peft_adapter_name(student) is not None
         if self.runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(student, options=options)
-        return student.state_dict()
+            # a peft student's frozen base is never gathered
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=peft)
+            state = get_model_state_dict(student, options=options)
+        else:
+            state = student.state_dict()
+        if not peft:
+            return state
+        trained = trained_names(student)
+        return {name: tensor for name, tensor in state.items() if name in trained}
+
+    def student_state(self, *, weights: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``gs*.pkl`` and ``best.pkl`` hold: the student's ``state_dict``, or a peft student's adapter file.
+
+        :param weights: :meth:`student_weights`, when already gathered (else gathered here: a collective).
+        """
+        weights = self.student_weights() if weights is None else weights
+        if peft_adapter_name(self.trainables.student) is None:
+            return weights
+        return student_file(self.trainables.student, weights)
+
+    def _student_peft(self) -> dict[str, Any] | None:
+        """A peft student's metadata for the full state (its frozen entries' names and shapes included), or None."""
+        student = self.trainables.student
+        if peft_adapter_name(student) is None:
+            return None
+        trained = trained_names(student)
+        frozen = {name: tensor for name, tensor in student.state_dict().items() if name not in trained}
+        return peft_metadata(student, frozen=frozen)
 
     def _optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         if self.runtime.student_sharded:
@@ -87,6 +126,7 @@ class Checkpointer:
         epoch_rngs = runtime.gather(state.epoch_start_rng)
         run_state = state.state_dict()
         run_state["epoch_start_rng"] = epoch_rngs[0]
+        student_peft = self._student_peft()
         return {
             "format": ckpt.FORMAT,
             "format_version": ckpt.FORMAT_VERSION,
@@ -107,16 +147,18 @@ class Checkpointer:
             "config": self._configs_json(),
             "versions": self._versions(),
             "plugins": {},
+            # only for a peft student, so every other student's checkpoint keeps its format exactly
+            **({"student_peft": student_peft} if student_peft is not None else {}),
         }
 
     # -- writing -------------------------------------------------------------------------------
     def save(self, state: RunState, optimizer: Any, scheduler: Any) -> None:
         """Write ``gs{N}.pkl`` and the full state of step N, then prune old checkpoints."""
         runtime, output_dir, step = self.runtime, self.config.output_dir, state.global_step
-        student = self.student_state()
+        student = self.student_weights()
         full = self._full_state(state, optimizer, scheduler, student)
         if runtime.is_main:
-            ckpt.save_atomic(student, ckpt.student_path(output_dir, step))
+            ckpt.save_atomic(self.student_state(weights=student), ckpt.student_path(output_dir, step))
             full_path = ckpt.state_path(output_dir, step)
             from distill_core.plugins import get_plugin_manager
 
@@ -160,6 +202,7 @@ class Checkpointer:
         """Load a full-state checkpoint into the models, optimizer, scheduler, run state and RNG."""
         runtime, trainables = self.runtime, self.trainables
         self._check_compatible(saved, optimizer, scheduler)
+        peft = peft_adapter_name(trainables.student) is not None
         if runtime.student_sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -168,9 +211,12 @@ class Checkpointer:
             )
 
             options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(trainables.student, saved["student"], options=options)
+            student_options = StateDictOptions(full_state_dict=True, strict=not peft)
+            set_model_state_dict(trainables.student, saved["student"], options=student_options)
         else:
-            trainables.student.load_state_dict(saved["student"])
+            # a peft student's frozen base is not in the checkpoint: _check_compatible made sure that
+            # the checkpoint holds exactly what trains
+            trainables.student.load_state_dict(saved["student"], strict=not peft)
         trainables.projections.load_state_dict(saved["projections"])
         trainables.custom_projections.load_state_dict(saved["custom_projections"])
         if runtime.student_sharded:
@@ -235,6 +281,7 @@ class Checkpointer:
         scheduler_difference = self._scheduler_difference(saved, scheduler)
         if scheduler_difference:
             differences.append(scheduler_difference)
+        differences += metadata_differences(saved.get("student_peft"), self._student_peft())
         for name, module in (
             ("student", trainables.student),
             ("projections", trainables.projections),
@@ -242,6 +289,9 @@ class Checkpointer:
         ):
             old = saved.get(name, {})
             new = module.state_dict()
+            if name == "student" and peft_adapter_name(module) is not None:
+                trained = trained_names(module)
+                new = {key: tensor for key, tensor in new.items() if key in trained}
             found = []
             for key in sorted(set(old) | set(new)):
                 if key not in new:
