@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from distill_core.data import sampling_like
 
 if TYPE_CHECKING:
     from distill_core.runtime import Runtime
@@ -48,6 +51,7 @@ class BatchSource:
         self.dataloader = dataloader
         self.role = role
         self.keyed: KeyedLoader | None = None
+        self.sharded: list[tuple[Any, Any]] = []  # (the user's loader, the loader each rank reads instead)
 
     def tasks(self) -> list[str | None]:
         return [None]
@@ -60,7 +64,17 @@ class BatchSource:
 
     def shard(self, runtime: Runtime, seed: int) -> None:
         """Give each rank its share of the data (under torch.distributed)."""
-        self.dataloader = runtime.shard_data(self.dataloader, self.role, seed)
+        given = self.dataloader
+        self.dataloader = runtime.shard_data(given, self.role, seed)
+        self.sharded = [(given, self.dataloader)]
+
+    def users_loaders_as_read(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block, the user's own DataLoader objects sample as this rank reads them (after :meth:`shard`).
+
+        So ``len(loader)`` in code of the user's that runs there (an LR scheduler factory) counts this
+        rank's batches per epoch, not the whole dataset's.
+        """
+        return sampling_like(self.sharded)
 
     def set_epoch(self, epoch: int) -> None:
         from distill_core.runtime.distributed import set_sampler_epoch
@@ -113,6 +127,7 @@ class TaskMixture(BatchSource):
         weights = torch.tensor(sizes, dtype=torch.float64) ** tau
         self.probabilities = weights / weights.sum()
         self.keyed_tasks: dict[str, Any] = {}
+        self.sharded = []
 
     def tasks(self) -> list[str | None]:
         return list(self.task_names)
@@ -121,10 +136,11 @@ class TaskMixture(BatchSource):
         return None
 
     def shard(self, runtime: Runtime, seed: int) -> None:
+        given = self.dataloaders
         self.dataloaders = {
-            task: runtime.shard_data(loader, f"dataloaders[{task!r}]", seed)
-            for task, loader in self.dataloaders.items()
+            task: runtime.shard_data(loader, f"dataloaders[{task!r}]", seed) for task, loader in given.items()
         }
+        self.sharded = [(given[task], self.dataloaders[task]) for task in self.task_names]
 
     def set_epoch(self, epoch: int) -> None:
         from distill_core.runtime.distributed import set_sampler_epoch

@@ -82,7 +82,7 @@ class TrainingLoop:
         term_names: list[str],
         checkpoints: Checkpointer,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        make_scheduler: Callable[[int], Any] | None,
         source: BatchSource,
         num_epochs: int | None,
         num_steps: int | None,
@@ -98,6 +98,9 @@ class TrainingLoop:
         :param teachers: the teacher source that prepares each micro-batch.
         :param compute_loss: the distiller's ``compute_loss``.
         :param term_names: the names of the loss terms, in the order of ``StepLoss.terms``.
+        :param make_scheduler: builds the LR scheduler from the run's number of optimisation steps;
+            :meth:`setup` calls it once the data is sharded and the steps are counted, while the
+            user's DataLoader objects sample as this rank reads them (their ``len`` is this rank's).
         """
         self.runtime = runtime
         self.config = config
@@ -108,7 +111,8 @@ class TrainingLoop:
         self.checkpoints = checkpoints
         self.evaluator = Evaluator(runtime, config, checkpoints, trainables)
         self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.make_scheduler = make_scheduler
+        self.scheduler: Any = None  # built by setup()
         self.source = source
         self.callback = callback
         self.max_grad_norm = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else None
@@ -124,6 +128,7 @@ class TrainingLoop:
         self._last: StepLoss | None = None  # the last micro-batch's loss: its weights and temperature are logged
         self._plain_steps: dict[int, StepInfo] = {}
         self._zero_flag: torch.Tensor | None = None  # a step's flag when positions counted, once steps carry flags
+        self._set_up = False
 
     def _zero_grad(self) -> None:
         """``optimizer.zero_grad(set_to_none=True)``.
@@ -192,7 +197,12 @@ class TrainingLoop:
         return self.state.global_step % eval_steps == 0 or self.state.global_step >= self.state.total_steps
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self, resume: dict[str, Any] | None = None) -> RunState:
+    def setup(self, resume: dict[str, Any] | None = None) -> None:
+        """Shard the data, count the steps and build the LR scheduler; writes nothing.
+
+        Separate from :meth:`run` so the caller can still refuse the run (a scheduler factory that
+        fails) before anything of a previous run is cleared.
+        """
         state, runtime = self.state, self.runtime
         if resume is not None and resume["run_state"].get("data_seed") is not None:
             state.data_seed = resume["run_state"]["data_seed"]  # shard the data as the saved run did
@@ -204,6 +214,17 @@ class TrainingLoop:
             self.source.record_example_keys()
         self._count_steps()
         self._ckpt_positions = self._checkpoint_positions()
+        if self.make_scheduler is not None:
+            # a schedule lasts the run's steps: the factory gets their number, and len() of the
+            # user's own DataLoader in it counts this rank's batches (the same script under torchrun)
+            with self.source.users_loaders_as_read():
+                self.scheduler = self.make_scheduler(state.total_steps)
+        self._set_up = True
+
+    def run(self, resume: dict[str, Any] | None = None) -> RunState:
+        if not self._set_up:
+            self.setup(resume)
+        state, runtime = self.state, self.runtime
         if resume is not None:
             self.checkpoints.restore(resume, self.optimizer, self.scheduler, state)
         tracker = runtime.make_tracker(self.term_names, state.total_steps, state.global_step)

@@ -11,6 +11,10 @@ Two workloads, the same in every process:
 Data: a DataLoader over a list of examples with ``batch_size`` per process and no shuffling, so two
 processes with batch 4 see, step by step, the same examples as one process with batch 8.
 
+LR schedule: the README's pattern as users write it, ``scheduler=lambda opt:
+get_linear_schedule_with_warmup(opt, 0, len(loader) * epochs)``, with ``loader`` the script's own
+(unsharded) DataLoader: the same script must give the same schedule under torchrun.
+
     torchrun --standalone --nproc_per_node 2 tests/_distributed_worker.py OUT --workload bert \\
         [--fsdp student|teachers] [--resume] [--block-at STEP --marker FILE]
         [--shuffle] [--teacher-cache DIR]
@@ -187,10 +191,12 @@ def run(
     random.seed(11)  # every RNG a checkpoint captures starts the same in every run
     numpy.random.seed(13)
     torch.manual_seed(1234)
+    from transformers import get_linear_schedule_with_warmup
+
     with distiller:
         state = distiller.train(
             optimizer,
-            None,
+            lambda opt: get_linear_schedule_with_warmup(opt, 0, len(loader) * EPOCHS),
             loader,
             num_epochs=EPOCHS,
             callback=callback,
@@ -198,6 +204,8 @@ def run(
             resume_from="latest" if resume else None,
             output_hidden_states=workload == "bert",
         )
+    lrs = " ".join(f"{group['lr']:.6g}" for group in optimizer.param_groups)
+    print(f"rank {os.environ.get('RANK', '0')}: final lr {lrs}", flush=True)
     if distiller.teacher_cache is not None:
         summary = distiller.teacher_cache.last_summary["0"]
         counts = " ".join(f"{name}={summary[name]}" for name in ("hits", "misses", "stored", "entries"))

@@ -113,6 +113,19 @@ def test_ddp_student_equals_a_single_process_run_with_the_combined_batch(ddp) ->
         assert value == pytest.approx(expected_value, rel=1e-4)
 
 
+def test_a_scheduler_built_from_len_of_the_users_own_loader_ends_as_in_one_process(ddp) -> None:
+    """The README's ``lambda opt: get_linear_schedule_with_warmup(opt, 0, len(loader) * epochs)``, the
+    same script under torchrun: ``len(loader)`` counts this rank's share, so the linear decay ends at 0
+    at the last step, as in one process (it ended half-way when it counted the whole dataset)."""
+    logged, reference = read_scalars(ddp.out / "logs"), read_scalars(ddp.single / "logs")
+    for tag in ("lr/group0", "lr/group1"):  # the student's group and the projection's
+        assert [step for step, _ in logged[tag]] == [step for step, _ in reference[tag]] == [2, 4, 6, 8]
+        assert [value for _, value in logged[tag]] == pytest.approx([value for _, value in reference[tag]])
+        assert reference[tag][-1][1] == 0.0
+    for rank in (0, 1):
+        assert f"rank {rank}: final lr 0 0" in ddp.stdout
+
+
 def test_the_process_group_distill_made_is_destroyed_at_exit(ddp) -> None:
     """Left to the interpreter's teardown, gloo's threads once aborted a finished rank (SIGABRT)."""
     for rank in (0, 1):

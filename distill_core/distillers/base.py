@@ -10,6 +10,7 @@ returned; leaving the session puts the plain modules back.
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from distill_core.batches import BatchSource
 from distill_core.config import DistillationConfig, TrainingConfig
 from distill_core.errors import DistillError, did_you_mean
 from distill_core.loop import TrainingLoop
+from distill_core.lr_scheduler import build_lr_scheduler, check_lr_scheduler
 from distill_core.state import RunState
 from distill_core.modules import Trainables, unwrap
 from distill_core.runtime import Runtime
@@ -175,7 +177,10 @@ class BaseDistiller(abc.ABC):
         :param optimizer: the student's optimizer; distill adds each projection's parameters to it as
             a group of its own (options from the match's ``proj``).
         :param scheduler: an LR scheduler instance, or a callable ``scheduler(optimizer)`` that builds
-            one after the projection groups are added (an instance built before cannot see them).
+            one after the projection groups are added (an instance built before cannot see them) and
+            the data is sharded: ``len(loader)`` of your DataLoader in it counts this process's
+            batches, and a step-count parameter it takes (``num_training_steps``, ``total_iters``,
+            ``T_max``, ``total_steps``), required or None, gets the run's number of optimisation steps.
         :param dataloader: the training batches (dicts call ``model(**batch)``, tuples ``model(*batch)``).
             Under torch.distributed a DataLoader gets a DistributedSampler (see docs/distributed.md).
         :param num_epochs: how many passes over ``dataloader`` (``num_train_epochs`` is the same).
@@ -185,7 +190,8 @@ class BaseDistiller(abc.ABC):
         :param num_steps: train for this many optimisation steps instead of epochs.
         :param max_grad_norm: clip the gradient norm of student and projections (None or <= 0: off).
         :param batch_postprocessor: applied to each batch before it moves to the device.
-        :param scheduler_class: with ``scheduler_args``, built after the projection groups are added.
+        :param scheduler_class: with ``scheduler_args``, built as the callable ``scheduler`` is; a
+            step-count argument left out (when required), None or ``"auto"`` gets the run's step count.
         :param resume_from: ``"latest"`` or a checkpoint path under ``output_dir/checkpoints``.
         :param args: extra keyword arguments for every model call.
         :returns: the final run state (global step, epoch, best metric, ...).
@@ -217,11 +223,14 @@ class BaseDistiller(abc.ABC):
             runtime.rebind_optimizer(optimizer)
             self._check_optimizer_holds_student(optimizer)
             self._add_projection_groups(optimizer)
-            scheduler = self._build_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
+            check_lr_scheduler(optimizer, scheduler, scheduler_class, scheduler_args)
             checkpoints = Checkpointer(runtime, self.train_config, self.distill_config, session.trainables)
             resume = checkpoints.resolve(resume_from)
-            if resume is None:
-                runtime.clear_previous_run()  # after the setup checks: a refused run deletes nothing
+            make_scheduler = None  # called with the run's step count, once the loop knows it
+            if scheduler is not None or scheduler_class is not None:
+                make_scheduler = functools.partial(
+                    build_lr_scheduler, optimizer, scheduler, scheduler_class, scheduler_args
+                )
             loop = TrainingLoop(
                 runtime,
                 self.train_config,
@@ -232,7 +241,7 @@ class BaseDistiller(abc.ABC):
                 term_names=self.term_names(),
                 checkpoints=checkpoints,
                 optimizer=optimizer,
-                scheduler=scheduler,
+                make_scheduler=make_scheduler,
                 source=source,
                 num_epochs=num_epochs,
                 num_steps=num_steps,
@@ -241,6 +250,9 @@ class BaseDistiller(abc.ABC):
                 batch_postprocessor=batch_postprocessor,
                 model_args=args,
             )
+            loop.setup(resume)  # the scheduler is built once the data is sharded and the steps counted
+            if resume is None:
+                runtime.clear_previous_run()  # after the setup checks: a refused run deletes nothing
             return loop.run(resume)
         finally:
             if entered_here:
@@ -332,37 +344,6 @@ class BaseDistiller(abc.ABC):
             if params:
                 optimizer.add_param_group({**options, "params": params})
                 known.update(id(p) for p in params)
-
-    def _build_scheduler(
-        self,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        scheduler_class: Any,
-        scheduler_args: dict[str, Any] | None,
-    ) -> Any:
-        if scheduler_class is not None:
-            if scheduler is not None:
-                raise TypeError("pass scheduler or scheduler_class (+ scheduler_args), not both")
-            return scheduler_class(optimizer, **(scheduler_args or {}))
-        if scheduler is None:
-            return None
-        if hasattr(scheduler, "step") and hasattr(scheduler, "optimizer"):
-            if scheduler.optimizer is not optimizer:
-                raise ValueError("the scheduler was built for another optimizer than the one passed to train()")
-            seen = len(getattr(scheduler, "base_lrs", optimizer.param_groups))
-            if seen < len(optimizer.param_groups):
-                # torch's schedulers keep one entry per group from their construction: such a
-                # scheduler either fails at its first step or leaves the projections unscheduled
-                raise ValueError(
-                    f"the scheduler was built before distill added {len(optimizer.param_groups) - seen} projection "
-                    f"parameter group(s) to the optimizer, so it cannot schedule their learning rate; pass "
-                    f"scheduler=lambda opt: YourScheduler(opt, ...) or scheduler_class=..., scheduler_args=... so "
-                    f"distill builds it after adding the groups"
-                )
-            return scheduler
-        if callable(scheduler):
-            return scheduler(optimizer)
-        raise TypeError(f"scheduler must be an LR scheduler or a callable taking the optimizer, got {scheduler!r}")
 
 
 @dataclass
