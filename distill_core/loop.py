@@ -124,7 +124,7 @@ class TrainingLoop:
         self.num_epochs = num_epochs
         self._num_steps = num_steps
         self._clip_params = list(trainables.parameters())
-        self.guard = NonFiniteGuard(term_names, config.nonfinite_policy)
+        self.guard = NonFiniteGuard(term_names, config.nonfinite_policy, cause=runtime.precision.weights_advice)
         self._last: StepLoss | None = None  # the last micro-batch's loss: its weights and temperature are logged
         self._plain_steps: dict[int, StepInfo] = {}
         self._zero_flag: torch.Tensor | None = None  # a step's flag when positions counted, once steps carry flags

@@ -39,9 +39,15 @@ class NonFiniteGuard:
     under ``"skip"`` such a step is skipped.
     """
 
-    def __init__(self, names: list[str], policy: str) -> None:
+    def __init__(self, names: list[str], policy: str, *, cause: str | None = None) -> None:
+        """
+        :param cause: a known likely cause of non-finite losses in this run and its fix (e.g. the
+            runtime's advice about float16 weights trained without mixed precision); the error names it
+            before the usual suspects.
+        """
         self.names = ["total", *names]
         self.policy = policy
+        self.cause = cause
         self.empty_column: int | None = None  # where a step's "no position counted" flag is, once steps carry one
 
     def count_empty_steps(self) -> None:
@@ -81,11 +87,16 @@ class NonFiniteGuard:
         named = [index for index in bad_terms if index > 0] or bad_terms  # "total" only if no term is bad
         first = min(steps[row] for row, values in enumerate(flags) if any(values[index] for index in named))
         plural = len(named) > 1
+        advice = (
+            "lower the learning rate, check the inputs and the loss"
+            if self.cause is None
+            else f"the likely cause: {self.cause}. Otherwise check the learning rate, the inputs and the loss"
+        )
         raise NonFiniteLossError(
             f"loss term{'s' if plural else ''} {', '.join(repr(self.names[index]) for index in named)} "
             f"{'were' if plural else 'was'} NaN or infinite at optimisation step {first} (found at step "
-            f"{state.global_step}: the check runs at logging points and checkpoints); lower the learning rate, "
-            f"check the inputs and the loss, or set TrainingConfig.nonfinite_policy='skip' to skip such steps"
+            f"{state.global_step}: the check runs at logging points and checkpoints); {advice}, or set "
+            f"TrainingConfig.nonfinite_policy='skip' to skip such steps"
         )
 
     def skip(self, values: torch.Tensor | list[torch.Tensor], runtime: Runtime) -> bool:

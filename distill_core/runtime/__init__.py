@@ -220,6 +220,7 @@ class Runtime:
         else:
             student.to(device)
         student_dtype = _floating_dtype(student)
+        self.precision.check_weights(student_dtype)
         for projections in (trainables.projections, trainables.custom_projections):
             projections.to(device=device, dtype=student_dtype)  # projections follow the student's dtype
         for teacher in teachers.values():
