@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from distill_core.adaptors import BoundAdaptor
     from distill_core.distillers.routing import TeacherRouting
     from distill_core.terms.loss import DistillationLoss
+    from distill_core.tracking import ExtraScalar
 
 __all__ = ["LiveTeachers", "NoTeachers", "TeacherSource"]
 
@@ -42,8 +43,12 @@ class TeacherSource:
         """The micro-batch with its teachers' outputs; ``examples``: its example keys when wanted."""
         raise NotImplementedError
 
-    def log_scalars(self) -> dict[str, float]:
-        """Extra scalars to write at logging points (host values only)."""
+    def log_scalars(self) -> dict[str, ExtraScalar]:
+        """Return extra scalars to write at logging points: host values of this rank.
+
+        Each says how ranks combine (:mod:`distill_core.tracking`): a ``Count`` is summed, a ``Ratio``
+        is the ratio of the summed parts, a float is averaged. Every rank returns the same names.
+        """
         return {}
 
     def close(self) -> None:

@@ -6,14 +6,42 @@ counted), logged as a count of steps. At a logging point the interval's vectors 
 across ranks (one all-reduce under torch.distributed) and read back to the host: one host-device
 sync every ``log_steps`` optimisation steps, none in between. Rank 0 writes tensorboardX scalars and
 draws the progress bar. The end of training (or early stopping) flushes a last, partial interval.
+
+Extra scalars (e.g. the teacher cache's) are host values each rank counts on its own; how they
+combine across ranks depends on what they are, so each says it: a :class:`Count` is summed (the
+entries every rank stored), a :class:`Ratio` is the ratio of the summed parts (hits / lookups of
+all ranks), a plain float is averaged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class Count:
+    """A count of this rank's; logged as the sum over ranks."""
+
+    value: float
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """This rank's ``numerator / denominator``; logged as the sum of numerators over the sum of denominators.
+
+    Not logged at a point where the summed denominator is 0 (nothing to rate).
+    """
+
+    numerator: float
+    denominator: float
+
+
+#: an extra scalar as a teacher source reports it; see the module docstring for how ranks combine
+ExtraScalar = float | Count | Ratio
 
 
 class Tracker:
@@ -96,18 +124,20 @@ class Tracker:
         lrs: list[float],
         temperature: float | torch.Tensor | None,
         stacked: torch.Tensor | None = None,
-        extra: dict[str, float] | None = None,
+        extra: Mapping[str, ExtraScalar] | None = None,
     ) -> list[float] | None:
         """Write the interval's means at ``global_step`` and start a new interval.
 
         ``stacked``: :meth:`interval`, if the caller already has it. ``extra``: more scalars (host
-        values, e.g. ``teacher_cache/hit_rate``), also shown in the progress bar. Returns the means that
-        were read (total first), or None when the interval was empty.
+        values, e.g. ``teacher_cache/hit_rate``), combined across ranks as their kind says (every rank
+        must pass the same names) and also shown in the progress bar. Returns the means that were read
+        (total first), or None when the interval was empty.
         """
         if stacked is None:
             stacked = self.interval()
         if stacked is None:
             return None
+        extra = self._combine_ranks(extra, stacked.device) if extra else None
         means = stacked.mean(dim=0)
         if isinstance(temperature, torch.Tensor):  # per-example temperatures: read with the losses
             temperature = temperature.detach().float().mean().reshape(1).to(means.device)
@@ -135,6 +165,28 @@ class Tracker:
             shown = {tag.rsplit("/", 1)[-1]: f"{value:.3g}" for tag, value in (extra or {}).items()}
             self.bar.set_postfix(loss=f"{total:.4g}", lr=f"{lrs[0]:.3g}" if lrs else "-", **shown, refresh=False)
         return values
+
+    def _combine_ranks(self, extra: Mapping[str, ExtraScalar], device: torch.device) -> dict[str, float]:
+        """The extra scalars of all ranks together (one all-reduce under torch.distributed)."""
+        parts: list[float] = []
+        for value in extra.values():
+            if isinstance(value, Ratio):
+                parts += [value.numerator, value.denominator]
+            else:
+                parts.append(value.value if isinstance(value, Count) else float(value))
+        if self.sum_across_ranks is not None:  # float64: counts stay exact past float32's 2**24
+            parts = self.sum_across_ranks(torch.tensor(parts, dtype=torch.float64, device=device)).tolist()
+        combined, index = {}, 0
+        for name, value in extra.items():
+            if isinstance(value, Ratio):
+                numerator, denominator = parts[index], parts[index + 1]
+                index += 2
+                if denominator:
+                    combined[name] = numerator / denominator
+                continue
+            combined[name] = parts[index] if isinstance(value, Count) else parts[index] / self.world_size
+            index += 1
+        return combined
 
     def scalars(self, tag_values: dict[str, float], global_step: int) -> None:
         if self.writer is not None:

@@ -266,6 +266,18 @@ def test_teacher_cache_under_ddp_each_rank_caches_its_own_examples_once_and_chan
     keys = [{record.key for record in read_records(index)[0]} for index in indexes]
     assert not keys[0] & keys[1] and keys[0] | keys[1] == set(range(worker.EXAMPLES))
     assert_close(student_at(tmp_path / "plain"), student_at(tmp_path / "cached"), TOLERANCE)
+    logged = read_scalars(tmp_path / "cached" / "logs")  # the entries of both ranks' files
+    assert logged["teacher_cache/entries"] == [(2, 16.0), (4, 32.0), (6, 32.0), (8, 32.0)]
+    assert logged["teacher_cache/hit_rate"] == [(2, 0.0), (4, 0.0), (6, 1.0), (8, 1.0)]
+
+
+def test_teacher_cache_entries_are_logged_as_the_total_of_all_ranks(tmp_path) -> None:
+    """A memory cache is per process: each rank holds the 16 examples its sampler gives it, and the
+    logged count is both ranks' (it was rank 0's alone: 8, 16, 16, 16)."""
+    torchrun(tmp_path / "memory", "--workload", "bert", "--teacher-cache", "memory")
+    logged = read_scalars(tmp_path / "memory" / "logs")
+    assert logged["teacher_cache/entries"] == [(2, 16.0), (4, 32.0), (6, 32.0), (8, 32.0)]
+    assert logged["teacher_cache/hit_rate"] == [(2, 0.0), (4, 0.0), (6, 1.0), (8, 1.0)]
 
 
 def test_every_distiller_runs_under_ddp_with_the_same_weights_on_every_rank(tmp_path) -> None:

@@ -191,6 +191,20 @@ def test_ranks_read_each_others_entries_when_keys_are_dataset_indices(tmp_path) 
     assert rank0.summary()["entries"] == 10
 
 
+def test_the_ranks_counts_for_the_logs_add_up_to_every_record_once(tmp_path) -> None:
+    """Summed over the ranks of a run, the counts give every record once: each rank counts its own
+    shard (its view of the others' lags), and the shards a larger earlier run left are split among them."""
+    for rank, keys in ((0, range(0, 4)), (1, range(4, 6)), (2, range(6, 9)), (3, range(9, 10))):  # a 4-process run
+        store = open_store(tmp_path, rank)
+        store.put_many([(key, entry(key, 2)) for key in keys])
+        store.close()
+    rank0, rank1 = open_store(tmp_path, 0), open_store(tmp_path, 1)  # now two processes
+    rank1.put_many([(key, entry(key, 2)) for key in range(10, 13)])  # rank 0 has not looked since
+    assert (rank0.count(2), rank1.count(2)) == (4 + 3, 5 + 1)
+    assert rank0.count(2) + rank1.count(2) == 13
+    assert rank0.count(1) == 4 + 2 + 3 + 1  # one process counts every shard, as it last read them
+
+
 def test_damaged_or_foreign_files_are_named_not_a_traceback(tmp_path) -> None:
     """A stray copy beside the shards is ignored; a rank that has not learnt the layout yet treats another
     rank's entry as a miss; a layout that does not fit the stored bytes, and a malformed meta.json, are

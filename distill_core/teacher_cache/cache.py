@@ -35,6 +35,7 @@ from distill_core.teacher_cache.keys import KIND_INDEX, BatchExamples, ExampleKe
 from distill_core.teacher_cache.encoder import Encoder
 from distill_core.teacher_cache.layout import Entry, Layout
 from distill_core.adaptors.logits import logits_view
+from distill_core.tracking import Count, Ratio
 from distill_core.teacher_cache.store import (
     DiskStore,
     MemoryStore,
@@ -348,15 +349,17 @@ class TeacherCache:
         teacher.stats.stored += len(unique)
 
     # -- reporting ---------------------------------------------------------------------------------
-    def scalars(self) -> dict[str, float]:
-        """Hit rate since the last call and entries stored, for the logs (host counters: no sync)."""
+    def scalars(self) -> dict[str, Count | Ratio]:
+        """This rank's hit rate since the last call and its part of the entries, for the logs (host counters).
+
+        Under torch.distributed the tracker sums the parts: the entries of every rank's files (or
+        memory), and the hits over the lookups of all ranks.
+        """
         hits, misses = self._interval
         self._interval = [0, 0]
-        entries = sum(teacher.store.count() for teacher in self.teachers.values())
-        result = {"teacher_cache/entries": float(entries)}
-        if hits + misses:
-            result["teacher_cache/hit_rate"] = hits / (hits + misses)
-        return result
+        world_size = 1 if self.runtime is None else self.runtime.world_size
+        entries = sum(teacher.store.count(world_size) for teacher in self.teachers.values())
+        return {"teacher_cache/entries": Count(entries), "teacher_cache/hit_rate": Ratio(hits, hits + misses)}
 
     def summary(self) -> dict[str, Any]:
         """Per teacher: entries, bytes, rows, positions and this process's hits, misses and stores."""

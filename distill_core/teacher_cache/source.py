@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from distill_core.runtime import Runtime
     from distill_core.teacher_cache.keys import ExampleKeys
     from distill_core.terms.loss import DistillationLoss
+    from distill_core.tracking import ExtraScalar
 
 __all__ = ["CachedTeachers", "build_cache", "make_cache"]
 
@@ -121,8 +122,8 @@ class CachedTeachers(TeacherSource):
             assemble=assemble,
         )
 
-    def log_scalars(self) -> dict[str, float]:
-        """The cache's hit rate and entries, written with the losses at logging points."""
+    def log_scalars(self) -> dict[str, ExtraScalar]:
+        """The cache's hit rate and entries (of all ranks together), written with the losses at logging points."""
         return self.cache.scalars() if self.cache.is_open else {}
 
     def close(self) -> None:

@@ -84,7 +84,8 @@ class MemoryStore:
     def put_many(self, items: list[tuple[int, Entry]]) -> None:
         self.entries.update(items)
 
-    def count(self) -> int:
+    def count(self, world_size: int = 1) -> int:
+        """Entries of this process's memory (each rank has its own: a sum over ranks is the total)."""
         return len(self.entries)
 
     def summary(self) -> dict[str, int]:
@@ -103,6 +104,7 @@ class _Shard:
     """One rank's index and data files: its records by key, and reads of their payloads."""
 
     def __init__(self, folder: Path, rank: int) -> None:
+        self.rank = rank
         self.index_path = folder / f"rank-{rank:05d}.index"
         self.data_path = folder / f"rank-{rank:05d}.data"
         self.records: dict[int, Record] = {}
@@ -284,9 +286,17 @@ class DiskStore:
         self.own.index_end += len(records) * RECORD.size
         self._data_end = offset
 
-    def count(self) -> int:
-        """Entries this rank can read (records of every shard it reads; cheap, for the logs)."""
-        return len(self.own.records) + sum(len(shard.records) for shard in self.others)
+    def count(self, world_size: int = 1) -> int:
+        """This rank's part of the records, for the logs (cheap): summed over ``world_size`` ranks, each counts once.
+
+        Its own records, and those of the other shards it reads that no rank of this run writes (left
+        by a run with more processes), split among the ranks by rank modulo ``world_size``. In one
+        process: every record it reads. Another rank's records are its own to count: this rank's
+        view of them lags behind its writes.
+        """
+        own = self.own.rank
+        left = (shard for shard in self.others if shard.rank >= world_size and shard.rank % world_size == own)
+        return len(self.own.records) + sum(len(shard.records) for shard in left)
 
     def summary(self) -> dict[str, int]:
         shards = [self.own, *self.others]
