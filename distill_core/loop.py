@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from distill_core.batches import BatchSource, call_model, device_batches
+from distill_core.cadence import Cadence
 from distill_core.evaluation import Evaluator
 from distill_core.nonfinite import NonFiniteGuard, loss_vector
 from distill_core.positions import empty_step_error
@@ -167,35 +168,6 @@ class TrainingLoop:
         state.steps_per_epoch = math.ceil(batches / self.accumulation)
         state.total_steps = state.steps_per_epoch * self.num_epochs
 
-    # -- cadence ---------------------------------------------------------------------------------
-    def _checkpoint_positions(self) -> set[int]:
-        """Steps within an epoch at which epoch-mode checkpoints fall (the seed's rule)."""
-        per_epoch = self.state.steps_per_epoch
-        frequency = self.config.ckpt_frequency
-        positions = {int(per_epoch * index / frequency) for index in range(1, frequency)}
-        positions.add(per_epoch)
-        return {position for position in positions if position > 0}
-
-    def _is_checkpoint_step(self) -> bool:
-        state = self.state
-        if state.global_step >= state.total_steps:
-            return True  # the end of training is always saved
-        if self.config.ckpt_steps is not None:
-            return state.global_step % self.config.ckpt_steps == 0
-        if self.step_mode:
-            return False
-        epoch_number = state.epoch + 1
-        return state.step_in_epoch in self._ckpt_positions and (
-            epoch_number % self.config.ckpt_epoch_frequency == 0 or epoch_number == self.num_epochs
-        )
-
-    def _is_eval_step(self, checkpoint_now: bool) -> bool:
-        """The callback runs at checkpoints, or every ``eval_steps`` steps and at the end when that is set."""
-        eval_steps = self.config.eval_steps
-        if eval_steps is None:
-            return checkpoint_now
-        return self.state.global_step % eval_steps == 0 or self.state.global_step >= self.state.total_steps
-
     # -- the loop --------------------------------------------------------------------------------
     def setup(self, resume: dict[str, Any] | None = None) -> None:
         """Shard the data, count the steps and build the LR scheduler; writes nothing.
@@ -213,7 +185,7 @@ class TrainingLoop:
         if self.teachers.wants_example_keys:
             self.source.record_example_keys()
         self._count_steps()
-        self._ckpt_positions = self._checkpoint_positions()
+        self.cadence = Cadence(self.config, state, step_mode=self.step_mode, num_epochs=self.num_epochs)
         if self.make_scheduler is not None:
             # a schedule lasts the run's steps: the factory gets their number, and len() of the
             # user's own DataLoader in it counts this rank's batches (the same script under torchrun)
@@ -367,8 +339,8 @@ class TrainingLoop:
         state.global_step += 1
         state.step_in_epoch += 1
         tracker.add_step(state.global_step, values)
-        checkpoint_now = self._is_checkpoint_step()
-        evaluate_now = self.callback is not None and self._is_eval_step(checkpoint_now)
+        checkpoint_now = self.cadence.checkpoint_now()
+        evaluate_now = self.callback is not None and self.cadence.evaluate_now(checkpoint_now)
         log_now = state.global_step % self.config.log_steps == 0
         if log_now or checkpoint_now or evaluate_now:
             steps, stacked = list(tracker.steps), tracker.interval()
