@@ -284,3 +284,18 @@ def test_the_command_line_trains_from_a_run_file(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "top-1 agreement with the teacher" in done.stdout
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final").config.num_hidden_layers == 1
+
+
+def test_the_documented_example_is_a_valid_run_config() -> None:
+    from distill_core.run.config import RunConfig
+
+    page = (REPO / "docs" / "run-config.md").read_text(encoding="utf-8")
+    example = page.split("## A complete example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = RunConfig.model_validate(yaml.safe_load(example))
+    assert config.distillation.intermediate_matches[0].layer_T == 30 and config.data.format == "messages"
+
+
+def test_a_misspelt_section_gets_a_did_you_mean(garbage_models) -> None:
+    path = run_file(garbage_models)
+    path.write_text(path.read_text().replace("optimization:", "optimisation:"))
+    assert "optimisation: Extra inputs are not permitted; did you mean 'optimization'?" in refused(path)
