@@ -118,6 +118,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     from distill_core.config import DistillationConfig, TrainingConfig
     from distill_core.registry import get_registry
+    from distill_core.run.config import RunConfig
     from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 
     registry = get_registry()
@@ -130,6 +131,8 @@ def _schema(args: argparse.Namespace) -> int:
             "training": TrainingConfig.model_json_schema(),
             "distillation": DistillationConfig.model_json_schema(),
         },
+        # a run file (distill train RUN.yaml) holds these two sections and the others it names
+        "x-run-file": _run_file_schema(RunConfig, registry),
         "x-registry": {
             "kd_loss": registry.names("kd_loss", aliases=True),
             "match_loss": registry.names("match_loss", aliases=True),
@@ -141,6 +144,14 @@ def _schema(args: argparse.Namespace) -> int:
     _inject_enums(schema["properties"]["distillation"], registry)
     print(json.dumps(schema, indent=2))
     return 0
+
+
+def _run_file_schema(run_config: Any, registry: Any) -> dict[str, Any]:
+    schema = run_config.model_json_schema()
+    _inject_enums(schema, registry)  # the match and projection definitions sit at the top of the run schema
+    distillation = schema.get("$defs", {}).get("DistillationConfig", {})
+    distillation.get("properties", {}).get("kd_loss_type", {})["enum"] = registry.names("kd_loss", aliases=True)
+    return schema
 
 
 def _inject_enums(schema: dict[str, Any], registry: Any) -> None:
@@ -222,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     from distill_core.students.command import add_shrink_parser
 
     add_shrink_parser(sub)
+    from distill_core.run.command import add_train_parser
+
+    add_train_parser(sub)
     # listed for `distill --help`; main() hands everything after "demo" to the demo's own parser
     sub.add_parser("demo", help="distil a real MiniLM teacher on real data, or with --task lm SmolLM2-135M into a "
                    "small LM (see `distill demo --help`)")

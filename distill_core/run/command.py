@@ -1,0 +1,37 @@
+"""``distill train RUN.yaml [--dry-run] [section.field=value ...]``: the run file from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_train_parser(sub: Any) -> None:
+    """Add ``distill train`` to the ``distill`` command's subparsers."""
+    train = sub.add_parser(
+        "train",
+        help="run the whole distillation a run file describes (docs/run-config.md)",
+        description="Check the run file and everything it names without loading weights, then distil, evaluate "
+        "on held-out data and export the student (save_pretrained layout) to training.output_dir/export.folder.",
+    )
+    train.add_argument("run_file", help="the run file (.yaml, .yml or .json)")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.field=value",
+        help="settings over the file's, e.g. optimization.learning_rate=1e-4 (values read as YAML)",
+    )
+    train.add_argument("--dry-run", action="store_true", help="check, print the plan and stop; no weights are loaded")
+    train.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from distill_core.run import RunFileError, train_from_file
+
+    try:
+        train_from_file(args.run_file, overrides=args.overrides, dry_run=args.dry_run)
+    except RunFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

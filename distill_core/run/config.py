@@ -1,0 +1,144 @@
+"""``RunConfig``: the run file's sections (DESIGN §11), each a strict pydantic model.
+
+``training`` and ``distillation`` are the core's own :class:`~distill_core.config.TrainingConfig`
+and :class:`~distill_core.config.DistillationConfig`; the other sections say what the core API
+takes as arguments (models, data, optimiser settings) or what happens around it (evaluation,
+export). Paths are read relative to the current working folder, as a command line reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distill_core.config import DistillationConfig, TrainingConfig
+from distill_core.config.common import ConfigModel, SerializableConfig
+
+#: the dtypes a teacher may be loaded in (``torch.<name>``)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class TeacherSection(ConfigModel):
+    """The teacher: a local Hugging Face model folder (or a GGUF file in it)."""
+
+    path: str = Field(
+        min_length=1, description="folder of a causal LM saved with save_pretrained (config.json, weights)"
+    )
+    gguf_file: str | None = Field(
+        None, description="a GGUF file in `path` to read (dequantised by transformers) instead of config.json + weights"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the teacher is loaded in; it only runs forward passes"
+    )
+
+
+class StudentSection(ConfigModel):
+    """The student: its own model folder, trained in float32."""
+
+    path: str = Field(min_length=1, description="folder of the student causal LM (config.json, weights)")
+
+
+class DataSection(ConfigModel):
+    """The training (and held-out) examples and how they become token ids and labels."""
+
+    train_file: str = Field(min_length=1, description="a .jsonl, .json (a list of objects), .csv or .txt file")
+    eval_file: str | None = Field(None, description="held-out examples in the same format; None: see eval_fraction")
+    eval_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="with no eval_file, hold out this fraction of train_file (a fixed shuffle by training.seed); "
+        "0 and no eval_file: no evaluation",
+    )
+    format: Literal["text", "messages", "prompt_completion"] = Field(
+        "text",
+        description="text: language modelling on every token; messages: a chat through the tokenizer's chat "
+        "template, loss on assistant tokens only; prompt_completion: loss on the completion only",
+    )
+    text_column: str = Field(
+        "text", min_length=1, description="the column of a `text` example (a .txt file: each line)"
+    )
+    messages_column: str = Field("messages", min_length=1, description="the column holding [{role, content}, ...]")
+    prompt_column: str = Field("prompt", min_length=1)
+    completion_column: str = Field("completion", min_length=1)
+    tokenizer: str | None = Field(
+        None, description="folder of the tokenizer; None: the student's folder if it holds one, else the teacher's"
+    )
+    max_length: int = Field(512, ge=2, description="tokens per example (longer ones are cut); block size when packing")
+    packing: bool = Field(
+        False, description="text only: join all examples (separated by EOS) and cut them into blocks of max_length"
+    )
+
+    @model_validator(mode="after")
+    def _packing_is_for_text(self) -> DataSection:
+        if self.packing and self.format != "text":
+            raise ValueError(
+                f"packing joins `text` examples into blocks; format {self.format!r} keeps each example whole"
+            )
+        return self
+
+
+class OptimizationSection(ConfigModel):
+    """What the core API takes as ``train()`` arguments: batch size, length, optimiser and schedule."""
+
+    batch_size: int = Field(
+        8, ge=1, description="examples per micro-batch (effective batch: x gradient_accumulation_steps)"
+    )
+    num_epochs: int | None = Field(
+        None, ge=1, description="passes over the training data; None: 1 unless num_steps is set"
+    )
+    num_steps: int | None = Field(None, ge=1, description="optimisation steps instead of epochs")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate (peak, after warm-up)")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_fraction: float = Field(
+        0.0, ge=0, lt=1, description="linear warm-up over this fraction of the steps, then linear decay to 0"
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm; None: no clipping")
+    seed: int = Field(0, description="seeds the shuffle of examples, the held-out split and torch")
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> OptimizationSection:
+        if self.num_epochs is not None and self.num_steps is not None:
+            raise ValueError("set num_epochs or num_steps, not both")
+        return self
+
+
+class EvalSection(ConfigModel):
+    """The evaluation after training, on the held-out examples."""
+
+    batch_size: int = Field(8, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="evaluate on at most this many held-out examples")
+
+
+class ExportSection(ConfigModel):
+    """Where the trained student is written, in the save_pretrained layout."""
+
+    folder: str = Field("final", min_length=1, description="folder under training.output_dir")
+
+
+class RunConfig(SerializableConfig):
+    """A whole distillation: models, data, training, distillation, evaluation and export."""
+
+    teacher: TeacherSection
+    student: StudentSection
+    data: DataSection
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+    optimization: OptimizationSection = Field(default_factory=OptimizationSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+
+
+#: each section's name and model, in the order a run file lists them
+SECTION_MODELS: dict[str, type[ConfigModel]] = {
+    "teacher": TeacherSection,
+    "student": StudentSection,
+    "data": DataSection,
+    "training": TrainingConfig,
+    "distillation": DistillationConfig,
+    "optimization": OptimizationSection,
+    "eval": EvalSection,
+    "export": ExportSection,
+}
+REQUIRED_SECTIONS = ("teacher", "student", "data")

@@ -1,0 +1,104 @@
+"""The trained student in the ``save_pretrained`` layout, with a model card and the run config.
+
+``export_student`` writes ``config.json``, ``model.safetensors``, ``generation_config.json`` and
+the tokenizer's files (what ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` read), then ``README.md`` (the model card) and ``run.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill_core.atomic import write_text_atomic
+
+
+def sha256_of(paths: Iterable[str]) -> str:
+    """The sha256 of the data files' bytes, in order: the data fingerprint of the model card."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, version: str) -> str:
+    """The README.md of the exported student: where it came from, how it was trained, how it scored."""
+    teacher, data, distillation = run["teacher"], run["data"], run["distillation"]
+    optimization, training = run["optimization"], run["training"]
+    source = teacher["path"] + (f" ({teacher['gguf_file']})" if teacher.get("gguf_file") else "")
+    files = [data["train_file"]] + ([data["eval_file"]] if data.get("eval_file") else [])
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [distill, knowledge-distillation]",
+        "---",
+        "",
+        "# Distilled student",
+        "",
+        f"Distilled with distill {version} from the teacher `{source}` into the student `{run['student']['path']}`.",
+        "",
+        "## Recipe",
+        "",
+        f"- KD loss `{distillation['kd_loss_type']}` (weight {distillation['kd_loss_weight']:g}) at temperature "
+        f"{distillation['temperature']:g}; hard-label weight {distillation['hard_label_weight']:g}",
+        f"- intermediate matches: {len(distillation.get('intermediate_matches') or [])}",
+        f"- data: {', '.join(f'`{name}`' for name in files)}, format `{data['format']}`, max_length "
+        f"{data['max_length']}{', packed' if data.get('packing') else ''}",
+        f"- data fingerprint (sha256 of the data files): `{fingerprint}`",
+        f"- AdamW, learning rate {optimization['learning_rate']:g}, batch {optimization['batch_size']} x "
+        f"{training['gradient_accumulation_steps']} accumulation, "
+        + (
+            f"{optimization['num_steps']} steps"
+            if optimization.get("num_steps")
+            else f"{optimization.get('num_epochs') or 1} epoch(s)"
+        ),
+        "",
+        "The whole run configuration is in `run.yaml` beside this file.",
+        "",
+        "## Evaluation (held-out data)",
+        "",
+    ]
+    if results.get("tokens"):
+        lines += ["| model | loss | perplexity |", "|---|---|---|"]
+        for role in ("student", "teacher"):
+            if role in results:
+                lines.append(f"| {role} | {results[role]['loss']:.4f} | {results[role]['perplexity']:.2f} |")
+        if "top1_agreement" in results:
+            lines += [
+                "",
+                f"Top-1 agreement of the student with the teacher: {results['top1_agreement']:.1%} "
+                f"over {results['tokens']:,} tokens.",
+            ]
+    else:
+        lines.append("No held-out data was given (data.eval_file or data.eval_fraction).")
+    return "\n".join(lines) + "\n"
+
+
+def export_student(
+    student: nn.Module,
+    tokenizer: Any,
+    folder: str | Path,
+    *,
+    run: dict[str, Any],
+    results: dict[str, Any],
+    fingerprint: str,
+    version: str,
+) -> Path:
+    """Write the student to ``folder`` (save_pretrained layout, model card, run.yaml); return the folder."""
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    write_text_atomic(folder / "README.md", model_card(run, results, fingerprint, version))
+    write_text_atomic(folder / "run.yaml", yaml.safe_dump(run, sort_keys=False))
+    write_text_atomic(folder / "eval_results.json", json.dumps(results, indent=2) + "\n")
+    return folder

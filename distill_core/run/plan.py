@@ -1,0 +1,107 @@
+"""The plan ``distill train --dry-run`` prints: models, data, steps, KD path and outputs.
+
+Parameter counts are estimated from ``config.json`` (a Llama-style decoder: attention with grouped
+key/value heads, a gated MLP, RMS norms), so the plan costs no weight loading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill_core.run.checks import CheckedRun
+
+
+def estimate_parameters(settings: dict[str, Any]) -> int | None:
+    """Parameters of a Llama-style causal LM described by ``settings`` (config.json), or None if it says too little."""
+    try:
+        width, layers = int(settings["hidden_size"]), int(settings["num_hidden_layers"])
+        vocab, inner = int(settings["vocab_size"]), int(settings["intermediate_size"])
+        heads = int(settings["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    kv_heads = int(settings.get("num_key_value_heads") or heads)
+    head_dim = int(settings.get("head_dim") or width // heads)
+    attention = 2 * width * heads * head_dim + 2 * width * kv_heads * head_dim
+    block = attention + 3 * width * inner + 2 * width
+    head = 0 if settings.get("tie_word_embeddings", True) else vocab * width
+    return vocab * width + layers * block + width + head
+
+
+@dataclass
+class Plan:
+    """What a run will do, worked out from the checked run and the tokenised examples."""
+
+    teacher_parameters: int | None
+    student_parameters: int | None
+    train_examples: int
+    train_tokens: int
+    counted_tokens: int
+    eval_examples: int
+    steps: int
+    effective_batch: int
+    kd_path: str
+    output_dir: str
+    export_dir: str
+
+    def lines(self, checked: CheckedRun) -> list[str]:
+        """The plan as the lines ``--dry-run`` prints."""
+        config = checked.config
+
+        def count(value: int | None) -> str:
+            return "unknown (no Llama-style config.json)" if value is None else f"~{value / 1e6:,.1f}M parameters"
+
+        source = (
+            f"{config.teacher.path}/{config.teacher.gguf_file}" if config.teacher.gguf_file else config.teacher.path
+        )
+        return [
+            f"teacher: {source} ({count(self.teacher_parameters)}, {config.teacher.dtype})",
+            f"student: {config.student.path} ({count(self.student_parameters)}, float32)",
+            f"tokenizer: {checked.tokenizer_path}",
+            f"data: {self.train_examples} training examples ({config.data.format}"
+            f"{', packed' if config.data.packing else ''}, max_length {config.data.max_length}), "
+            f"{self.train_tokens:,} tokens, {self.counted_tokens:,} with a label",
+            f"held out: {self.eval_examples} examples" + ("" if self.eval_examples else " (no evaluation)"),
+            f"steps: {self.steps} (effective batch {self.effective_batch} = batch_size "
+            f"{config.optimization.batch_size} x gradient_accumulation_steps "
+            f"{config.training.gradient_accumulation_steps})",
+            f"KD: {config.distillation.kd_loss_type} at temperature {config.distillation.temperature:g}, "
+            f"hard_label_weight {config.distillation.hard_label_weight:g}; {self.kd_path}",
+            f"outputs: checkpoints and logs in {self.output_dir}; the student in {self.export_dir}",
+        ]
+
+
+def kd_path(config: Any) -> str:
+    """Which KD computation the distiller will take for two causal LMs with automatic adaptors."""
+    distillation = config.distillation
+    needs_full = distillation.temperature_schedule()[0] not in ("none", "constant") or distillation.probability_shift
+    if distillation.chunked_token_kd is False or (distillation.chunked_token_kd is None and needs_full):
+        return "full logits (B, L, V)"
+    return "chunked from hidden states x output head"
+
+
+def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], eval_count: int) -> Plan:
+    """Work out the plan of a checked run whose training examples are tokenised."""
+    config = checked.config
+    batches = math.ceil(len(train_examples) / config.optimization.batch_size)
+    accumulation = config.training.gradient_accumulation_steps
+    if config.optimization.num_steps is not None:
+        steps = config.optimization.num_steps
+    else:
+        steps = (config.optimization.num_epochs or 1) * math.ceil(batches / accumulation)  # as the loop counts
+    output_dir = config.training.output_dir
+    return Plan(
+        teacher_parameters=estimate_parameters(checked.teacher_config),
+        student_parameters=estimate_parameters(checked.student_config),
+        train_examples=len(train_examples),
+        train_tokens=sum(len(example["input_ids"]) for example in train_examples),
+        counted_tokens=sum(sum(label != -100 for label in example["labels"]) for example in train_examples),
+        eval_examples=eval_count,
+        steps=steps,
+        effective_batch=config.optimization.batch_size * accumulation,
+        kd_path=kd_path(config),
+        output_dir=output_dir,
+        export_dir=str(Path(output_dir) / config.export.folder),
+    )

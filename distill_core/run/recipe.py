@@ -1,0 +1,195 @@
+"""The run file's recipe, top to bottom: check, tokenise, plan, load, distil, evaluate, export.
+
+Built on the core API (DESIGN §11): the models go to :class:`~distill_core.Distillation` with the
+automatic causal-LM adaptors, the batches come from a plain DataLoader, and ``train()`` runs the
+one training loop. Nothing here trains in a way the API cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill_core.run.checks import CheckedRun, check_run
+from distill_core.run.data import DataFileError, build_examples, make_loader, pad_id_of
+from distill_core.run.files import Problem, RunFileError, apply_overrides, read_run_file
+from distill_core.run.plan import Plan, make_plan
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    """What a run produced (the student is None after a dry run)."""
+
+    checked: CheckedRun
+    plan: Plan
+    student: Any = None
+    results: dict[str, Any] = field(default_factory=dict)
+    export_dir: Path | None = None
+
+
+@dataclass
+class PreparedRun:
+    """A checked run with its tokenizer and tokenised examples: everything but the weights."""
+
+    checked: CheckedRun
+    tokenizer: Any
+    train_examples: list[dict[str, list[int]]]
+    eval_examples: list[dict[str, list[int]]]
+    plan: Plan
+
+
+def load_tokenizer(checked: CheckedRun) -> Any:
+    from transformers import AutoTokenizer
+
+    teacher = checked.config.teacher
+    gguf = teacher.gguf_file if checked.tokenizer_path == teacher.path else None
+    return AutoTokenizer.from_pretrained(checked.tokenizer_path, **({"gguf_file": gguf} if gguf else {}))
+
+
+def prepare_run(path: str | os.PathLike[str], *, overrides: Sequence[str] = ()) -> PreparedRun:
+    """Read, check and tokenise a run file; load no weights. Raises RunFileError listing every problem."""
+    source = os.fspath(path)
+    data = read_run_file(path)
+    try:
+        data = apply_overrides(data, overrides)
+    except ValueError as exc:
+        raise RunFileError(source, [Problem("(overrides)", str(exc))]) from None
+    checked = check_run(data, source=source)
+    tokenizer = load_tokenizer(checked)
+    examples: dict[str, list[dict[str, list[int]]]] = {}
+    problems = []
+    for name, records in (("train_file", checked.train_records), ("eval_file", checked.eval_records)):
+        try:
+            examples[name] = build_examples(tokenizer, records, checked.config.data)
+        except DataFileError as exc:
+            problems.append(Problem("data.format", f"{name}: {exc}"))
+    if not problems and not examples["train_file"]:
+        problems.append(Problem("data.train_file", "no example has a token to learn (all cut by max_length?)"))
+    if problems:
+        raise RunFileError(source, problems)
+    plan = make_plan(checked, examples["train_file"], len(examples["eval_file"]))
+    return PreparedRun(checked, tokenizer, examples["train_file"], examples["eval_file"], plan)
+
+
+def _load_models(checked: CheckedRun) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = checked.config
+    options: dict[str, Any] = {}
+    if any(match.feature == "attention" for match in config.distillation.intermediate_matches):
+        options["attn_implementation"] = "eager"  # the fused kernels return no attention maps
+    teacher_options = dict(options, dtype=getattr(torch, config.teacher.dtype))
+    if config.teacher.gguf_file:
+        teacher_options["gguf_file"] = config.teacher.gguf_file
+    teacher = AutoModelForCausalLM.from_pretrained(config.teacher.path, **teacher_options).eval()
+    teacher.requires_grad_(False)
+    student = AutoModelForCausalLM.from_pretrained(config.student.path, dtype=torch.float32, **options)
+    return teacher, student
+
+
+def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[Any], Any]:
+    """Linear warm-up, then linear decay to 0; built by distill after it adds projection groups."""
+    import torch
+
+    warmup = max(1, math.ceil(warmup_fraction * total_steps)) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def run_prepared(prepared: PreparedRun, *, say: Say = print) -> RunResult:
+    """Load the models, distil, evaluate and export a prepared run."""
+    import torch
+
+    from distill_core import Distillation, __version__
+    from distill_core.run.evaluate import evaluate_held_out, format_results
+    from distill_core.run.export import export_student, sha256_of
+
+    checked, config = prepared.checked, prepared.checked.config
+    optimization = config.optimization
+    torch.manual_seed(optimization.seed)
+    say("loading the teacher and the student")
+    teacher, student = _load_models(checked)
+    pad_id = pad_id_of(prepared.tokenizer)
+    loader = make_loader(
+        prepared.train_examples, batch_size=optimization.batch_size, pad_id=pad_id, shuffle=True, seed=optimization.seed
+    )
+    distiller = Distillation(
+        config.training,
+        config.distillation,
+        teacher,
+        student,
+        adaptor_T=None,
+        adaptor_S=None,
+        tokenizer_T=prepared.tokenizer,
+        tokenizer_S=prepared.tokenizer,
+    )
+    trainable = [parameter for parameter in student.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=optimization.learning_rate, weight_decay=optimization.weight_decay)
+    model_args = (
+        {"output_attentions": True}
+        if any(match.feature == "attention" for match in config.distillation.intermediate_matches)
+        else {}
+    )
+    with distiller:
+        distiller.train(
+            optimizer,
+            _schedule(prepared.plan.steps, optimization.warmup_fraction),
+            loader,
+            num_epochs=None if optimization.num_steps else (optimization.num_epochs or 1),
+            num_steps=optimization.num_steps,
+            max_grad_norm=optimization.max_grad_norm,
+            **model_args,
+        )
+    results: dict[str, Any] = {}
+    if prepared.eval_examples:
+        examples = prepared.eval_examples[: config.eval.max_examples]
+        batches = make_loader(examples, batch_size=config.eval.batch_size, pad_id=pad_id, shuffle=False)
+        device = next(student.parameters()).device
+        vocab = config.distillation.kd_vocab_size or min(student.config.vocab_size, teacher.config.vocab_size)
+        results = evaluate_held_out(student, teacher.to(device), batches, vocab=vocab, device=device)
+        say(format_results(results))
+    output_dir = Path(config.training.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    data_files = [config.data.train_file] + ([config.data.eval_file] if config.data.eval_file else [])
+    export_dir = export_student(
+        student,
+        prepared.tokenizer,
+        output_dir / config.export.folder,
+        run=config.model_dump(mode="json"),
+        results=results,
+        fingerprint=sha256_of(data_files),
+        version=__version__,
+    )
+    say(f"exported the student to {export_dir}")
+    return RunResult(checked=checked, plan=prepared.plan, student=student, results=results, export_dir=export_dir)
+
+
+def train_from_file(
+    path: str | os.PathLike[str], *, overrides: Sequence[str] = (), dry_run: bool = False, say: Say = print
+) -> RunResult:
+    """Run the distillation a run file describes (``distill train RUN.yaml``).
+
+    :param overrides: ``section.field=value`` settings applied over the file's.
+    :param dry_run: stop after the checks and print the plan; no weights are loaded.
+    :raises RunFileError: before any weights load, listing every problem found with its field path.
+    """
+    prepared = prepare_run(path, overrides=overrides)
+    for line in prepared.plan.lines(prepared.checked):
+        say(line)
+    if dry_run:
+        return RunResult(checked=prepared.checked, plan=prepared.plan)
+    return run_prepared(prepared, say=say)
