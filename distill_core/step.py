@@ -16,6 +16,7 @@ import torch
 
 if TYPE_CHECKING:
     from distill_core.adaptors.logits import LogitsView
+    from distill_core.cross_tokenizer import TokenAlignment
 
 __all__ = ["MicroBatch", "StepInfo", "StepLoss", "TeacherOutput"]
 
@@ -28,10 +29,13 @@ class TeacherOutput:
         what the configured losses read.
     :param logits: the KD target's logits as a view (dense, from hidden states × head, or stored
         rows), or None when KD is off.
+    :param alignment: a teacher with its own tokenizer: the groups pairing its logits' rows with
+        the student's (docs/cross-tokenizer.md); None when both share one vocabulary.
     """
 
     results: Mapping[str, Any]
     logits: LogitsView | None = None
+    alignment: TokenAlignment | None = None
 
 
 @dataclass

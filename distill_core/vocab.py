@@ -16,6 +16,14 @@ from distill_core.errors import DistillError
 from distill_core.modules import unwrap
 
 
+#: how to distil anyway when the two tokenizers really differ
+CROSS_TOKENIZER_HINT = (
+    "To distil between different tokenizers, set DistillationConfig.cross_tokenizer={'loss': 'gold'} (or "
+    "'xtoken') and pass tokenizer_T and tokenizer_S: KD then compares aligned token groups "
+    "(docs/cross-tokenizer.md)"
+)
+
+
 class VocabularyMismatchError(DistillError, ValueError):
     """Teacher and student vocabularies differ (size, or the token behind an id)."""
 
@@ -62,7 +70,8 @@ def _check_tokenizers(tokenizer_T: Any, tokenizer_S: Any, compared: int | None, 
         )
         raise VocabularyMismatchError(
             f"tokenizer_T and tokenizer_S differ at id {index}: the teacher's token is {token_T!r}, the "
-            f"student's {token_S!r} (None: no token has that id); token KD compares the same ids, so {fix}"
+            f"student's {token_S!r} (None: no token has that id); token KD compares the same ids, so {fix}. "
+            f"{CROSS_TOKENIZER_HINT}"
         )
 
 
@@ -106,7 +115,8 @@ def check_vocabularies(
             raise VocabularyMismatchError(
                 f"the teacher outputs {size_T} token logits and the student {size_S}; token KD needs one vocabulary. "
                 f"Use a student built with the teacher's tokenizer, or, if one output layer is only padded (its "
-                f"first N entries are the same tokens), set DistillationConfig.kd_vocab_size=N to compare those"
+                f"first N entries are the same tokens), set DistillationConfig.kd_vocab_size=N to compare those. "
+                f"{CROSS_TOKENIZER_HINT}"
             )
         compared = size_T
     if tokenizer_T is not None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from distill_core.config.common import SerializableConfig, registry_validators, unknown_name
+from distill_core.config.common import ConfigModel, SerializableConfig, registry_validators, unknown_name
 from distill_core.config.matches import IntermediateMatch
 from distill_core.schedules import TEMPERATURE_SCHEDULERS, WEIGHT_SCHEDULERS
 from distill_core.teacher_cache.config import TeacherCacheConfig
@@ -58,6 +58,30 @@ def _temperature_schedule(value: Any) -> tuple[str, dict[str, Any]]:
     return name, params_model.model_validate(merged).model_dump()
 
 
+class CrossTokenizerConfig(ConfigModel):
+    """KD between a teacher and a student with different tokenizers (docs/cross-tokenizer.md).
+
+    The KD term compares the two models over aligned token groups with the ``aligned_kd_loss``
+    named by ``loss`` (``gold``, ``xtoken`` or a plugin's), instead of ``kd_loss_type``.
+    """
+
+    loss: str = Field("gold", description="the aligned_kd_loss component comparing the two models' token groups")
+    params: dict[str, Any] = Field(default_factory=dict, description="options of that loss")
+    max_length: int | None = Field(
+        None, ge=2, description="truncate each side's encoding of a text to this many tokens; None: no truncation"
+    )
+
+    _registered_loss, _loss_params = registry_validators("aligned_kd_loss", "loss", "params")
+
+
+#: options of token KD that an aligned loss cannot honour, and why
+_NOT_ACROSS_TOKENIZERS: dict[str, str] = {
+    "probability_shift": "it swaps logits of the same token ids on both sides",
+    "kd_vocab_size": "the two vocabularies are matched by token strings, not cut to shared ids",
+    "teacher_cache": "the cache stores teacher outputs in the student's tokens (not yet in the teacher's own)",
+}
+
+
 class DistillationConfig(SerializableConfig):
     """What to distil: KD loss, temperature, weights, schedules and intermediate matches.
 
@@ -98,6 +122,12 @@ class DistillationConfig(SerializableConfig):
         None,
         description="store the teachers' outputs (in memory or in a directory) so later epochs and runs skip "
         "the teacher forward; None: off (docs/teacher-cache.md)",
+    )
+
+    cross_tokenizer: CrossTokenizerConfig | None = Field(
+        None,
+        description="distil across tokenizers: KD over aligned token groups with an aligned_kd_loss, e.g. "
+        "{'loss': 'gold'}; needs tokenizer_T and tokenizer_S; None: token KD (one vocabulary)",
     )
 
     _registered_kd_loss, _kd_params = registry_validators("kd_loss", "kd_loss_type", "kd_loss_params")
@@ -153,6 +183,26 @@ class DistillationConfig(SerializableConfig):
             raise ValueError(
                 f"teacher_cache.top_k={cache.top_k} keeps the k largest teacher entries, but probability_shift=True "
                 f"swaps the true label's logit with the largest one, which needs them all; use top_k=None"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cross_tokenizer_options(self) -> DistillationConfig:
+        if self.cross_tokenizer is None:
+            return self
+        set_options = [name for name in _NOT_ACROSS_TOKENIZERS if getattr(self, name) not in (None, False)]
+        name, _ = self.temperature_schedule()
+        problems = [f"{option} ({_NOT_ACROSS_TOKENIZERS[option]})" for option in set_options]
+        if name not in ("none", "constant"):
+            problems.append(f"temperature_scheduler {name!r} (it reads logits of one vocabulary)")
+        if self.intermediate_matches:
+            problems.append("intermediate_matches (the two models' positions are different tokens)")
+        if self.chunked_token_kd:
+            problems.append("chunked_token_kd=True (aligned losses read whole token groups, not rows)")
+        if problems:
+            raise ValueError(
+                f"cross_tokenizer KD does not work with {'; '.join(problems)}; remove "
+                f"{'it' if len(problems) == 1 else 'them'} or set cross_tokenizer=None"
             )
         return self
 

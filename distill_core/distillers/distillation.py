@@ -16,7 +16,7 @@ student, and the loss terms (:class:`~distill_core.terms.loss.DistillationLoss`)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -41,7 +41,10 @@ from distill_core.step import MicroBatch, StepInfo, StepLoss
 from distill_core.teachers import LiveTeachers, TeacherSource
 from distill_core.terms.loss import DistillationLoss
 from distill_core.terms.matches import resolve_submodule
-from distill_core.vocab import check_vocabularies
+from distill_core.vocab import check_vocabularies, output_vocab_size
+
+if TYPE_CHECKING:
+    from distill_core.cross_tokenizer import VocabularyPair
 
 __all__ = ["BasicDistillation", "ComposedDistillation", "Distillation"]
 
@@ -51,7 +54,8 @@ class ComposedDistillation(BaseDistiller):
 
     :param routing: the teachers, their adaptors and the student's, and how batches and terms reach them.
     :param custom_matches: matches between any two submodules, by dotted path.
-    :param tokenizer_T: with ``tokenizer_S``, the tokenizers whose vocabularies are compared at setup.
+    :param tokenizer_T: with ``tokenizer_S``, the tokenizers whose vocabularies are compared at setup
+        (or, with ``DistillationConfig.cross_tokenizer``, matched for KD across tokenizers).
     """
 
     def __init__(
@@ -72,7 +76,11 @@ class ComposedDistillation(BaseDistiller):
         self.routing = routing
         self.teachers = dict(routing.teachers)
         checked_vocab = None
-        if config.kd_loss_weight > 0:
+        self.tokenizers = (tokenizer_S, tokenizer_T)
+        self.vocabularies = None
+        if config.cross_tokenizer is not None:  # two vocabularies: matched by token strings, not compared by id
+            self.vocabularies = _cross_tokenizer_vocabularies(self.teachers, model_S, tokenizer_T, tokenizer_S)
+        elif config.kd_loss_weight > 0:
             for teacher in self.teachers.values():  # before any step: a vocabulary mismatch is a setup error
                 checked_vocab = check_vocabularies(
                     teacher, model_S, tokenizer_T=tokenizer_T, tokenizer_S=tokenizer_S, vocab_size=config.kd_vocab_size
@@ -178,6 +186,14 @@ class ComposedDistillation(BaseDistiller):
             # outputs used at once need no trimming (and no Python work per step)
             trim=cached or self.train_config.gradient_accumulation_steps > 1,
         )
+        if self.vocabularies is not None:
+            from distill_core.cross_tokenizer.source import CrossTokenizerTeachers
+
+            tokenizer_S, tokenizer_T = self.tokenizers
+            spec = self.distill_config.cross_tokenizer
+            return CrossTokenizerTeachers(
+                live, tokenizer_S, tokenizer_T, self.vocabularies, self.runtime.device, max_length=spec.max_length
+            )
         if not cached:
             return live
         from distill_core.teacher_cache.source import CachedTeachers
@@ -270,6 +286,31 @@ class ComposedDistillation(BaseDistiller):
                 self.__exit__(None, None, None)
 
 
+def _cross_tokenizer_vocabularies(
+    teachers: Mapping[Any, nn.Module], model_S: nn.Module, tokenizer_T: Any, tokenizer_S: Any
+) -> VocabularyPair:
+    """The run's matched vocabularies for cross-tokenizer KD, with its setup errors."""
+    from distill_core.cross_tokenizer import VocabularyPair
+
+    if tokenizer_T is None or tokenizer_S is None:
+        raise DistillError(
+            "DistillationConfig.cross_tokenizer needs both tokenizers, to tokenise each text for the teacher and "
+            "align its tokens with the student's: pass tokenizer_T=... and tokenizer_S=..."
+        )
+    for role, tokenizer in (("tokenizer_T", tokenizer_T), ("tokenizer_S", tokenizer_S)):
+        if not getattr(tokenizer, "is_fast", False):
+            raise DistillError(
+                f"DistillationConfig.cross_tokenizer aligns tokens by the bytes they cover, which needs a fast "
+                f"tokenizer (offsets); {role} is {type(tokenizer).__name__}: load it with use_fast=True"
+            )
+    if len(teachers) != 1:
+        raise DistillError(f"DistillationConfig.cross_tokenizer distils from one teacher, but there are {len(teachers)}")
+    (model_T,) = teachers.values()
+    return VocabularyPair.from_tokenizers(
+        tokenizer_S, tokenizer_T, vocab_size_S=output_vocab_size(model_S), vocab_size_T=output_vocab_size(model_T)
+    )
+
+
 class Distillation(ComposedDistillation):
     """KD on logits, hard-label losses, intermediate matches with projections, and custom matches.
 
@@ -279,6 +320,8 @@ class Distillation(ComposedDistillation):
         forward hooks while the distiller is in use.
     :param tokenizer_T: with ``tokenizer_S``, the tokenizers of a token-level (language-model) run: their
         vocabularies are compared at setup (see ``DistillationConfig.kd_vocab_size`` for a padded one).
+        With ``DistillationConfig.cross_tokenizer`` they may differ: each batch's ``texts`` are
+        tokenised for the teacher and KD compares aligned token groups (docs/cross-tokenizer.md).
 
     With ``DistillationConfig.teacher_cache`` the teachers' outputs are stored per example and read
     back instead of running the teachers again (docs/teacher-cache.md); ``build_teacher_cache()``

@@ -64,6 +64,9 @@ def _as_list(value: Any) -> list[Any]:
 class KDTerm:
     """The configured KD loss, bound once at setup; computes the KD (and chunked hard-label) terms."""
 
+    #: token KD compares the same ids on both sides (:class:`~distill_core.terms.aligned_kd.AlignedKDTerm` does not)
+    aligned = False
+
     def __init__(self, config: DistillationConfig, vocab_size: int | None) -> None:
         self.config = config
         self.name = config.kd_loss_type

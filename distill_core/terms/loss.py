@@ -19,6 +19,7 @@ from distill_core.errors import DistillError
 from distill_core.schedules import weight_at
 from distill_core.step import MicroBatch, StepInfo, StepLoss, TeacherOutput
 from distill_core.terms.hard_label import hard_label_loss, share_of_step_mean
+from distill_core.terms.aligned_kd import AlignedKDTerm
 from distill_core.terms.kd import KDTerm
 from distill_core.adaptors.logits import is_chunked
 from distill_core.terms.matches import BoundMatch, OutputCapture, bind_match
@@ -48,7 +49,9 @@ class DistillationLoss:
     ) -> None:
         self.config = config
         self.routing = routing
-        self.kd = KDTerm(config, kd_vocab_size) if config.kd_loss_weight > 0 else None
+        self.kd: KDTerm | AlignedKDTerm | None = None
+        if config.kd_loss_weight > 0:
+            self.kd = KDTerm(config, kd_vocab_size) if config.cross_tokenizer is None else AlignedKDTerm(config)
         self.kd_vocab_size = kd_vocab_size
         self.use_hard_label = config.hard_label_weight > 0
         self.matches: list[BoundMatch] = [bind_match(m, i, "match") for i, m in enumerate(config.intermediate_matches)]
@@ -121,7 +124,10 @@ class DistillationLoss:
         terms: list[torch.Tensor] = []
         temperature = None
         token_ce = None
-        if self.kd is not None:
+        if isinstance(self.kd, AlignedKDTerm):
+            kd, temperature = self.kd.compute(results_S, micro, step)
+            terms.append(kd)
+        elif self.kd is not None:
             # a chunked student builds no full logits, so its hard-label loss comes from the same chunks
             chunked_labels = self.use_hard_label and is_chunked(results_S) and results_S.get("losses") is None
             kd, token_ce, temperature = self.kd.compute(
@@ -171,7 +177,9 @@ class DistillationLoss:
     def term_sources(self) -> list[tuple[str, Any]]:
         """(where, component) of each term, in order: what an error about a term names."""
         sources: list[tuple[str, Any]] = []
-        if self.kd is not None:
+        if isinstance(self.kd, AlignedKDTerm):
+            sources.append((f"cross_tokenizer loss {self.kd.name!r}", self.kd.component))
+        elif self.kd is not None:
             sources.append((f"kd_loss_type {self.config.kd_loss_type!r}", self.kd.component))
         if self.use_hard_label:
             sources.append(("the hard-label loss", None))
