@@ -50,7 +50,8 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 
     backend = Tokenizer(models.WordPiece(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(SENTENCES, trainers.WordPieceTrainer(vocab_size=80, show_progress=False, special_tokens=SPECIALS))
+    trainer = trainers.WordPieceTrainer(vocab_size=80, show_progress=False, special_tokens=SPECIALS)
+    backend.train_from_iterator(SENTENCES, trainer)
     return _wrap(backend)
 
 
@@ -61,7 +62,10 @@ def byte_bpe_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=268, show_progress=False, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=268,
+        show_progress=False,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(SENTENCES, trainer)
     return _wrap(backend)
@@ -169,7 +173,9 @@ def test_with_the_same_tokenizer_the_term_is_token_kl(tmp_path, tokenizer_S):
     ):
         model_T, model_S = tiny_llama(len(tokenizer_S), 0), tiny_llama(len(tokenizer_S), 1)
         trainer = distiller(tmp_path, model_T, model_S, tokenizer_S, tokenizer_S, temperature=2.0, **config)
-        step_batch = {**batch, "texts": texts, "offset_mapping": encoding["offset_mapping"]} if name == "aligned" else batch
+        step_batch = batch
+        if name == "aligned":  # the student's own encoding, with the texts and offsets for the alignment
+            step_batch = {**batch, "texts": texts, "offset_mapping": encoding["offset_mapping"]}
         loss, _ = prepared_loss(trainer, step_batch)
         loss.terms[0].backward()
         results[name] = (loss.terms[0].detach(), [p.grad.clone() for p in model_S.parameters()])

@@ -82,12 +82,14 @@ class CrossTokenizerTeachers(TeacherSource):
         tokens = alignment.group_mask.sum().to(torch.float32) if with_logits else None  # the kept groups
         return MicroBatch(batch=batch_S, task=task, teacher=teacher, captured=captured, tokens=tokens)
 
-    def _student_side(self, batch: Mapping[str, Any], texts: Sequence[str]) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    def _student_side(
+        self, batch: Mapping[str, Any], texts: Sequence[str]
+    ) -> tuple[Mapping[str, Any], dict[str, Any]]:
         """The student's encoding for the alignment (on the CPU) and the batch its model is called with."""
         if "input_ids" not in batch:
             encoding = encode_for_alignment(self.tokenizer_S, texts, **self.encode_args)
             labels = encoding["input_ids"].masked_fill(encoding["attention_mask"] == 0, -100)
-            batch_S = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"], "labels": labels}
+            batch_S = {**{name: encoding[name] for name in ("input_ids", "attention_mask")}, "labels": labels}
             return encoding, {name: value.to(self.device) for name, value in batch_S.items()}
         if "offset_mapping" not in batch:
             raise DistillError(

@@ -304,7 +304,9 @@ def _cross_tokenizer_vocabularies(
                 f"tokenizer (offsets); {role} is {type(tokenizer).__name__}: load it with use_fast=True"
             )
     if len(teachers) != 1:
-        raise DistillError(f"DistillationConfig.cross_tokenizer distils from one teacher, but there are {len(teachers)}")
+        raise DistillError(
+            f"DistillationConfig.cross_tokenizer distils from one teacher, but there are {len(teachers)}"
+        )
     (model_T,) = teachers.values()
     return VocabularyPair.from_tokenizers(
         tokenizer_S, tokenizer_T, vocab_size_S=output_vocab_size(model_S), vocab_size_T=output_vocab_size(model_T)
