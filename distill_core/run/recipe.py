@@ -114,8 +114,9 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
     say("loading the teacher and the student")
     teacher, student = load_models(checked)
     pad_id = pad_id_of(prepared.tokenizer)
-    # shuffled by the global RNG seeded above (no generator of its own), which distill restores on resume
-    loader = make_loader(prepared.train_examples, batch_size=optimization.batch_size, pad_id=pad_id, shuffle=True)
+    loader = make_loader(
+        prepared.train_examples, batch_size=optimization.batch_size, pad_id=pad_id, shuffle=True, seed=optimization.seed
+    )
     distiller = Distillation(
         config.training,
         config.distillation,
