@@ -23,8 +23,6 @@ from distill_core.run.files import Problem, RunFileError, problems_of
 COLUMN_CHECK_ROWS = 5
 #: the files that make a folder hold a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-#: the run task a config.json ``architectures`` entry means, by how its class name ends
-ARCHITECTURE_TASKS = {"ForCausalLM": "causal_lm", "ForSequenceClassification": "sequence_classification"}
 
 
 @dataclass
@@ -35,7 +33,6 @@ class CheckedRun:
     teacher_config: dict[str, Any] = field(default_factory=dict)  # {} for a GGUF teacher (read at load)
     student_config: dict[str, Any] = field(default_factory=dict)
     tokenizer_path: str = ""
-    task: str = "causal_lm"  # `task:` or read from config.json's architectures
     train_records: list[dict[str, Any]] = field(default_factory=list)
     eval_records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -58,21 +55,6 @@ def _model_config(path: str, gguf_file: str | None, where: str, problems: list[P
         problems.append(Problem(f"{where}.path", f"{path}/config.json cannot be read ({exc})"))
         return {}
     return settings if isinstance(settings, dict) else {}
-
-
-def infer_task(checked: CheckedRun) -> str:
-    """The run's task: ``task:`` if given, else what the student's (or teacher's) ``architectures`` end with.
-
-    A folder whose config.json names no known head is taken for a causal LM, as the first run files were.
-    """
-    if checked.config.task is not None:
-        return checked.config.task
-    for settings in (checked.student_config, checked.teacher_config):
-        for name in settings.get("architectures") or []:
-            for suffix, task in ARCHITECTURE_TASKS.items():
-                if str(name).endswith(suffix):
-                    return task
-    return "causal_lm"
 
 
 def _tokenizer_path(config: RunConfig, problems: list[Problem]) -> str:
@@ -209,7 +191,6 @@ def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
     checked.teacher_config = _model_config(config.teacher.path, config.teacher.gguf_file, "teacher", problems)
     checked.student_config = _model_config(config.student.path, None, "student", problems)
     checked.tokenizer_path = _tokenizer_path(config, problems)
-    checked.task = infer_task(checked)
     if config.data.format == "messages" and checked.tokenizer_path and config.teacher.gguf_file is None:
         if not has_chat_template(checked.tokenizer_path):
             problems.append(

@@ -145,9 +145,6 @@ class ExportSection(ConfigModel):
 class RunConfig(SerializableConfig):
     """A whole distillation: models, data, training, distillation, evaluation and export."""
 
-    task: Literal["causal_lm", "sequence_classification"] | None = Field(
-        None, description="what the models do; None: read from the student's config.json `architectures`"
-    )
     teacher: TeacherSection
     student: StudentSection
     data: DataSection
