@@ -1,4 +1,4 @@
-"""``distill train RUN.yaml [--dry-run] [section.field=value ...]``: the run file from the command line."""
+"""``distill train RUN.yaml [--dry-run] [--resume] [section.field=value ...]``: the run file from the command line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def add_train_parser(sub: Any) -> None:
         help="settings over the file's, e.g. optimization.learning_rate=1e-4 (values read as YAML)",
     )
     train.add_argument("--dry-run", action="store_true", help="check, print the plan and stop; no weights are loaded")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest full-state checkpoint in training.output_dir (a run that was stopped)",
+    )
     train.set_defaults(func=_train)
 
 
@@ -30,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     from distill_core.run import RunFileError, train_from_file
 
     try:
-        train_from_file(args.run_file, overrides=args.overrides, dry_run=args.dry_run)
+        train_from_file(args.run_file, overrides=args.overrides, dry_run=args.dry_run, resume=args.resume)
     except RunFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

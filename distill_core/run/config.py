@@ -33,10 +33,30 @@ class TeacherSection(ConfigModel):
     )
 
 
-class StudentSection(ConfigModel):
-    """The student: its own model folder, trained in float32."""
+#: the projections a LoRA adapter wraps by default: the attention of Llama-style models
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
-    path: str = Field(min_length=1, description="folder of the student causal LM (config.json, weights)")
+
+class LoraSection(ConfigModel):
+    """A LoRA adapter on the student (peft): only the adapter's weights train."""
+
+    r: int = Field(8, ge=1, description="rank of the adapter's low-rank update")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_TARGETS),
+        min_length=1,
+        description="names of the modules (Linear layers) to adapt; the default suits Llama-style attention",
+    )
+
+
+class StudentSection(ConfigModel):
+    """The student: its own model folder, trained in float32 (whole, or through a LoRA adapter)."""
+
+    path: str = Field(min_length=1, description="folder of the student model (config.json, weights)")
+    lora: LoraSection | None = Field(
+        None, description="train a LoRA adapter (peft) instead of every weight; None: train the whole student"
+    )
 
 
 class DataSection(ConfigModel):
@@ -115,6 +135,11 @@ class ExportSection(ConfigModel):
     """Where the trained student is written, in the save_pretrained layout."""
 
     folder: str = Field("final", min_length=1, description="folder under training.output_dir")
+    merge_lora: bool = Field(
+        True,
+        description="with student.lora: merge the adapter into the weights (a plain model); false: save the "
+        "adapter alone (peft's save_pretrained layout, loaded over the student's base)",
+    )
 
 
 class RunConfig(SerializableConfig):

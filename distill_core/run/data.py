@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +233,29 @@ class Collator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+class EpochShuffle(torch.utils.data.RandomSampler):
+    """A shuffle drawn from ``seed + epoch`` alone (distill calls ``set_epoch``), never from the global RNG.
+
+    So a resumed run draws each epoch's order again whatever the RNG did before. Under torchrun,
+    distill swaps it for a shuffling ``DistributedSampler`` with the same kind of seeding.
+    """
+
+    def __init__(self, data_source: Sequence[Any], *, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+
+
 def make_loader(
     examples: Sequence[dict[str, list[int]]], *, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of padded batches (shuffled by ``seed`` for training)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return torch.utils.data.DataLoader(
-        list(examples), batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=Collator(pad_id)
-    )
+    """A DataLoader of padded batches (for training, shuffled anew each epoch from ``seed + epoch``)."""
+    examples = list(examples)
+    sampler = EpochShuffle(examples, seed=seed) if shuffle else None
+    return torch.utils.data.DataLoader(examples, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_id))

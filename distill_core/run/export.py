@@ -28,6 +28,17 @@ def sha256_of(paths: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _lora_lines(run: dict[str, Any]) -> list[str]:
+    lora = run["student"].get("lora")
+    if not lora:
+        return []
+    merged = run.get("export", {}).get("merge_lora", True)
+    return [
+        f"- LoRA adapter (r {lora['r']}, alpha {lora['alpha']:g}, on {', '.join(lora['target_modules'])}); "
+        + ("merged into these weights" if merged else "this folder holds the adapter alone")
+    ]
+
+
 def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, version: str) -> str:
     """The README.md of the exported student: where it came from, how it was trained, how it scored."""
     teacher, data, distillation = run["teacher"], run["data"], run["distillation"]
@@ -49,6 +60,7 @@ def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, v
         f"- KD loss `{distillation['kd_loss_type']}` (weight {distillation['kd_loss_weight']:g}) at temperature "
         f"{distillation['temperature']:g}; hard-label weight {distillation['hard_label_weight']:g}",
         f"- intermediate matches: {len(distillation.get('intermediate_matches') or [])}",
+        *_lora_lines(run),
         f"- data: {', '.join(f'`{name}`' for name in files)}, format `{data['format']}`, max_length "
         f"{data['max_length']}{', packed' if data.get('packing') else ''}",
         f"- data fingerprint (sha256 of the data files): `{fingerprint}`",
@@ -81,6 +93,11 @@ def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, v
     return "\n".join(lines) + "\n"
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is wrapped by peft (a LoRA student)."""
+    return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
+
+
 def export_student(
     student: nn.Module,
     tokenizer: Any,
@@ -90,15 +107,23 @@ def export_student(
     results: dict[str, Any],
     fingerprint: str,
     version: str,
-) -> Path:
-    """Write the student to ``folder`` (save_pretrained layout, model card, run.yaml); return the folder."""
+    merge_lora: bool = True,
+) -> tuple[Path, nn.Module]:
+    """Write the student to ``folder`` (save_pretrained layout, model card, run.yaml).
+
+    A peft student is merged into its base weights first (``merge_and_unload``, in place) unless
+    ``merge_lora`` is false; then only the adapter is written, as peft's ``save_pretrained`` does.
+    Return the folder and the model written (the merged model after a merge).
+    """
     import yaml
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(student) and merge_lora:
+        student = student.merge_and_unload()
     student.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     write_text_atomic(folder / "README.md", model_card(run, results, fingerprint, version))
     write_text_atomic(folder / "run.yaml", yaml.safe_dump(run, sort_keys=False))
     write_text_atomic(folder / "eval_results.json", json.dumps(results, indent=2) + "\n")
-    return folder
+    return folder, student

@@ -7,6 +7,7 @@ key/value heads, a gated MLP, RMS norms), so the plan costs no weight loading.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Plan:
     kd_path: str
     output_dir: str
     export_dir: str
+    processes: int = 1  # torchrun's WORLD_SIZE
 
     def lines(self, checked: CheckedRun) -> list[str]:
         """The plan as the lines ``--dry-run`` prints."""
@@ -66,7 +68,8 @@ class Plan:
             f"held out: {self.eval_examples} examples" + ("" if self.eval_examples else " (no evaluation)"),
             f"steps: {self.steps} (effective batch {self.effective_batch} = batch_size "
             f"{config.optimization.batch_size} x gradient_accumulation_steps "
-            f"{config.training.gradient_accumulation_steps})",
+            f"{config.training.gradient_accumulation_steps}"
+            + (f" x {self.processes} processes)" if self.processes > 1 else ")"),
             f"KD: {config.distillation.kd_loss_type} at temperature {config.distillation.temperature:g}, "
             f"hard_label_weight {config.distillation.hard_label_weight:g}; {self.kd_path}",
             f"outputs: checkpoints and logs in {self.output_dir}; the student in {self.export_dir}",
@@ -85,7 +88,10 @@ def kd_path(config: Any) -> str:
 def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], eval_count: int) -> Plan:
     """Work out the plan of a checked run whose training examples are tokenised."""
     config = checked.config
-    batches = math.ceil(len(train_examples) / config.optimization.batch_size)
+    # under torchrun each rank reads its share (a DistributedSampler pads the shares to equal sizes)
+    world_size = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    share = math.ceil(len(train_examples) / world_size)
+    batches = math.ceil(share / config.optimization.batch_size)
     accumulation = config.training.gradient_accumulation_steps
     if config.optimization.num_steps is not None:
         steps = config.optimization.num_steps
@@ -100,8 +106,9 @@ def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], e
         counted_tokens=sum(sum(label != -100 for label in example["labels"]) for example in train_examples),
         eval_examples=eval_count,
         steps=steps,
-        effective_batch=config.optimization.batch_size * accumulation,
+        effective_batch=config.optimization.batch_size * accumulation * world_size,
         kd_path=kd_path(config),
         output_dir=output_dir,
         export_dir=str(Path(output_dir) / config.export.folder),
+        processes=world_size,
     )

@@ -78,50 +78,41 @@ def prepare_run(path: str | os.PathLike[str], *, overrides: Sequence[str] = ()) 
     return PreparedRun(checked, tokenizer, examples["train_file"], examples["eval_file"], plan)
 
 
-def _load_models(checked: CheckedRun) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = checked.config
-    options: dict[str, Any] = {}
-    if any(match.feature == "attention" for match in config.distillation.intermediate_matches):
-        options["attn_implementation"] = "eager"  # the fused kernels return no attention maps
-    teacher_options = dict(options, dtype=getattr(torch, config.teacher.dtype))
-    if config.teacher.gguf_file:
-        teacher_options["gguf_file"] = config.teacher.gguf_file
-    teacher = AutoModelForCausalLM.from_pretrained(config.teacher.path, **teacher_options).eval()
-    teacher.requires_grad_(False)
-    student = AutoModelForCausalLM.from_pretrained(config.student.path, dtype=torch.float32, **options)
-    return teacher, student
-
-
-def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[Any], Any]:
-    """Linear warm-up, then linear decay to 0; built by distill after it adds projection groups."""
+def _schedule(warmup_fraction: float) -> Callable[..., Any]:
+    """Linear warm-up, then linear decay to 0, over the steps distill counts (this rank's share of the data)."""
     import torch
 
-    warmup = max(1, math.ceil(warmup_fraction * total_steps)) if warmup_fraction > 0 else 0
+    def build(optimizer: Any, num_training_steps: int) -> Any:
+        warmup = max(1, math.ceil(warmup_fraction * num_training_steps)) if warmup_fraction > 0 else 0
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (num_training_steps - step) / max(1, num_training_steps - warmup))
 
-    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    return build
 
 
-def run_prepared(prepared: PreparedRun, *, say: Say = print) -> RunResult:
-    """Load the models, distil, evaluate and export a prepared run."""
+def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = print) -> RunResult:
+    """Load the models, distil, evaluate and export a prepared run.
+
+    :param resume: continue from the newest full-state checkpoint in ``training.output_dir``.
+
+    Under torchrun every rank trains its share of the data; rank 0 alone evaluates and exports while
+    the others wait at a barrier, so the files are written once.
+    """
     import torch
 
-    from distill_core import Distillation, __version__
-    from distill_core.run.evaluate import evaluate_held_out, format_results
-    from distill_core.run.export import export_student, sha256_of
+    from distill_core import Distillation
+    from distill_core.run.models import load_models
 
     checked, config = prepared.checked, prepared.checked.config
     optimization = config.optimization
     torch.manual_seed(optimization.seed)
     say("loading the teacher and the student")
-    teacher, student = _load_models(checked)
+    teacher, student = load_models(checked)
     pad_id = pad_id_of(prepared.tokenizer)
     loader = make_loader(
         prepared.train_examples, batch_size=optimization.batch_size, pad_id=pad_id, shuffle=True, seed=optimization.seed
@@ -146,13 +137,30 @@ def run_prepared(prepared: PreparedRun, *, say: Say = print) -> RunResult:
     with distiller:
         distiller.train(
             optimizer,
-            _schedule(prepared.plan.steps, optimization.warmup_fraction),
+            _schedule(optimization.warmup_fraction),
             loader,
             num_epochs=None if optimization.num_steps else (optimization.num_epochs or 1),
             num_steps=optimization.num_steps,
             max_grad_norm=optimization.max_grad_norm,
+            resume_from="latest" if resume else None,
             **model_args,
         )
+    runtime = distiller.runtime
+    result = RunResult(checked=checked, plan=prepared.plan, student=student)
+    if runtime.is_main:
+        result = _evaluate_and_export(prepared, result, teacher, say=say)
+    runtime.barrier()  # the other ranks end once the files are written
+    return result
+
+
+def _evaluate_and_export(prepared: PreparedRun, result: RunResult, teacher: Any, *, say: Say) -> RunResult:
+    """Evaluate the trained student on the held-out examples and export it (rank 0 only)."""
+    from distill_core import __version__
+    from distill_core.run.evaluate import evaluate_held_out, format_results
+    from distill_core.run.export import export_student, sha256_of
+
+    config, student = prepared.checked.config, result.student
+    pad_id = pad_id_of(prepared.tokenizer)
     results: dict[str, Any] = {}
     if prepared.eval_examples:
         examples = prepared.eval_examples[: config.eval.max_examples]
@@ -165,7 +173,7 @@ def run_prepared(prepared: PreparedRun, *, say: Say = print) -> RunResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     data_files = [config.data.train_file] + ([config.data.eval_file] if config.data.eval_file else [])
-    export_dir = export_student(
+    export_dir, exported = export_student(
         student,
         prepared.tokenizer,
         output_dir / config.export.folder,
@@ -173,23 +181,43 @@ def run_prepared(prepared: PreparedRun, *, say: Say = print) -> RunResult:
         results=results,
         fingerprint=sha256_of(data_files),
         version=__version__,
+        merge_lora=config.export.merge_lora,
     )
     say(f"exported the student to {export_dir}")
-    return RunResult(checked=checked, plan=prepared.plan, student=student, results=results, export_dir=export_dir)
+    result.student, result.results, result.export_dir = exported, results, export_dir
+    return result
 
 
 def train_from_file(
-    path: str | os.PathLike[str], *, overrides: Sequence[str] = (), dry_run: bool = False, say: Say = print
+    path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    dry_run: bool = False,
+    resume: bool = False,
+    say: Say = print,
 ) -> RunResult:
     """Run the distillation a run file describes (``distill train RUN.yaml``).
 
     :param overrides: ``section.field=value`` settings applied over the file's.
     :param dry_run: stop after the checks and print the plan; no weights are loaded.
+    :param resume: continue from the newest full-state checkpoint in ``training.output_dir``
+        (``resume_from="latest"``); with none there, start from the beginning.
     :raises RunFileError: before any weights load, listing every problem found with its field path.
     """
+    if not _is_main_process():
+        say = _quiet  # under torchrun, rank 0 speaks for all
     prepared = prepare_run(path, overrides=overrides)
     for line in prepared.plan.lines(prepared.checked):
         say(line)
     if dry_run:
         return RunResult(checked=prepared.checked, plan=prepared.plan)
-    return run_prepared(prepared, say=say)
+    return run_prepared(prepared, resume=resume, say=say)
+
+
+def _is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or not launched by torchrun at all."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _quiet(line: str) -> None:
+    """Say nothing."""

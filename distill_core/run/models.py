@@ -1,0 +1,46 @@
+"""Loading the run's models: the teacher for forward passes, the student to train (whole or LoRA).
+
+A ``student.lora`` section wraps the student with peft, so only the adapter's weights train.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_core.run.checks import CheckedRun
+
+
+def with_lora(student: Any, checked: CheckedRun) -> Any:
+    """Wrap ``student`` in a peft LoRA adapter as ``student.lora`` says; its base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = checked.config.student.lora
+    assert lora is not None
+    settings = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(student, settings)
+
+
+def load_models(checked: CheckedRun) -> tuple[Any, Any]:
+    """Load the teacher (frozen, in ``teacher.dtype``) and the student (float32, LoRA-wrapped if asked)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = checked.config
+    options: dict[str, Any] = {}
+    if any(match.feature == "attention" for match in config.distillation.intermediate_matches):
+        options["attn_implementation"] = "eager"  # the fused kernels return no attention maps
+    teacher_options = dict(options, dtype=getattr(torch, config.teacher.dtype))
+    if config.teacher.gguf_file:
+        teacher_options["gguf_file"] = config.teacher.gguf_file
+    teacher = AutoModelForCausalLM.from_pretrained(config.teacher.path, **teacher_options).eval()
+    teacher.requires_grad_(False)
+    student = AutoModelForCausalLM.from_pretrained(config.student.path, dtype=torch.float32, **options)
+    if config.student.lora is not None:
+        student = with_lora(student, checked)
+    return teacher, student
