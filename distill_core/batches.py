@@ -40,6 +40,25 @@ def call_model(model: torch.nn.Module, batch: Any, model_args: Mapping[str, Any]
     return model(batch, **model_args)
 
 
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a DataLoader draws from (its own, its sampler's), each once.
+
+    A DataLoader built with ``generator=`` shuffles (and seeds its workers) from that generator, not
+    from torch's global RNG; resume must put it back where the epoch started, as it does the global one.
+    """
+    found: list[torch.Generator] = []
+    owners = [loader]
+    for _ in range(3):  # the loader, its (batch) sampler, the sampler inside a batch sampler
+        nested = []
+        for owner in owners:
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not seen for seen in found):
+                found.append(generator)
+            nested += [getattr(owner, name, None) for name in ("sampler", "batch_sampler")]
+        owners = [owner for owner in nested if owner is not None]
+    return found
+
+
 class BatchSource:
     """Yields ``(task, batch, keys)`` epoch by epoch from one dataloader.
 
@@ -55,6 +74,27 @@ class BatchSource:
 
     def tasks(self) -> list[str | None]:
         return [None]
+
+    def loaders(self) -> list[Any]:
+        """The dataloaders this source reads."""
+        return [self.dataloader]
+
+    def generator_states(self) -> list[torch.Tensor]:
+        """The states of the loaders' own generators (for resume; see :func:`loader_generators`)."""
+        return [generator.get_state() for loader in self.loaders() for generator in loader_generators(loader)]
+
+    def set_generator_states(self, states: list[torch.Tensor] | None) -> None:
+        """Put the loaders' own generators back to ``states`` (from :meth:`generator_states`)."""
+        if not states:
+            return
+        generators = [generator for loader in self.loaders() for generator in loader_generators(loader)]
+        if len(generators) != len(states):
+            raise ValueError(
+                f"the checkpoint holds the states of {len(states)} data-loader generator(s), but this run's "
+                f"loaders have {len(generators)}; resume with the same DataLoader settings (generator=...)"
+            )
+        for generator, saved in zip(generators, states):
+            generator.set_state(saved)
 
     def batches_per_epoch(self) -> int | None:
         try:
@@ -131,6 +171,9 @@ class TaskMixture(BatchSource):
 
     def tasks(self) -> list[str | None]:
         return list(self.task_names)
+
+    def loaders(self) -> list[Any]:
+        return list(self.dataloaders.values())
 
     def batches_per_epoch(self) -> int | None:
         return None

@@ -224,12 +224,15 @@ class TrainingLoop:
         state = self.state
         self.source.set_epoch(state.epoch)
         if not resuming:
-            state.epoch_start_rng = capture_rng()
+            # the global RNGs and the loaders' own generators (DataLoader(generator=...)), before any draw
+            state.epoch_start_rng = {**capture_rng(), "loader_generators": self.source.generator_states()}
             return self.source.epoch()
-        # Replay the epoch's data order: the shuffling draws from the RNG as it was at the epoch's
-        # start; then skip what was consumed and put the RNG back where the run stopped.
+        # Replay the epoch's data order: the shuffling draws from the RNGs as they were at the epoch's
+        # start; then skip what was consumed and put the global RNGs back where the run stopped (the
+        # loaders' generators are where the replayed draws left them, as in the uninterrupted run).
         current = capture_rng()
         restore_rng(state.epoch_start_rng)
+        self.source.set_generator_states(state.epoch_start_rng.get("loader_generators"))
         iterator = self.source.epoch()
         for _ in range(state.batch_in_epoch):
             next(iterator)
