@@ -250,16 +250,27 @@ def load_peft_student(path: str | os.PathLike[str], *, map_location: Any = "cpu"
 
     :raises CheckpointError: the file is missing, damaged, or not a peft student's file.
     """
+    return _load_format(
+        path,
+        map_location,
+        (PEFT_FORMAT, PEFT_FORMAT_VERSION, "peft student format"),
+        "is not a peft student's file (a whole student's state_dict, or not a student file): load it with "
+        "load_student(path)",
+    )
+
+
+def _load_format(
+    path: str | os.PathLike[str], map_location: Any, expected: tuple[str, int, str], not_it: str
+) -> dict[str, Any]:
+    """Load a verified file that must be a dict of format ``expected`` = (name, newest version read, label)."""
+    name, newest, label = expected
     state = _load_verified(path, map_location)
-    if not isinstance(state, dict) or state.get("format") != PEFT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != name:
+        raise CheckpointError(f"{str(path)!r} {not_it}")
+    if state.get("format_version", 0) > newest:
         raise CheckpointError(
-            f"{str(path)!r} is not a peft student's file (a whole student's state_dict, or not a student file): "
-            f"load it with load_student(path)"
-        )
-    if state.get("format_version", 0) > PEFT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} has peft student format version {state['format_version']}, newer than this distill "
-            f"reads ({PEFT_FORMAT_VERSION}); upgrade distill"
+            f"{str(path)!r} has {label} version {state['format_version']}, newer than this distill reads "
+            f"({newest}); upgrade distill"
         )
     return state
 
@@ -269,17 +280,13 @@ def load_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[
 
     The archive's CRCs are checked first (:func:`verify_archive`), so a damaged file is refused.
     """
-    state = _load_verified(path, map_location)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not a distill full-state checkpoint (a student-only gs*.pkl file cannot be "
-            f"resumed from; use a file under {STATE_DIR}/)"
-        )
-    if state.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {state['format_version']}, newer than this distill "
-            f"reads ({FORMAT_VERSION}); upgrade distill"
-        )
+    state = _load_format(
+        path,
+        map_location,
+        (FORMAT, FORMAT_VERSION, "checkpoint format"),
+        f"is not a distill full-state checkpoint (a student-only gs*.pkl file cannot be resumed from; use a file "
+        f"under {STATE_DIR}/)",
+    )
     evaluation = read_evaluation(path)
     if evaluation is not None:
         state["run_state"] = {**state["run_state"], **evaluation}
