@@ -64,7 +64,12 @@ class Plan:
             f"tokenizer: {checked.tokenizer_path}",
             f"data: {self.train_examples} training examples ({config.data.format}"
             f"{', packed' if config.data.packing else ''}, max_length {config.data.max_length}), "
-            f"{self.train_tokens:,} tokens, {self.counted_tokens:,} with a label",
+            f"{self.train_tokens:,} tokens, "
+            + (
+                f"{len(checked.label_names)} classes {checked.label_names}"
+                if checked.classifies
+                else f"{self.counted_tokens:,} with a label"
+            ),
             f"held out: {self.eval_examples} examples" + ("" if self.eval_examples else " (no evaluation)"),
             f"steps: {self.steps} (effective batch {self.effective_batch} = batch_size "
             f"{config.optimization.batch_size} x gradient_accumulation_steps "
@@ -85,6 +90,11 @@ def kd_path(config: Any) -> str:
     return "chunked from hidden states x output head"
 
 
+def _counted(labels: list[int] | int) -> int:
+    """Tokens with a label; a classification example (one class id) counts once."""
+    return 1 if isinstance(labels, int) else sum(label != -100 for label in labels)
+
+
 def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], eval_count: int) -> Plan:
     """Work out the plan of a checked run whose training examples are tokenised."""
     config = checked.config
@@ -103,11 +113,11 @@ def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], e
         student_parameters=estimate_parameters(checked.student_config),
         train_examples=len(train_examples),
         train_tokens=sum(len(example["input_ids"]) for example in train_examples),
-        counted_tokens=sum(sum(label != -100 for label in example["labels"]) for example in train_examples),
+        counted_tokens=sum(_counted(example["labels"]) for example in train_examples),
         eval_examples=eval_count,
         steps=steps,
         effective_batch=config.optimization.batch_size * accumulation * world_size,
-        kd_path=kd_path(config),
+        kd_path="class logits (B, num_labels)" if checked.classifies else kd_path(config),
         output_dir=output_dir,
         export_dir=str(Path(output_dir) / config.export.folder),
         processes=world_size,
