@@ -19,9 +19,12 @@ from distill_core.run.classification import label_names, named_labels, num_label
 from distill_core.run.config import RunConfig
 from distill_core.run.data import DataFileError, columns_of, read_records, split_held_out
 from distill_core.run.files import Problem, RunFileError, problems_of
+from distill_core.run.sources import resolve
 
 #: how many leading examples must hold the format's columns
 COLUMN_CHECK_ROWS = 5
+#: the data section's fields that hold paths
+DATA_PATHS = ("train_file", "eval_file", "tokenizer")
 #: the files that make a folder hold a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -242,6 +245,20 @@ def _check_labels(checked: CheckedRun, problems: list[Problem]) -> None:
         )
 
 
+def _resolved(config: RunConfig, problems: list[Problem]) -> RunConfig:
+    """The config with its ``package:`` and ``cache:`` names turned into paths (docs/run-config.md#recipes)."""
+    sections = {}
+    for section, names in (("teacher", ("path",)), ("student", ("path",)), ("data", DATA_PATHS)):
+        model = getattr(config, section)
+        update = {
+            name: resolve(getattr(model, name), f"{section}.{name}", problems)
+            for name in names
+            if getattr(model, name) is not None
+        }
+        sections[section] = model.model_copy(update=update)
+    return config.model_copy(update=sections)
+
+
 def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
     """Validate a run file's object and everything it names, without loading weights.
 
@@ -253,6 +270,7 @@ def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
         # the sections cross-reference each other, so the file checks wait for a valid config
         raise RunFileError(source, problems_of(exc)) from None
     problems: list[Problem] = []
+    config = _resolved(config, problems)
     checked = CheckedRun(config=config)
     checked.teacher_config = _model_config(config.teacher.path, config.teacher.gguf_file, "teacher", problems)
     checked.student_config = _model_config(config.student.path, None, "student", problems)
