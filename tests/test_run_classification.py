@@ -82,8 +82,12 @@ def run_file(tmp_path: Path, **sections) -> Path:
             "max_length": 16,
             "eval_fraction": 0.25,
         },
-        "training": {"output_dir": str(tmp_path / "out"), "log_dir": str(tmp_path / "logs"), "device": "cpu",
-                     "progress_bar": False},
+        "training": {
+            "output_dir": str(tmp_path / "out"),
+            "log_dir": str(tmp_path / "logs"),
+            "device": "cpu",
+            "progress_bar": False,
+        },
         "distillation": {"kd_loss_type": "kl", "temperature": 2.0, "hard_label_weight": 0.5},
         "optimization": {"batch_size": 4, "num_epochs": 2, "learning_rate": 1e-2},
     }

@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_list_recipes_lists_the_shipped_recipes() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "distill_core", "train", "--list-recipes"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "recipe:smollm2-bbc" in done.stdout and "6-layer" in done.stdout
@@ -36,7 +39,10 @@ def test_package_names_a_path_inside_an_installed_package_and_a_missing_one_is_a
     found = sources.resolve("package:pytest/__init__.py", "teacher.path", problems)
     assert Path(found).is_file() and not problems
     sources.resolve("package:no_such_package_xyz/model", "student.path", problems)
-    assert str(problems[0]) == "student.path: package:no_such_package_xyz/model: the package 'no_such_package_xyz' is not installed"
+    assert (
+        str(problems[0])
+        == "student.path: package:no_such_package_xyz/model: the package 'no_such_package_xyz' is not installed"
+    )
 
 
 def test_a_cached_asset_is_made_once_and_an_unknown_name_is_a_problem(tmp_path, monkeypatch) -> None:
@@ -59,8 +65,10 @@ def test_a_cached_asset_is_made_once_and_an_unknown_name_is_a_problem(tmp_path, 
 
 def test_a_run_file_reports_an_unknown_cached_asset_at_its_field(tmp_path) -> None:
     run = tmp_path / "run.yaml"
-    run.write_text("teacher: {path: 'cache:smollm3'}\nstudent: {path: 'package:no_such_package_xyz/m'}\n"
-                   "data: {train_file: x.jsonl}\n")
+    run.write_text(
+        "teacher: {path: 'cache:smollm3'}\nstudent: {path: 'package:no_such_package_xyz/m'}\n"
+        "data: {train_file: x.jsonl}\n"
+    )
     with pytest.raises(RunFileError) as caught:
         prepare_run(run)
     message = str(caught.value)

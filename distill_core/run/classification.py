@@ -76,9 +76,9 @@ def build_classification_examples(
         label = str(record[section.label_column])
         if label not in ids:
             raise ValueError(f"example {number} has label {label!r}, which is not one of the labels {list(names)}")
-        input_ids = list(tokenizer(str(record[section.text_column]), truncation=True, max_length=section.max_length)[
-            "input_ids"
-        ])
+        input_ids = list(
+            tokenizer(str(record[section.text_column]), truncation=True, max_length=section.max_length)["input_ids"]
+        )
         examples.append({"input_ids": input_ids, "labels": ids[label]})
     return examples
 

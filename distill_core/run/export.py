@@ -83,7 +83,10 @@ def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, v
             if role in results:
                 lines.append(f"| {role} | {results[role]['accuracy']:.4f} | {results[role]['macro_f1']:.4f} |")
         if "agreement" in results:
-            lines += ["", f"Agreement with the teacher: {results['agreement']:.1%} over {results['examples']:,} examples."]
+            lines += [
+                "",
+                f"Agreement with the teacher: {results['agreement']:.1%} over {results['examples']:,} examples.",
+            ]
     elif results.get("tokens"):
         lines += ["| model | loss | perplexity |", "|---|---|---|"]
         for role in ("student", "teacher"):

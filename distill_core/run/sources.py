@@ -65,7 +65,11 @@ def _smollm2_layers(count: int) -> Callable[[Path], None]:
 
 #: the assets ``cache:NAME`` names, each with the function that makes it at a given path
 CACHED: dict[str, Callable[[Path], None]] = {
-    **{f"{name}/{split}.jsonl": _corpus(name, split) for name in ("rotten_tomatoes", "bbc_news") for split in ("train", "dev")},
+    **{
+        f"{name}/{split}.jsonl": _corpus(name, split)
+        for name in ("rotten_tomatoes", "bbc_news")
+        for split in ("train", "dev")
+    },
     "smollm2-135m-instruct": _smollm2,
     "smollm2-135m-instruct-6-layers": _smollm2_layers(6),
 }
@@ -105,9 +109,11 @@ def package_path(module: str, relative: str) -> Path | None:
         return None
     if spec is None:
         return None
-    root = Path(next(iter(spec.submodule_search_locations))) if spec.submodule_search_locations else Path(
-        spec.origin or ""
-    ).parent
+    root = (
+        Path(next(iter(spec.submodule_search_locations)))
+        if spec.submodule_search_locations
+        else Path(spec.origin or "").parent
+    )
     return root / relative
 
 

@@ -19,8 +19,8 @@ def recipes() -> dict[str, str]:
     found = {}
     for entry in sorted(files(__name__).iterdir(), key=lambda item: item.name):
         if entry.name.endswith(".yaml"):
-            first = entry.read_text(encoding="utf-8").splitlines()[0] if entry.read_text(encoding="utf-8") else ""
-            found[entry.name.removesuffix(".yaml")] = first.lstrip("# ").strip()
+            lines = entry.read_text(encoding="utf-8").splitlines()
+            found[entry.name.removesuffix(".yaml")] = lines[0].lstrip("# ").strip() if lines else ""
     return found
 
 
