@@ -182,3 +182,14 @@ def test_a_classification_run_exports_a_student_with_the_label_names_and_its_log
     assert "teacher" in saved and 0 <= saved["agreement"] <= 1
     assert any("accuracy" in line and "macro-F1" in line for line in lines)
     assert f"| student | {saved['student']['accuracy']:.4f} |" in (final / "README.md").read_text()
+
+
+def test_the_plan_counts_a_bert_classifiers_parameters_exactly(tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from distill_core.run.plan import estimate_parameters
+
+    tiny_bert(tmp_path / "teacher")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "teacher")
+    settings = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    assert estimate_parameters(settings) == sum(parameter.numel() for parameter in model.parameters())

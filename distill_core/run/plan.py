@@ -1,7 +1,7 @@
 """The plan ``distill train --dry-run`` prints: models, data, steps, KD path and outputs.
 
 Parameter counts are estimated from ``config.json`` (a Llama-style decoder: attention with grouped
-key/value heads, a gated MLP, RMS norms), so the plan costs no weight loading.
+key/value heads, a gated MLP, RMS norms; or a BERT classifier), so the plan costs no weight loading.
 """
 
 from __future__ import annotations
@@ -15,8 +15,33 @@ from typing import Any
 from distill_core.run.checks import CheckedRun
 
 
+def _bert_parameters(settings: dict[str, Any]) -> int:
+    """Parameters of a BERT encoder with its pooler and a classification head (``num_labels`` classes)."""
+    width, layers, inner = (
+        int(settings["hidden_size"]),
+        int(settings["num_hidden_layers"]),
+        int(settings["intermediate_size"]),
+    )
+    embeddings = (
+        int(settings["vocab_size"])
+        + int(settings.get("max_position_embeddings", 512))
+        + int(settings.get("type_vocab_size", 2))
+    ) * width + 2 * width
+    block = 4 * (width * width + width) + 2 * width * inner + inner + width + 4 * width
+    labels = len(settings.get("id2label") or {}) or 2
+    return embeddings + layers * block + width * width + width + labels * (width + 1)
+
+
 def estimate_parameters(settings: dict[str, Any]) -> int | None:
-    """Parameters of a Llama-style causal LM described by ``settings`` (config.json), or None if it says too little."""
+    """Parameters of a Llama-style causal LM (or a BERT classifier) described by ``settings`` (config.json).
+
+    None when the config says too little.
+    """
+    if settings.get("model_type") == "bert":
+        try:
+            return _bert_parameters(settings)
+        except (KeyError, TypeError, ValueError):
+            return None
     try:
         width, layers = int(settings["hidden_size"]), int(settings["num_hidden_layers"])
         vocab, inner = int(settings["vocab_size"]), int(settings["intermediate_size"])
