@@ -93,7 +93,11 @@ def cached_path(name: str) -> Path:
     try:
         made = scratch / target.name
         make(made)
-        os.replace(made, target)
+        try:
+            os.replace(made, target)
+        except OSError:
+            if not target.exists():  # else another process (a torchrun rank) made it first: use theirs
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
