@@ -26,6 +26,7 @@ def test_list_recipes_lists_the_shipped_recipes() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "recipe:smollm2-bbc" in done.stdout and "6-layer" in done.stdout
+    assert "recipe:minilm-rt" in done.stdout and "Rotten Tomatoes" in done.stdout
 
 
 def test_a_recipe_reads_as_a_run_file_and_an_unknown_one_gets_a_did_you_mean() -> None:
@@ -91,3 +92,21 @@ def test_the_smollm2_recipe_validates_with_the_packaged_model_and_data(capsys) -
     assert result.checked.student_config["num_hidden_layers"] == 6
     text = "\n".join(lines)
     assert "steps: 40" in text and "training examples (text, packed, max_length 128)" in text
+
+
+@pytest.mark.e2e
+def test_the_minilm_recipe_validates_with_the_packaged_model_and_data() -> None:
+    """The first run fine-tunes the MiniLM teacher into the cache (minutes); later runs read it."""
+    from distill_core.demo.assets import ROTTEN_TOMATOES, TEACHER_MODEL, MissingDependencyError
+    from distill_core.run import train_from_file
+
+    try:
+        TEACHER_MODEL.path(), ROTTEN_TOMATOES.path()
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    lines: list[str] = []
+    result = train_from_file("recipe:minilm-rt", dry_run=True, say=lines.append)
+    assert result.checked.task == "sequence_classification"
+    assert result.checked.label_names == ["rotten", "fresh"]  # the teacher's own id2label order
+    assert result.checked.student_config["num_hidden_layers"] == 2
+    assert "held out: 2000 examples" in "\n".join(lines)

@@ -5,8 +5,9 @@
 - ``cache:NAME``: one of :data:`CACHED`, made on first use in distill's cache folder
   (``$DISTILL_CACHE_DIR``, else ``$XDG_CACHE_HOME/distill``, else ``~/.cache/distill``) and read
   from there afterwards: the packaged corpora as ``.jsonl`` files (the demo's fixed train/dev
-  split; columns ``text`` and ``label``) and SmolLM2-135M-Instruct dequantised from its GGUF file,
-  whole or cut to 6 layers. Making one is the only work a dry run may do beyond reading.
+  split; columns ``text`` and ``label``), SmolLM2-135M-Instruct dequantised from its GGUF file,
+  whole or cut to 6 layers, and the packaged MiniLM fine-tuned on Rotten Tomatoes, whole or cut
+  to 2 layers. Making one is the only work a dry run may do beyond reading.
 
 Recipes (``distill train recipe:NAME``) name their models and data this way, so they run wherever
 the packages are installed.
@@ -63,6 +64,62 @@ def _smollm2_layers(count: int) -> Callable[[Path], None]:
     return write
 
 
+#: how the Rotten Tomatoes teacher is fine-tuned: the LM-free demo's defaults for ``rt`` (docs/demo.md)
+RT_TEACHER = {"train_size": 1000, "dev_size": 200, "max_length": 64, "batch_size": 32, "steps": 150, "lr": 1e-4}
+
+
+def _minilm_rotten_tomatoes(target: Path) -> None:
+    """Fine-tune the packaged MiniLM on Rotten Tomatoes as the demo does; its classes keep their names."""
+    from distill_core.demo import data, models
+    from distill_core.demo.batches import encode_texts, make_loader
+    from distill_core.demo.pipeline import TrainSettings, fine_tune
+
+    settings = RT_TEACHER
+    names = data.RT_LABELS
+    teacher = models.load_pretrained(
+        num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}, seed=0
+    )
+    models.freeze_embeddings(teacher)
+    tokenizer = models.load_tokenizer()
+    train_pool, dev_pool = data.rotten_tomatoes_pools()
+    train, dev = train_pool.head(settings["train_size"]), dev_pool.head(settings["dev_size"])
+    train_set = encode_texts(tokenizer, train.texts, train.labels, max_length=settings["max_length"])
+    dev_set = encode_texts(tokenizer, dev.texts, dev.labels, max_length=settings["max_length"])
+    work = target.parent / "fine-tuning"  # inside the scratch folder, removed with it
+    curve = fine_tune(
+        teacher,
+        make_loader(train_set, batch_size=settings["batch_size"], shuffle=True, seed=0),
+        make_loader(dev_set, batch_size=64, shuffle=False),
+        TrainSettings(
+            steps=settings["steps"],
+            learning_rate=settings["lr"],
+            output_dir=work / "runs",
+            log_dir=work / "logs",
+            eval_every=settings["steps"],
+            progress_bar=False,
+        ),
+    )
+    print(f"[cache] fine-tuned the MiniLM teacher on Rotten Tomatoes: dev accuracy {curve[-1][1]:.1%}")
+    teacher.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _minilm_rotten_tomatoes_layers(count: int) -> Callable[[Path], None]:
+    def write(target: Path) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from distill_core.demo.models import make_student
+        from distill_core.layer_mapping import student_init_layers
+
+        teacher_folder = cached_path("minilm-rotten-tomatoes")
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_folder)
+        student = make_student(teacher, student_init_layers(teacher.config.num_hidden_layers, count))
+        student.save_pretrained(target)
+        AutoTokenizer.from_pretrained(teacher_folder).save_pretrained(target)
+
+    return write
+
+
 #: the assets ``cache:NAME`` names, each with the function that makes it at a given path
 CACHED: dict[str, Callable[[Path], None]] = {
     **{
@@ -72,6 +129,8 @@ CACHED: dict[str, Callable[[Path], None]] = {
     },
     "smollm2-135m-instruct": _smollm2,
     "smollm2-135m-instruct-6-layers": _smollm2_layers(6),
+    "minilm-rotten-tomatoes": _minilm_rotten_tomatoes,
+    "minilm-rotten-tomatoes-2-layers": _minilm_rotten_tomatoes_layers(2),
 }
 #: bump when an asset's making changes, so older copies are made anew
 CACHE_VERSION = 1
