@@ -15,12 +15,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distill_core.run.classification import label_names, named_labels, num_labels_of, task_of
 from distill_core.run.config import RunConfig
 from distill_core.run.data import DataFileError, columns_of, read_records, split_held_out
 from distill_core.run.files import Problem, RunFileError, problems_of
+from distill_core.run.sources import resolve
 
 #: how many leading examples must hold the format's columns
 COLUMN_CHECK_ROWS = 5
+#: the data section's fields that hold paths
+DATA_PATHS = ("train_file", "eval_file", "tokenizer")
 #: the files that make a folder hold a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -35,6 +39,13 @@ class CheckedRun:
     tokenizer_path: str = ""
     train_records: list[dict[str, Any]] = field(default_factory=list)
     eval_records: list[dict[str, Any]] = field(default_factory=list)
+    task: str = "causal_lm"  # or "sequence_classification"
+    label_names: list[str] = field(default_factory=list)  # sequence classification: the class names, by id
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the models are sequence classifiers (one class per text)."""
+        return self.task == "sequence_classification"
 
 
 def _model_config(path: str, gguf_file: str | None, where: str, problems: list[Problem]) -> dict[str, Any]:
@@ -176,6 +187,78 @@ def _check_vocabularies(checked: CheckedRun, problems: list[Problem]) -> None:
         )
 
 
+def _task_mismatch(checked: CheckedRun) -> str:
+    architectures = checked.teacher_config.get("architectures") or "none"
+    if checked.classifies:
+        return (
+            f"a sequence-classification run reads `text_label` examples (a text and its class), not "
+            f"{checked.config.data.format!r}"
+        )
+    return (
+        f"`text_label` examples are for sequence classification, and this run's task is causal_lm (the teacher's "
+        f"architectures: {architectures}); use a *ForSequenceClassification teacher or set task: "
+        f"sequence_classification"
+    )
+
+
+def _is_classifier(model_config: dict[str, Any]) -> bool:
+    return any(str(name).endswith("ForSequenceClassification") for name in model_config.get("architectures") or [])
+
+
+def _check_labels(checked: CheckedRun, problems: list[Problem]) -> None:
+    """The data's labels against the teacher's classes, and the student's when it has a head already."""
+    data = checked.config.data
+    records = checked.train_records + checked.eval_records
+    checked.label_names = label_names(records, data.label_column, checked.teacher_config)
+    found = sorted({str(record[data.label_column]) for record in records if data.label_column in record})
+    teacher_names = named_labels(checked.teacher_config)
+    if teacher_names is not None and set(found) - set(teacher_names):
+        unknown = sorted(set(found) - set(teacher_names))
+        problems.append(
+            Problem(
+                "data.label_column",
+                f"label(s) {unknown} are not among the teacher's classes {teacher_names} (id2label in its config.json)",
+            )
+        )
+    if checked.teacher_config and not _is_classifier(checked.teacher_config):
+        architectures = checked.teacher_config.get("architectures") or "none"
+        problems.append(
+            Problem(
+                "teacher.path",
+                f"the teacher has no classification head of its own (architectures: {architectures}): a "
+                f"teacher must already be trained on the labels; fine-tune it first",
+            )
+        )
+    for role, model_config in (("teacher", checked.teacher_config), ("student", checked.student_config)):
+        declared = num_labels_of(model_config) if _is_classifier(model_config) else None
+        if declared is not None and declared != len(checked.label_names):
+            problems.append(
+                Problem(
+                    f"{role}.path",
+                    f"the {role} classifies into {declared} classes (num_labels in its config.json), and the "
+                    f"data's labels are {len(checked.label_names)}: {checked.label_names}",
+                )
+            )
+    if len(checked.label_names) < 2:
+        problems.append(
+            Problem("data.label_column", f"a classifier needs at least 2 labels; the data has {checked.label_names}")
+        )
+
+
+def _resolved(config: RunConfig, problems: list[Problem]) -> RunConfig:
+    """The config with its ``package:`` and ``cache:`` names turned into paths (docs/run-config.md#recipes)."""
+    sections = {}
+    for section, names in (("teacher", ("path",)), ("student", ("path",)), ("data", DATA_PATHS)):
+        model = getattr(config, section)
+        update = {
+            name: resolve(getattr(model, name), f"{section}.{name}", problems)
+            for name in names
+            if getattr(model, name) is not None
+        }
+        sections[section] = model.model_copy(update=update)
+    return config.model_copy(update=sections)
+
+
 def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
     """Validate a run file's object and everything it names, without loading weights.
 
@@ -187,10 +270,14 @@ def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
         # the sections cross-reference each other, so the file checks wait for a valid config
         raise RunFileError(source, problems_of(exc)) from None
     problems: list[Problem] = []
+    config = _resolved(config, problems)
     checked = CheckedRun(config=config)
     checked.teacher_config = _model_config(config.teacher.path, config.teacher.gguf_file, "teacher", problems)
     checked.student_config = _model_config(config.student.path, None, "student", problems)
     checked.tokenizer_path = _tokenizer_path(config, problems)
+    checked.task = task_of(config.task, checked.teacher_config)
+    if checked.classifies != (config.data.format == "text_label"):
+        problems.append(Problem("data.format", _task_mismatch(checked)))
     if config.data.format == "messages" and checked.tokenizer_path and config.teacher.gguf_file is None:
         if not has_chat_template(checked.tokenizer_path):
             problems.append(
@@ -212,7 +299,10 @@ def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
         except DataFileError as exc:
             problems.append(Problem("data.eval_fraction", str(exc)))
     _check_matches(checked, problems)
-    _check_vocabularies(checked, problems)
+    if checked.classifies:
+        _check_labels(checked, problems)
+    else:
+        _check_vocabularies(checked, problems)
     if problems:
         raise RunFileError(source, problems)
     return checked

@@ -23,7 +23,9 @@ class TeacherSection(ConfigModel):
     """The teacher: a local Hugging Face model folder (or a GGUF file in it)."""
 
     path: str = Field(
-        min_length=1, description="folder of a causal LM saved with save_pretrained (config.json, weights)"
+        min_length=1,
+        description="folder of a causal LM or sequence classifier saved with save_pretrained (config.json, "
+        "weights); `package:MODULE/PATH` names a folder inside an installed package",
     )
     gguf_file: str | None = Field(
         None, description="a GGUF file in `path` to read (dequantised by transformers) instead of config.json + weights"
@@ -53,7 +55,11 @@ class LoraSection(ConfigModel):
 class StudentSection(ConfigModel):
     """The student: its own model folder, trained in float32 (whole, or through a LoRA adapter)."""
 
-    path: str = Field(min_length=1, description="folder of the student model (config.json, weights)")
+    path: str = Field(
+        min_length=1,
+        description="folder of the student model (config.json, weights); `package:MODULE/PATH` names a folder "
+        "inside an installed package",
+    )
     lora: LoraSection | None = Field(
         None, description="train a LoRA adapter (peft) instead of every weight; None: train the whole student"
     )
@@ -71,15 +77,17 @@ class DataSection(ConfigModel):
         description="with no eval_file, hold out this fraction of train_file (a fixed shuffle by training.seed); "
         "0 and no eval_file: no evaluation",
     )
-    format: Literal["text", "messages", "prompt_completion"] = Field(
+    format: Literal["text", "messages", "prompt_completion", "text_label"] = Field(
         "text",
         description="text: language modelling on every token; messages: a chat through the tokenizer's chat "
-        "template, loss on assistant tokens only; prompt_completion: loss on the completion only",
+        "template, loss on assistant tokens only; prompt_completion: loss on the completion only; "
+        "text_label: a text and its class (sequence classification)",
     )
     text_column: str = Field(
         "text", min_length=1, description="the column of a `text` example (a .txt file: each line)"
     )
     messages_column: str = Field("messages", min_length=1, description="the column holding [{role, content}, ...]")
+    label_column: str = Field("label", min_length=1, description="the class of a `text_label` example")
     prompt_column: str = Field("prompt", min_length=1)
     completion_column: str = Field("completion", min_length=1)
     tokenizer: str | None = Field(
@@ -142,9 +150,18 @@ class ExportSection(ConfigModel):
     )
 
 
+#: what the models do: next-token prediction, or one class per text
+TASKS = ("causal_lm", "sequence_classification")
+
+
 class RunConfig(SerializableConfig):
     """A whole distillation: models, data, training, distillation, evaluation and export."""
 
+    task: Literal["causal_lm", "sequence_classification"] | None = Field(
+        None,
+        description="what the models do; None: from the teacher's config.json `architectures` "
+        "(*ForSequenceClassification: sequence_classification, else causal_lm)",
+    )
     teacher: TeacherSection
     student: StudentSection
     data: DataSection

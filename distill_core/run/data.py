@@ -84,6 +84,8 @@ def columns_of(section: DataSection) -> dict[str, str]:
         return {"messages_column": section.messages_column}
     if section.format == "prompt_completion":
         return {"prompt_column": section.prompt_column, "completion_column": section.completion_column}
+    if section.format == "text_label":
+        return {"text_column": section.text_column, "label_column": section.label_column}
     return {"text_column": section.text_column}
 
 
@@ -253,9 +255,21 @@ class EpochShuffle(torch.utils.data.RandomSampler):
 
 
 def make_loader(
-    examples: Sequence[dict[str, list[int]]], *, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0
+    examples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    shuffle: bool,
+    seed: int = 0,
+    classify: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of padded batches (for training, shuffled anew each epoch from ``seed + epoch``)."""
+    """A DataLoader of padded batches (for training, shuffled anew each epoch from ``seed + epoch``).
+
+    :param classify: the examples hold one class id each (``labels`` of shape (B,)), not token labels.
+    """
+    from distill_core.run.classification import ClassificationCollator
+
     examples = list(examples)
     sampler = EpochShuffle(examples, seed=seed) if shuffle else None
-    return torch.utils.data.DataLoader(examples, batch_size=batch_size, sampler=sampler, collate_fn=Collator(pad_id))
+    collate = ClassificationCollator(pad_id) if classify else Collator(pad_id)
+    return torch.utils.data.DataLoader(examples, batch_size=batch_size, sampler=sampler, collate_fn=collate)

@@ -77,7 +77,17 @@ def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, v
         "## Evaluation (held-out data)",
         "",
     ]
-    if results.get("tokens"):
+    if results.get("examples"):  # sequence classification
+        lines += ["| model | accuracy | macro-F1 |", "|---|---|---|"]
+        for role in ("student", "teacher"):
+            if role in results:
+                lines.append(f"| {role} | {results[role]['accuracy']:.4f} | {results[role]['macro_f1']:.4f} |")
+        if "agreement" in results:
+            lines += [
+                "",
+                f"Agreement with the teacher: {results['agreement']:.1%} over {results['examples']:,} examples.",
+            ]
+    elif results.get("tokens"):
         lines += ["| model | loss | perplexity |", "|---|---|---|"]
         for role in ("student", "teacher"):
             if role in results:

@@ -51,8 +51,18 @@ def problems_of(error: ValidationError, *, prefix: Sequence[str | int] = ()) -> 
 
 
 def read_run_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the object in a YAML (``.yaml``/``.yml``) or JSON run file; raise RunFileError if there is none."""
+    """Return the object in a YAML (``.yaml``/``.yml``) or JSON run file; raise RunFileError if there is none.
+
+    ``recipe:NAME`` reads the shipped recipe ``NAME`` (:mod:`distill_core.run.recipes`).
+    """
     source = os.fspath(path)
+    if source.startswith("recipe:"):
+        from distill_core.run.recipes import recipe_path
+
+        try:
+            path = recipe_path(source.removeprefix("recipe:"))
+        except LookupError as exc:
+            raise RunFileError(source, [Problem("(file)", str(exc))]) from None
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:

@@ -1,5 +1,8 @@
 """Loading the run's models: the teacher for forward passes, the student to train (whole or LoRA).
 
+Causal LMs load with ``AutoModelForCausalLM``, classifiers with ``AutoModelForSequenceClassification``;
+a classification student is given the run's label names (a new head when its folder has none).
+
 A ``student.lora`` section wraps the student with peft, so only the adapter's weights train.
 """
 
@@ -21,7 +24,7 @@ def with_lora(student: Any, checked: CheckedRun) -> Any:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if checked.classifies else "CAUSAL_LM",  # SEQ_CLS trains the new head too
     )
     return get_peft_model(student, settings)
 
@@ -29,18 +32,27 @@ def with_lora(student: Any, checked: CheckedRun) -> Any:
 def load_models(checked: CheckedRun) -> tuple[Any, Any]:
     """Load the teacher (frozen, in ``teacher.dtype``) and the student (float32, LoRA-wrapped if asked)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = checked.config
+    auto_class = AutoModelForSequenceClassification if checked.classifies else AutoModelForCausalLM
     options: dict[str, Any] = {}
     if any(match.feature == "attention" for match in config.distillation.intermediate_matches):
         options["attn_implementation"] = "eager"  # the fused kernels return no attention maps
     teacher_options = dict(options, dtype=getattr(torch, config.teacher.dtype))
     if config.teacher.gguf_file:
         teacher_options["gguf_file"] = config.teacher.gguf_file
-    teacher = AutoModelForCausalLM.from_pretrained(config.teacher.path, **teacher_options).eval()
+    teacher = auto_class.from_pretrained(config.teacher.path, **teacher_options).eval()
     teacher.requires_grad_(False)
-    student = AutoModelForCausalLM.from_pretrained(config.student.path, dtype=torch.float32, **options)
+    student_options = dict(options, dtype=torch.float32)
+    if checked.classifies:  # a student without a head gets a new one, with the run's classes
+        names = checked.label_names
+        student_options.update(
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: index for index, name in enumerate(names)},
+        )
+    student = auto_class.from_pretrained(config.student.path, **student_options)
     if config.student.lora is not None:
         student = with_lora(student, checked)
     return teacher, student

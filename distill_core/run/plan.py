@@ -1,7 +1,7 @@
 """The plan ``distill train --dry-run`` prints: models, data, steps, KD path and outputs.
 
 Parameter counts are estimated from ``config.json`` (a Llama-style decoder: attention with grouped
-key/value heads, a gated MLP, RMS norms), so the plan costs no weight loading.
+key/value heads, a gated MLP, RMS norms; or a BERT classifier), so the plan costs no weight loading.
 """
 
 from __future__ import annotations
@@ -15,8 +15,33 @@ from typing import Any
 from distill_core.run.checks import CheckedRun
 
 
+def _bert_parameters(settings: dict[str, Any]) -> int:
+    """Parameters of a BERT encoder with its pooler and a classification head (``num_labels`` classes)."""
+    width, layers, inner = (
+        int(settings["hidden_size"]),
+        int(settings["num_hidden_layers"]),
+        int(settings["intermediate_size"]),
+    )
+    embeddings = (
+        int(settings["vocab_size"])
+        + int(settings.get("max_position_embeddings", 512))
+        + int(settings.get("type_vocab_size", 2))
+    ) * width + 2 * width
+    block = 4 * (width * width + width) + 2 * width * inner + inner + width + 4 * width
+    labels = len(settings.get("id2label") or {}) or 2
+    return embeddings + layers * block + width * width + width + labels * (width + 1)
+
+
 def estimate_parameters(settings: dict[str, Any]) -> int | None:
-    """Parameters of a Llama-style causal LM described by ``settings`` (config.json), or None if it says too little."""
+    """Parameters of a Llama-style causal LM (or a BERT classifier) described by ``settings`` (config.json).
+
+    None when the config says too little.
+    """
+    if settings.get("model_type") == "bert":
+        try:
+            return _bert_parameters(settings)
+        except (KeyError, TypeError, ValueError):
+            return None
     try:
         width, layers = int(settings["hidden_size"]), int(settings["num_hidden_layers"])
         vocab, inner = int(settings["vocab_size"]), int(settings["intermediate_size"])
@@ -64,7 +89,12 @@ class Plan:
             f"tokenizer: {checked.tokenizer_path}",
             f"data: {self.train_examples} training examples ({config.data.format}"
             f"{', packed' if config.data.packing else ''}, max_length {config.data.max_length}), "
-            f"{self.train_tokens:,} tokens, {self.counted_tokens:,} with a label",
+            f"{self.train_tokens:,} tokens, "
+            + (
+                f"{len(checked.label_names)} classes {checked.label_names}"
+                if checked.classifies
+                else f"{self.counted_tokens:,} with a label"
+            ),
             f"held out: {self.eval_examples} examples" + ("" if self.eval_examples else " (no evaluation)"),
             f"steps: {self.steps} (effective batch {self.effective_batch} = batch_size "
             f"{config.optimization.batch_size} x gradient_accumulation_steps "
@@ -85,6 +115,11 @@ def kd_path(config: Any) -> str:
     return "chunked from hidden states x output head"
 
 
+def _counted(labels: list[int] | int) -> int:
+    """Tokens with a label; a classification example (one class id) counts once."""
+    return 1 if isinstance(labels, int) else sum(label != -100 for label in labels)
+
+
 def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], eval_count: int) -> Plan:
     """Work out the plan of a checked run whose training examples are tokenised."""
     config = checked.config
@@ -103,11 +138,11 @@ def make_plan(checked: CheckedRun, train_examples: list[dict[str, list[int]]], e
         student_parameters=estimate_parameters(checked.student_config),
         train_examples=len(train_examples),
         train_tokens=sum(len(example["input_ids"]) for example in train_examples),
-        counted_tokens=sum(sum(label != -100 for label in example["labels"]) for example in train_examples),
+        counted_tokens=sum(_counted(example["labels"]) for example in train_examples),
         eval_examples=eval_count,
         steps=steps,
         effective_batch=config.optimization.batch_size * accumulation * world_size,
-        kd_path=kd_path(config),
+        kd_path="class logits (B, num_labels)" if checked.classifies else kd_path(config),
         output_dir=output_dir,
         export_dir=str(Path(output_dir) / config.export.folder),
         processes=world_size,

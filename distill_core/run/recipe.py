@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_core.run.checks import CheckedRun, check_run
+from distill_core.run.classification import build_classification_examples
 from distill_core.run.data import DataFileError, build_examples, make_loader, pad_id_of
 from distill_core.run.files import Problem, RunFileError, apply_overrides, read_run_file
 from distill_core.run.plan import Plan, make_plan
@@ -67,8 +68,13 @@ def prepare_run(path: str | os.PathLike[str], *, overrides: Sequence[str] = ()) 
     problems = []
     for name, records in (("train_file", checked.train_records), ("eval_file", checked.eval_records)):
         try:
-            examples[name] = build_examples(tokenizer, records, checked.config.data)
-        except DataFileError as exc:
+            if checked.classifies:
+                examples[name] = build_classification_examples(
+                    tokenizer, records, checked.config.data, checked.label_names
+                )
+            else:
+                examples[name] = build_examples(tokenizer, records, checked.config.data)
+        except (DataFileError, ValueError) as exc:
             problems.append(Problem("data.format", f"{name}: {exc}"))
     if not problems and not examples["train_file"]:
         problems.append(Problem("data.train_file", "no example has a token to learn (all cut by max_length?)"))
@@ -115,7 +121,12 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
     teacher, student = load_models(checked)
     pad_id = pad_id_of(prepared.tokenizer)
     loader = make_loader(
-        prepared.train_examples, batch_size=optimization.batch_size, pad_id=pad_id, shuffle=True, seed=optimization.seed
+        prepared.train_examples,
+        batch_size=optimization.batch_size,
+        pad_id=pad_id,
+        shuffle=True,
+        seed=optimization.seed,
+        classify=checked.classifies,
     )
     distiller = Distillation(
         config.training,
@@ -156,19 +167,28 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
 def _evaluate_and_export(prepared: PreparedRun, result: RunResult, teacher: Any, *, say: Say) -> RunResult:
     """Evaluate the trained student on the held-out examples and export it (rank 0 only)."""
     from distill_core import __version__
+    from distill_core.run.classification import evaluate_classification, format_classification
     from distill_core.run.evaluate import evaluate_held_out, format_results
     from distill_core.run.export import export_student, sha256_of
 
     config, student = prepared.checked.config, result.student
     pad_id = pad_id_of(prepared.tokenizer)
     results: dict[str, Any] = {}
+    classifies = prepared.checked.classifies
     if prepared.eval_examples:
         examples = prepared.eval_examples[: config.eval.max_examples]
-        batches = make_loader(examples, batch_size=config.eval.batch_size, pad_id=pad_id, shuffle=False)
+        batches = make_loader(
+            examples, batch_size=config.eval.batch_size, pad_id=pad_id, shuffle=False, classify=classifies
+        )
         device = next(student.parameters()).device
-        vocab = config.distillation.kd_vocab_size or min(student.config.vocab_size, teacher.config.vocab_size)
-        results = evaluate_held_out(student, teacher.to(device), batches, vocab=vocab, device=device)
-        say(format_results(results))
+        if classifies:
+            names = prepared.checked.label_names
+            results = evaluate_classification(student, teacher.to(device), batches, label_names=names, device=device)
+            say(format_classification(results))
+        else:
+            vocab = config.distillation.kd_vocab_size or min(student.config.vocab_size, teacher.config.vocab_size)
+            results = evaluate_held_out(student, teacher.to(device), batches, vocab=vocab, device=device)
+            say(format_results(results))
     output_dir = Path(config.training.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
