@@ -49,21 +49,6 @@ def _smollm2(target: Path) -> None:
     target.symlink_to(Path(info["cache_folder"]).resolve(), target_is_directory=True)  # one copy on disk
 
 
-def _smollm2_layers(count: int) -> Callable[[Path], None]:
-    def write(target: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from distill_core.demo.lm.models import make_student, spread_layers
-
-        teacher_folder = cached_path("smollm2-135m-instruct")
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_folder)
-        student = make_student(teacher, spread_layers(teacher.config.num_hidden_layers, count))
-        student.save_pretrained(target)
-        AutoTokenizer.from_pretrained(teacher_folder).save_pretrained(target)
-
-    return write
-
-
 #: how the Rotten Tomatoes teacher is fine-tuned: the LM-free demo's defaults for ``rt`` (docs/demo.md)
 RT_TEACHER = {"train_size": 1000, "dev_size": 200, "max_length": 64, "batch_size": 32, "steps": 150, "lr": 1e-4}
 
@@ -104,18 +89,27 @@ def _minilm_rotten_tomatoes(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def _minilm_rotten_tomatoes_layers(count: int) -> Callable[[Path], None]:
+def _layer_cut(teacher_asset: str, auto_class: str, family: str, count: int) -> Callable[[Path], None]:
+    """An asset writer: a ``count``-layer student cut from the cached teacher ``teacher_asset``.
+
+    ``family`` is ``"lm"`` (the LM demo's cut: layers spread over the teacher's, first and last kept)
+    or ``"classifier"`` (the classification demo's, with ``layer_mapping.student_init_layers``).
+    """
+
     def write(target: Path) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import transformers
 
-        from distill_core.demo.models import make_student
-        from distill_core.layer_mapping import student_init_layers
+        if family == "lm":
+            from distill_core.demo.lm.models import make_student, spread_layers as choose
+        else:
+            from distill_core.demo.models import make_student
+            from distill_core.layer_mapping import student_init_layers as choose
 
-        teacher_folder = cached_path("minilm-rotten-tomatoes")
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_folder)
-        student = make_student(teacher, student_init_layers(teacher.config.num_hidden_layers, count))
+        teacher_folder = cached_path(teacher_asset)
+        teacher = getattr(transformers, auto_class).from_pretrained(teacher_folder)
+        student = make_student(teacher, choose(teacher.config.num_hidden_layers, count))
         student.save_pretrained(target)
-        AutoTokenizer.from_pretrained(teacher_folder).save_pretrained(target)
+        transformers.AutoTokenizer.from_pretrained(teacher_folder).save_pretrained(target)
 
     return write
 
@@ -128,9 +122,11 @@ CACHED: dict[str, Callable[[Path], None]] = {
         for split in ("train", "dev")
     },
     "smollm2-135m-instruct": _smollm2,
-    "smollm2-135m-instruct-6-layers": _smollm2_layers(6),
+    "smollm2-135m-instruct-6-layers": _layer_cut("smollm2-135m-instruct", "AutoModelForCausalLM", "lm", 6),
     "minilm-rotten-tomatoes": _minilm_rotten_tomatoes,
-    "minilm-rotten-tomatoes-2-layers": _minilm_rotten_tomatoes_layers(2),
+    "minilm-rotten-tomatoes-2-layers": _layer_cut(
+        "minilm-rotten-tomatoes", "AutoModelForSequenceClassification", "classifier", 2
+    ),
 }
 #: bump when an asset's making changes, so older copies are made anew
 CACHE_VERSION = 1
