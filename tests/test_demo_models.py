@@ -94,10 +94,12 @@ def test_teacher_key_changes_with_every_setting():
     base = dict(dataset="rt", train_size=4000, max_length=64, seed=0, steps=250, lr=5e-5, batch_size=32)
     keys = {teacher_store.teacher_key(**base)}
     for name, other in [("dataset", "bbc"), ("train_size", 10), ("max_length", 32), ("seed", 1), ("steps", 9),
-                        ("lr", 1e-4), ("batch_size", 8)]:
+                        ("lr", 1e-4), ("batch_size", 8), ("threads", 1), ("threads", 2)]:
         keys.add(teacher_store.teacher_key(**{**base, name: other}))
-    assert len(keys) == 8
+    assert len(keys) == 10
     assert teacher_store.teacher_key(**base) == "rt-n4000-len64-seed0-steps250-lr5e-05-bs32-v1"
+    # the demo fixes its threads, and a teacher fine-tuned on other threads rounds differently
+    assert teacher_store.teacher_key(**base, threads=1) == "rt-n4000-len64-seed0-steps250-lr5e-05-bs32-t1-v1"
 
 
 def test_store_then_find_a_teacher(tmp_path, tiny_bert):

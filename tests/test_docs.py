@@ -23,6 +23,7 @@ def test_demo_docs_install_like_the_readme_and_show_the_default_teacher_key() ->
     import re
 
     from distill_core.demo.cli import DEFAULTS
+    from distill_core.demo.cpus import DEMO_THREADS
     from distill_core.demo.teacher_store import teacher_key
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -32,7 +33,8 @@ def test_demo_docs_install_like_the_readme_and_show_the_default_teacher_key() ->
     assert install.group(1) in demo
     rt = DEFAULTS["rt"]
     key = teacher_key(dataset="rt", train_size=rt["train_size"], max_length=rt["max_length"], seed=0,
-                      steps=rt["teacher_steps"], lr=rt["teacher_lr"], batch_size=rt["batch_size"])
+                      steps=rt["teacher_steps"], lr=rt["teacher_lr"], batch_size=rt["batch_size"],
+                      threads=DEMO_THREADS)
     assert f"teachers/{key}/" in demo
 
 

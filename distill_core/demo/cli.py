@@ -16,6 +16,7 @@ from typing import Any
 
 from distill_core.demo.assets import TEACHER_MODEL, offline_hub, require_module
 from distill_core.demo.command import run_command
+from distill_core.demo.cpus import DEMO_THREADS
 from distill_core.demo.data import DEV_POOL, TRAIN_POOL
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep each run's checkpoints under OUTPUT_DIR/runs (about 250 MB per run)")
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
-    output.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: the cores this process may use, less those other "
-                             "processes keep busy when the demo starts)")
+    output.add_argument("--threads", type=int, default=DEMO_THREADS,
+                        help="CPU threads for torch, whatever the machine has or how busy it is: the accuracies "
+                             "depend on it, and docs/demo.md shows those of the default; 2 is faster on idle cores")
     output.add_argument("--latency-examples", type=int, default=100,
                         help="dev examples timed one at a time for the latency column")
     output.add_argument("--check", action="store_true",
@@ -125,12 +126,7 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
         DistillationConfig(kd_loss_type=args.kd_loss)
     except ValidationError as exc:
         raise ValueError(f"--kd-loss: {exc.errors()[0]['msg']}") from None
-    args.threads_note = ""
-    if args.threads is None:
-        from distill_core.demo.cpus import default_threads
-
-        args.threads, args.threads_note = default_threads()
-    elif args.threads < 1:
+    if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     return args
 

@@ -98,7 +98,3 @@ def with_hidden_states(model: nn.Module) -> nn.Module:
     return model
 
 
-def set_threads(num_threads: int | None) -> None:
-    """Use ``num_threads`` CPU threads for torch (None leaves torch's default)."""
-    if num_threads:
-        torch.set_num_threads(num_threads)

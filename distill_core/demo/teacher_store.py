@@ -6,8 +6,8 @@ which stores a teacher's outputs for training; this module stores whole fine-tun
 The cache folder is ``$DISTILL_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/distill``, else
 ``~/.cache/distill``. A teacher is stored under ``teachers/<key>/`` with ``save_pretrained`` files
 and an ``info.json``; the key names everything that changes the teacher (data set, train size,
-sequence length, seed, steps, learning rate, batch size, recipe version), so a run with other
-settings fine-tunes a new teacher instead of reusing a wrong one.
+sequence length, seed, steps, learning rate, batch size, torch threads, recipe version), so a run
+with other settings fine-tunes a new teacher instead of reusing a wrong one.
 """
 
 from __future__ import annotations
@@ -39,10 +39,16 @@ def cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def teacher_key(*, dataset: str, train_size: int, max_length: int, seed: int, steps: int, lr: float,
-                batch_size: int) -> str:
-    """Return the folder name of a fine-tuned teacher, e.g. ``rt-n3000-len64-seed0-steps200-lr0.0001-bs32-v1``."""
+                batch_size: int, threads: int | None = None) -> str:
+    """Return the folder name of a fine-tuned teacher, e.g. ``rt-n3000-len64-seed0-steps200-lr0.0001-bs32-t1-v1``.
+
+    :param threads: the torch threads it is fine-tuned on, where the caller fixes them (the demo):
+        another count rounds differently and gives another teacher, so a warm cache must not hand
+        a run the teacher of another count. None (torch's default count) leaves it out of the key.
+    """
+    threads_part = "" if threads is None else f"-t{threads}"
     return (f"{dataset}-n{train_size}-len{max_length}-seed{seed}-steps{steps}-lr{lr:g}-bs{batch_size}"
-            f"-v{RECIPE_VERSION}")
+            f"{threads_part}-v{RECIPE_VERSION}")
 
 
 def cached_teacher(root: Path, key: str) -> Path | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from distill_core.demo.assets import BBC_NEWS, SMOLLM2, require_module
 from distill_core.demo.command import run_command
+from distill_core.demo.cpus import DEMO_THREADS
 
 #: measured on 2 CPU cores (docs/demo.md): the defaults fit the 15-minute budget with room for a busy machine
 DEFAULTS: dict[str, Any] = {
@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep each run's final checkpoint under OUTPUT_DIR/runs (about 400 MB per run)")
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
-    output.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: the cores this process may use)")
+    output.add_argument("--threads", type=int, default=DEMO_THREADS,
+                        help="CPU threads for torch, whatever the machine has or how busy it is: the perplexities "
+                             "depend on it, and docs/demo.md shows those of the default; 2 is faster on idle cores")
     output.add_argument("--check", action="store_true",
                         help="exit with status 1 unless the distilled student's held-out perplexity is below the "
                              "student alone's for every seed")
@@ -154,8 +155,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise ValueError(f"--kd-loss/--kd-params ({where}): {error['msg']}") from None
-    if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     return args
 
 

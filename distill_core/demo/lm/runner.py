@@ -13,13 +13,13 @@ from typing import Any
 import torch
 
 from distill_core.demo import teacher_store
+from distill_core.demo.cpus import numerics, use_threads
 from distill_core.demo.lm.cli import TEACHER_LAYERS, OptionError, distill_fields
 from distill_core.demo.lm.data import block_loader, lm_splits
 from distill_core.demo.lm.measure import HeldOut, evaluate, greedy_continuations
 from distill_core.demo.lm.models import TEACHER_NAME, count_parameters, load_teacher, make_student, spread_layers
 from distill_core.demo.lm.report import LMRow, format_table, plot_curves, verdict
 from distill_core.demo.lm.train import RunOutcome, build_cache, distil, teacher_cache_settings, train_alone
-from distill_core.demo.models import set_threads
 from distill_core.demo.pipeline import TrainSettings
 from distill_core.demo.report import tensorboard_line
 from distill_core.demo.runner import drop_checkpoints
@@ -125,7 +125,7 @@ def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer
 def run_lm_demo(args: argparse.Namespace) -> bool:
     """Run the LM demo with resolved options; print the table; return whether distillation did its job."""
     started = time.perf_counter()
-    set_threads(args.threads)
+    use_threads(args.threads)
     load_at_start = _load()
     _say(f"distill demo --task lm: {TEACHER_NAME} -> {args.student_layers}-layer student on BBC News, "
          f"{args.steps} steps x {args.batch_size} blocks of {args.block_size} tokens, seeds {args.seeds}, "
@@ -216,6 +216,7 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
         "runs": students.runs,
         "curves": students.curves,
         "phases": phases,
+        "numerics": numerics(args.threads),
         "load_average": {"start": load_at_start, "end": _load()},
         "teacher_cache": bool(cache_fields),
         "passed": passed,
