@@ -13,6 +13,8 @@ number of valid KD positions for token means over the whole step. Two implementa
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +35,15 @@ if TYPE_CHECKING:
 __all__ = ["LiveTeachers", "NoTeachers", "TeacherSource"]
 
 
-class TeacherSource:
+class TeacherSource(abc.ABC):
     """Where a batch's teacher outputs come from (see the module docstring)."""
 
     #: whether :meth:`prepare` needs each batch's example keys (the loop then records them)
     wants_example_keys = False
 
+    @abc.abstractmethod
     def prepare(self, batch: Any, task: str | None, model_args: Mapping[str, Any], examples: Any = None) -> MicroBatch:
         """The micro-batch with its teachers' outputs; ``examples``: its example keys when wanted."""
-        raise NotImplementedError
 
     def log_scalars(self) -> dict[str, ExtraScalar]:
         """Return extra scalars to write at logging points: host values of this rank.
@@ -51,7 +53,7 @@ class TeacherSource:
         """
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op unless a source holds files)
         """End the training session (release files)."""
 
 

@@ -16,6 +16,8 @@ that stored outputs exist.
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,7 +56,7 @@ def _slicer(rows: Tensor) -> TeacherChunk:
     return chunk
 
 
-class LogitsView:
+class LogitsView(abc.ABC):
     """A teacher's logits for one micro-batch (see the module docstring).
 
     ``mask`` is the (B, L) mask of valid positions of token logits, or None.
@@ -63,13 +65,13 @@ class LogitsView:
     kind = "logits"
     mask: Tensor | None = None
 
+    @abc.abstractmethod
     def describe(self) -> list[tuple[str, tuple[int, ...], int]]:
         """Per KD output: (description, row shape, vocabulary size), for the first-step checks."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def token_level(self) -> bool:
         """Whether these are per-position (B, L, V) logits."""
-        raise NotImplementedError
 
     def count(self) -> Tensor | None:
         """The number of valid positions (a float32 device tensor) for token logits; None otherwise."""
@@ -81,16 +83,17 @@ class LogitsView:
         return (self.mask != 0).sum().to(torch.float32)
 
     @property
+    @abc.abstractmethod
     def device(self) -> torch.device:
-        raise NotImplementedError
+        """Where the logits are."""
 
+    @abc.abstractmethod
     def dense(self) -> list[Tensor]:
         """The logits tensors themselves, without gradient."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def chunks(self, keep: Tensor, vocab: int | None) -> TeacherChunk:
         """``chunk(start, end)``: logits of the valid rows ``keep`` (B, L), in row-major order, a chunk at a time."""
-        raise NotImplementedError
 
 
 class DenseLogits(LogitsView):
