@@ -20,6 +20,7 @@ from distill_core.run.config import RunConfig
 from distill_core.run.data import DataFileError, columns_of, read_records, split_held_out
 from distill_core.run.files import Problem, RunFileError, problems_of
 from distill_core.run.sources import resolve
+from distill_core.run.student_init import planned_student_config
 
 #: how many leading examples must hold the format's columns
 COLUMN_CHECK_ROWS = 5
@@ -75,7 +76,7 @@ def _tokenizer_path(config: RunConfig, problems: list[Problem]) -> str:
                 Problem("data.tokenizer", f"{config.data.tokenizer} holds no tokenizer.json or tokenizer_config.json")
             )
         return config.data.tokenizer
-    for folder in (config.student.path, config.teacher.path):
+    for folder in (path for path in (config.student.path, config.teacher.path) if path is not None):
         if any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
             return folder
     if config.teacher.gguf_file is not None:
@@ -273,7 +274,10 @@ def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
     config = _resolved(config, problems)
     checked = CheckedRun(config=config)
     checked.teacher_config = _model_config(config.teacher.path, config.teacher.gguf_file, "teacher", problems)
-    checked.student_config = _model_config(config.student.path, None, "student", problems)
+    if config.student.from_teacher is not None:  # the student's config.json as it will be cut
+        checked.student_config = planned_student_config(config.student.from_teacher, checked.teacher_config, problems)
+    else:
+        checked.student_config = _model_config(config.student.path, None, "student", problems)
     checked.tokenizer_path = _tokenizer_path(config, problems)
     checked.task = task_of(config.task, checked.teacher_config)
     if checked.classifies != (config.data.format == "text_label"):

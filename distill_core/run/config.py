@@ -52,17 +52,96 @@ class LoraSection(ConfigModel):
     )
 
 
-class StudentSection(ConfigModel):
-    """The student: its own model folder, trained in float32 (whole, or through a LoRA adapter)."""
+#: the layer rules of ``student.from_teacher`` (distill_core.students.selection.LAYER_METHODS)
+LAYER_METHODS = ("block_influence", "first_last", "uniform", "explicit")
 
-    path: str = Field(
+
+class FromTeacherSection(ConfigModel):
+    """A student cut from the teacher's weights (docs/students.md): fewer layers and/or narrower ones."""
+
+    layers: int | list[int] | None = Field(
+        None,
+        description="how many of the teacher's layers to keep, or the list of their indices (0-based; the "
+        "`explicit` method); None: every layer",
+    )
+    layer_method: Literal["block_influence", "first_last", "uniform", "explicit"] | None = Field(
+        None,
+        description="which layers: block_influence (calibrated), first_last, uniform, or explicit (a list in "
+        "`layers`); None: explicit for a list, else block_influence",
+    )
+    heads: int | None = Field(None, ge=1, description="attention (query) heads per layer; None: the teacher's")
+    kv_heads: int | None = Field(
+        None, ge=1, description="key/value heads per layer; None: the teacher's ratio of heads to key/value heads"
+    )
+    intermediate: int | None = Field(None, ge=1, description="MLP channels per layer; None: the teacher's")
+    hidden: int | None = Field(None, ge=1, description="hidden size; None: the teacher's")
+    calibration_examples: int = Field(
+        16,
+        ge=1,
+        description="the first N training examples (in file order) calibrate the teacher when the rule needs "
+        "scores (block_influence, any width)",
+    )
+
+    @model_validator(mode="after")
+    def _method_fits_layers(self) -> FromTeacherSection:
+        if isinstance(self.layers, list):
+            if self.layer_method not in (None, "explicit"):
+                raise ValueError(
+                    f"layers lists the layers to keep, so layer_method is 'explicit' (or left out), not "
+                    f"{self.layer_method!r}; give a number of layers for {self.layer_method!r}"
+                )
+            if not self.layers:
+                raise ValueError("layers lists no layer; a student keeps at least one")
+        elif self.layer_method == "explicit":
+            raise ValueError("layer_method 'explicit' takes the list of layers to keep in `layers`, e.g. [0, 1, 5]")
+        elif isinstance(self.layers, int) and self.layers < 1:
+            raise ValueError(f"layers must be at least 1, got {self.layers}")
+        return self
+
+    @property
+    def method(self) -> str:
+        """The layer rule in effect: ``explicit`` for a list, else ``layer_method`` or ``block_influence``."""
+        if isinstance(self.layers, list):
+            return "explicit"
+        return self.layer_method or "block_influence"
+
+    @property
+    def width_pruned(self) -> bool:
+        """Whether any width (heads, key/value groups, MLP channels, hidden size) is set."""
+        return any(value is not None for value in (self.heads, self.kv_heads, self.intermediate, self.hidden))
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the rule ranks by calibrated scores (block influence of a number of layers, or any width)."""
+        return self.width_pruned or (self.method == "block_influence" and isinstance(self.layers, int))
+
+
+class StudentSection(ConfigModel):
+    """The student: its own model folder, or one cut from the teacher; trained in float32 (whole, or LoRA)."""
+
+    path: str | None = Field(
+        None,
         min_length=1,
         description="folder of the student model (config.json, weights); `package:MODULE/PATH` names a folder "
-        "inside an installed package",
+        "inside an installed package; set this or from_teacher",
+    )
+    from_teacher: FromTeacherSection | None = Field(
+        None,
+        description="build the student from the teacher's weights (layers and widths kept by importance) "
+        "instead of reading a folder; set this or path",
     )
     lora: LoraSection | None = Field(
         None, description="train a LoRA adapter (peft) instead of every weight; None: train the whole student"
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSection:
+        if (self.path is None) == (self.from_teacher is None):
+            raise ValueError(
+                "set exactly one of path (a model folder) and from_teacher (a student cut from the teacher)"
+                + ("; both are set" if self.path is not None else "")
+            )
+        return self
 
 
 class DataSection(ConfigModel):

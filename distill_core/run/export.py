@@ -39,7 +39,23 @@ def _lora_lines(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, version: str) -> str:
+def _built_lines(built: dict[str, Any] | None) -> list[str]:
+    if not built:
+        return []
+    plan = built["plan"]
+    line = (
+        f"- the student was cut from the teacher by `distill_core.students`: teacher layers {plan['layers']} "
+        f"({plan['layer_method']}), width {plan['width']}; {built['parameters']:,} parameters of the teacher's "
+        f"{built['teacher_parameters']:,}"
+    )
+    if built.get("calibration"):
+        line += f"; calibrated on {built['calibration']['examples']} training examples"
+    return [line + " (as built: `student_init/` beside `final/`, with `importance.json`)"]
+
+
+def model_card(
+    run: dict[str, Any], results: dict[str, Any], fingerprint: str, version: str, *, built: dict[str, Any] | None = None
+) -> str:
     """The README.md of the exported student: where it came from, how it was trained, how it scored."""
     teacher, data, distillation = run["teacher"], run["data"], run["distillation"]
     optimization, training = run["optimization"], run["training"]
@@ -53,13 +69,15 @@ def model_card(run: dict[str, Any], results: dict[str, Any], fingerprint: str, v
         "",
         "# Distilled student",
         "",
-        f"Distilled with distill {version} from the teacher `{source}` into the student `{run['student']['path']}`.",
+        f"Distilled with distill {version} from the teacher `{source}` into "
+        + (f"the student `{run['student']['path']}`." if run["student"].get("path") else "a student cut from it."),
         "",
         "## Recipe",
         "",
         f"- KD loss `{distillation['kd_loss_type']}` (weight {distillation['kd_loss_weight']:g}) at temperature "
         f"{distillation['temperature']:g}; hard-label weight {distillation['hard_label_weight']:g}",
         f"- intermediate matches: {len(distillation.get('intermediate_matches') or [])}",
+        *_built_lines(built),
         *_lora_lines(run),
         f"- data: {', '.join(f'`{name}`' for name in files)}, format `{data['format']}`, max_length "
         f"{data['max_length']}{', packed' if data.get('packing') else ''}",
@@ -118,11 +136,13 @@ def export_student(
     fingerprint: str,
     version: str,
     merge_lora: bool = True,
+    built: dict[str, Any] | None = None,
 ) -> tuple[Path, nn.Module]:
     """Write the student to ``folder`` (save_pretrained layout, model card, run.yaml).
 
     A peft student is merged into its base weights first (``merge_and_unload``, in place) unless
     ``merge_lora`` is false; then only the adapter is written, as peft's ``save_pretrained`` does.
+    ``built``: the report of a student cut from the teacher (``student.from_teacher``), for the card.
     Return the folder and the model written (the merged model after a merge).
     """
     import yaml
@@ -133,7 +153,7 @@ def export_student(
         student = student.merge_and_unload()
     student.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    write_text_atomic(folder / "README.md", model_card(run, results, fingerprint, version))
+    write_text_atomic(folder / "README.md", model_card(run, results, fingerprint, version, built=built))
     write_text_atomic(folder / "run.yaml", yaml.safe_dump(run, sort_keys=False))
     write_text_atomic(folder / "eval_results.json", json.dumps(results, indent=2) + "\n")
     return folder, student

@@ -29,22 +29,36 @@ def with_lora(student: Any, checked: CheckedRun) -> Any:
     return get_peft_model(student, settings)
 
 
-def load_models(checked: CheckedRun) -> tuple[Any, Any]:
-    """Load the teacher (frozen, in ``teacher.dtype``) and the student (float32, LoRA-wrapped if asked)."""
-    import torch
+def _options(checked: CheckedRun) -> dict[str, Any]:
+    if any(match.feature == "attention" for match in checked.config.distillation.intermediate_matches):
+        return {"attn_implementation": "eager"}  # the fused kernels return no attention maps
+    return {}
+
+
+def _auto_class(checked: CheckedRun) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    return AutoModelForSequenceClassification if checked.classifies else AutoModelForCausalLM
+
+
+def load_teacher(checked: CheckedRun) -> Any:
+    """Load the teacher, frozen and in eval mode, in ``teacher.dtype``."""
+    import torch
+
     config = checked.config
-    auto_class = AutoModelForSequenceClassification if checked.classifies else AutoModelForCausalLM
-    options: dict[str, Any] = {}
-    if any(match.feature == "attention" for match in config.distillation.intermediate_matches):
-        options["attn_implementation"] = "eager"  # the fused kernels return no attention maps
-    teacher_options = dict(options, dtype=getattr(torch, config.teacher.dtype))
+    teacher_options = dict(_options(checked), dtype=getattr(torch, config.teacher.dtype))
     if config.teacher.gguf_file:
         teacher_options["gguf_file"] = config.teacher.gguf_file
-    teacher = auto_class.from_pretrained(config.teacher.path, **teacher_options).eval()
+    teacher = _auto_class(checked).from_pretrained(config.teacher.path, **teacher_options).eval()
     teacher.requires_grad_(False)
-    student_options = dict(options, dtype=torch.float32)
+    return teacher
+
+
+def load_student(checked: CheckedRun, folder: str) -> Any:
+    """Load the student in ``folder`` in float32 (a classifier with the run's classes), not yet LoRA-wrapped."""
+    import torch
+
+    student_options = dict(_options(checked), dtype=torch.float32)
     if checked.classifies:  # a student without a head gets a new one, with the run's classes
         names = checked.label_names
         student_options.update(
@@ -52,7 +66,13 @@ def load_models(checked: CheckedRun) -> tuple[Any, Any]:
             id2label=dict(enumerate(names)),
             label2id={name: index for index, name in enumerate(names)},
         )
-    student = auto_class.from_pretrained(config.student.path, **student_options)
-    if config.student.lora is not None:
+    return _auto_class(checked).from_pretrained(folder, **student_options)
+
+
+def load_models(checked: CheckedRun) -> tuple[Any, Any]:
+    """Load the teacher (frozen, in ``teacher.dtype``) and the student (float32, LoRA-wrapped if asked)."""
+    teacher = load_teacher(checked)
+    student = load_student(checked, checked.config.student.path)
+    if checked.config.student.lora is not None:
         student = with_lora(student, checked)
     return teacher, student

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_core.run.checks import CheckedRun
+from distill_core.run.student_init import describe
 
 
 def _bert_parameters(settings: dict[str, Any]) -> int:
@@ -83,9 +84,11 @@ class Plan:
         source = (
             f"{config.teacher.path}/{config.teacher.gguf_file}" if config.teacher.gguf_file else config.teacher.path
         )
+        built = config.student.from_teacher
+        student = config.student.path if built is None else describe(built)
         return [
             f"teacher: {source} ({count(self.teacher_parameters)}, {config.teacher.dtype})",
-            f"student: {config.student.path} ({count(self.student_parameters)}, float32)",
+            f"student: {student} ({count(self.student_parameters)}, float32)",
             f"tokenizer: {checked.tokenizer_path}",
             f"data: {self.train_examples} training examples ({config.data.format}"
             f"{', packed' if config.data.packing else ''}, max_length {config.data.max_length}), "

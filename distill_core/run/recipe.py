@@ -33,6 +33,8 @@ class RunResult:
     student: Any = None
     results: dict[str, Any] = field(default_factory=dict)
     export_dir: Path | None = None
+    #: a student cut from the teacher (student.from_teacher): the plan, sizes and scores (importance.json)
+    built: dict[str, Any] | None = None
 
 
 @dataclass
@@ -117,8 +119,12 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
     checked, config = prepared.checked, prepared.checked.config
     optimization = config.optimization
     torch.manual_seed(optimization.seed)
-    say("loading the teacher and the student")
-    teacher, student = load_models(checked)
+    if config.student.from_teacher is None:
+        say("loading the teacher and the student")
+        teacher, student = load_models(checked)
+        built = None
+    else:
+        teacher, student, built = _student_from_teacher(prepared, resume=resume, say=say)
     pad_id = pad_id_of(prepared.tokenizer)
     loader = make_loader(
         prepared.train_examples,
@@ -157,11 +163,65 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
             **model_args,
         )
     runtime = distiller.runtime
-    result = RunResult(checked=checked, plan=prepared.plan, student=student)
+    result = RunResult(checked=checked, plan=prepared.plan, student=student, built=built)
     if runtime.is_main:
         result = _evaluate_and_export(prepared, result, teacher, say=say)
     runtime.barrier()  # the other ranks end once the files are written
     return result
+
+
+def _device_of(config: Any) -> Any:
+    """The device the run trains on, as the runtime picks it (training.device, else this rank's GPU, else CPU)."""
+    import torch
+
+    if config.training.device is not None:
+        return torch.device(config.training.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _student_from_teacher(prepared: PreparedRun, *, resume: bool, say: Say) -> tuple[Any, Any, dict[str, Any]]:
+    """Load the teacher and cut the student from it (``student.from_teacher``); LoRA-wrap it if asked.
+
+    The student as built is written to ``output_dir/student_init/`` (rank 0); a resumed run reads it
+    back from there rather than calibrating again.
+    """
+    from distill_core.run.models import load_student, load_teacher, with_lora
+    from distill_core.run.student_init import STUDENT_INIT, save_student_init, student_from_teacher
+
+    checked, config = prepared.checked, prepared.checked.config
+    section = config.student.from_teacher
+    assert section is not None
+    folder = Path(config.training.output_dir) / STUDENT_INIT
+    say("loading the teacher")
+    teacher = load_teacher(checked)
+    if resume and (folder / "importance.json").is_file():
+        say(f"reading the student cut from the teacher in {folder}")
+        student = load_student(checked, str(folder))
+        built = json.loads((folder / "importance.json").read_text(encoding="utf-8"))
+    else:
+        pad_id = pad_id_of(prepared.tokenizer)
+
+        def batches(examples: list[dict[str, Any]]) -> Any:
+            size = config.optimization.batch_size
+            return make_loader(examples, batch_size=size, pad_id=pad_id, shuffle=False, classify=checked.classifies)
+
+        student, built = student_from_teacher(
+            teacher,
+            section,
+            prepared.train_examples,
+            teacher_name=config.teacher.path,
+            make_batches=batches,
+            device=_device_of(config),
+            say=say,
+        )
+        if _is_main_process():
+            save_student_init(student, prepared.tokenizer, built, folder)
+            say(f"wrote the student as built to {folder}")
+    if config.student.lora is not None:
+        student = with_lora(student, checked)
+    return teacher, student, built
 
 
 def _evaluate_and_export(prepared: PreparedRun, result: RunResult, teacher: Any, *, say: Say) -> RunResult:
@@ -202,6 +262,7 @@ def _evaluate_and_export(prepared: PreparedRun, result: RunResult, teacher: Any,
         fingerprint=sha256_of(data_files),
         version=__version__,
         merge_lora=config.export.merge_lora,
+        built=result.built,
     )
     say(f"exported the student to {export_dir}")
     result.student, result.results, result.export_dir = exported, results, export_dir

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["Family", "family_of", "BERT", "LLAMA"]
+__all__ = ["BERT", "LLAMA", "MODEL_TYPES", "Family", "family_named", "family_of"]
 
 #: a dimension's kind: "hidden" (embedding channels), "q" (query/attention-output rows, per head),
 #: "kv" (key/value rows, per key/value group), "mlp" (intermediate channels), None (kept whole)
@@ -148,3 +148,12 @@ def family_of(model: nn.Module) -> Family:
         raise ValueError(f"cannot build a student of a {type(model).__name__} (model_type {model_type!r}); "
                          f"supported model types: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[model_type]
+
+
+def family_named(model_type: str | None) -> Family | None:
+    """Return the family of a ``config.json``'s ``model_type``, or None when no family covers it."""
+    return _FAMILIES.get(model_type) if isinstance(model_type, str) else None
+
+
+#: the model types a student can be cut from
+MODEL_TYPES: tuple[str, ...] = tuple(sorted(_FAMILIES))
