@@ -19,13 +19,15 @@ from distill_core.run.classification import label_names, named_labels, num_label
 from distill_core.run.config import RunConfig
 from distill_core.run.data import DataFileError, columns_of, read_records, split_held_out
 from distill_core.run.files import Problem, RunFileError, problems_of
-from distill_core.run.sources import resolve
+from distill_core.run.sources import hub_snapshot, resolve
 from distill_core.run.student_init import planned_student_config
 
 #: how many leading examples must hold the format's columns
 COLUMN_CHECK_ROWS = 5
 #: the data section's fields that hold paths
 DATA_PATHS = ("train_file", "eval_file", "tokenizer")
+#: the fields that name a model (or tokenizer) folder, which may also be a Hub id in the local cache
+MODEL_PATHS = ("path", "tokenizer")
 #: the files that make a folder hold a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -50,6 +52,8 @@ class CheckedRun:
 
 
 def _model_config(path: str, gguf_file: str | None, where: str, problems: list[Problem]) -> dict[str, Any]:
+    if any(problem.path == f"{where}.path" for problem in problems):
+        return {}  # already reported (a name that resolves to nothing)
     folder = Path(path)
     if not folder.is_dir():
         problems.append(Problem(f"{where}.path", f"{path}: no such folder"))
@@ -71,7 +75,8 @@ def _model_config(path: str, gguf_file: str | None, where: str, problems: list[P
 
 def _tokenizer_path(config: RunConfig, problems: list[Problem]) -> str:
     if config.data.tokenizer is not None:
-        if not any((Path(config.data.tokenizer) / name).is_file() for name in TOKENIZER_FILES):
+        reported = any(problem.path == "data.tokenizer" for problem in problems)
+        if not reported and not any((Path(config.data.tokenizer) / name).is_file() for name in TOKENIZER_FILES):
             problems.append(
                 Problem("data.tokenizer", f"{config.data.tokenizer} holds no tokenizer.json or tokenizer_config.json")
             )
@@ -247,15 +252,21 @@ def _check_labels(checked: CheckedRun, problems: list[Problem]) -> None:
 
 
 def _resolved(config: RunConfig, problems: list[Problem]) -> RunConfig:
-    """The config with its ``package:`` and ``cache:`` names turned into paths (docs/run-config.md#recipes)."""
+    """The config with its ``package:`` and ``cache:`` names, and Hub ids of models, turned into paths.
+
+    docs/run-config.md#recipes; a Hub id (``org/name``) resolves through the local Hugging Face cache.
+    """
     sections = {}
     for section, names in (("teacher", ("path",)), ("student", ("path",)), ("data", DATA_PATHS)):
         model = getattr(config, section)
-        update = {
-            name: resolve(getattr(model, name), f"{section}.{name}", problems)
-            for name in names
-            if getattr(model, name) is not None
-        }
+        update = {}
+        for name in names:
+            if getattr(model, name) is None:
+                continue
+            where = f"{section}.{name}"
+            update[name] = resolve(getattr(model, name), where, problems)
+            if name in MODEL_PATHS:
+                update[name] = hub_snapshot(update[name], where, problems)
         sections[section] = model.model_copy(update=update)
     return config.model_copy(update=sections)
 

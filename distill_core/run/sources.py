@@ -11,12 +11,16 @@
 
 Recipes (``distill train recipe:NAME``) name their models and data this way, so they run wherever
 the packages are installed.
+
+A model path that is no folder but reads as a Hugging Face Hub id (``org/name``) is looked up in the
+local Hugging Face cache, offline (:func:`hub_snapshot`): distill never downloads a model itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -197,4 +201,47 @@ def resolve(value: str, where: str, problems: list[Problem]) -> str:
         except Exception as exc:  # noqa: BLE001 - a missing package or file: reported at the field
             problems.append(Problem(where, f"{value} cannot be made: {exc}"))
             return value
+    return value
+
+
+#: a Hub model id, ``org/name`` (letters, digits, ``-``, ``_``, ``.``; no ``..``)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face cache read now: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_snapshot(value: str, where: str, problems: list[Problem]) -> str:
+    """Return ``value``, or for an ``org/name`` id that is no local folder its snapshot in the local HF cache.
+
+    Nothing is downloaded (``snapshot_download(..., local_files_only=True)``); an id missing from the
+    cache is a problem naming the id, the cache searched and the command that fetches it.
+    """
+    if Path(value).exists() or not HUB_ID.fullmatch(value) or ".." in value:
+        return value
+    cache = hub_cache_dir()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(value, cache_dir=cache, local_files_only=True))
+    except ImportError:
+        reason = "huggingface_hub is not installed"
+    except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError and kin: not in the cache
+        reason = f"{type(exc).__name__}"
+    problems.append(
+        Problem(
+            where,
+            f"{value}: no such folder, and the Hub model {value!r} is not in the local Hugging Face cache "
+            f"{cache} ({reason}); distill reads models offline: fetch it with `hf download {value}` "
+            f"(`huggingface-cli download {value}` with an older huggingface_hub), or name a local folder",
+        )
+    )
     return value
