@@ -33,19 +33,71 @@ class DataFileError(ValueError):
     """A data file that cannot be read as examples; the message says where."""
 
 
-def read_records(path: str | Path, *, text_column: str = "text") -> list[dict[str, Any]]:
-    """Return the examples of a ``.jsonl``, ``.json`` (a list of objects), ``.csv`` or ``.txt`` file.
+#: the files ``Dataset.save_to_disk`` writes beside its ``.arrow`` shards, and ``DatasetDict``'s
+DATASET_FILES = ("dataset_info.json", "state.json")
+DATASET_DICT_FILE = "dataset_dict.json"
 
-    A ``.txt`` file gives one example per non-empty line, under ``text_column``.
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise DataFileError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        return parquet.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow's own errors: the file is not a parquet table
+        raise DataFileError(f"{path}: not a readable parquet file ({exc})") from None
+
+
+def _read_saved_dataset(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``datasets`` folder written by ``Dataset.save_to_disk``; ClassLabel columns as names."""
+    if (path / DATASET_DICT_FILE).is_file():
+        try:
+            splits = json.loads((path / DATASET_DICT_FILE).read_text(encoding="utf-8")).get("splits", [])
+        except (OSError, ValueError, AttributeError):
+            splits = []
+        example = f"{path / splits[0]}" if splits else f"{path}/train"
+        raise DataFileError(
+            f"{path}: a DatasetDict saved with save_to_disk (splits {splits}); name one split's folder, e.g. {example}"
+        )
+    if not all((path / name).is_file() for name in DATASET_FILES):
+        raise DataFileError(
+            f"{path}: is a folder, not a data file nor a dataset saved with save_to_disk (no "
+            f"{' and '.join(DATASET_FILES)})"
+        )
+    try:
+        import datasets
+    except ImportError:
+        raise DataFileError(f"{path}: reading a saved dataset needs datasets (pip install datasets)") from None
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - the library's own errors: a damaged folder
+        raise DataFileError(f"{path}: the saved dataset cannot be read ({exc})") from None
+    records = dataset.to_list()
+    for column, feature in dataset.features.items():
+        if isinstance(feature, datasets.ClassLabel):  # the class names, as a .jsonl file would hold them
+            for record in records:
+                if isinstance(record.get(column), int) and record[column] >= 0:
+                    record[column] = feature.int2str(record[column])
+    return records
+
+
+def read_records(path: str | Path, *, text_column: str = "text") -> list[dict[str, Any]]:
+    """Return the examples of a ``.jsonl``, ``.json`` (a list of objects), ``.csv``, ``.txt`` or ``.parquet`` file.
+
+    A ``.txt`` file gives one example per non-empty line, under ``text_column``; a folder written by
+    ``datasets``' ``Dataset.save_to_disk`` gives its rows (a ``ClassLabel`` column as class names).
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.exists():
+        raise DataFileError(f"{path}: no such file")
+    if path.is_dir():
+        return _checked(path, _read_saved_dataset(path))
+    if suffix == ".parquet":
+        return _checked(path, _read_parquet(path))
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataFileError(f"{path}: is a folder, not a data file") from None
     except UnicodeDecodeError as exc:
         raise DataFileError(f"{path}: not UTF-8 text (offset {exc.start})") from None
     if suffix == ".jsonl":
@@ -69,7 +121,14 @@ def read_records(path: str | Path, *, text_column: str = "text") -> list[dict[st
     elif suffix == ".txt":
         records = [{text_column: line} for line in text.splitlines() if line.strip()]
     else:
-        raise DataFileError(f"{path}: unknown data file type {suffix or '(none)'!r}; use .jsonl, .json, .csv or .txt")
+        raise DataFileError(
+            f"{path}: unknown data file type {suffix or '(none)'!r}; use .jsonl, .json, .csv, .txt, .parquet or a "
+            f"folder saved by datasets' save_to_disk"
+        )
+    return _checked(path, records)
+
+
+def _checked(path: Path, records: list[Any]) -> list[dict[str, Any]]:
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise DataFileError(f"{path}: example {number} is a {type(record).__name__}, not an object of columns")

@@ -19,13 +19,26 @@ from distill_core.atomic import write_text_atomic
 
 
 def sha256_of(paths: Iterable[str]) -> str:
-    """The sha256 of the data files' bytes, in order: the data fingerprint of the model card."""
+    """The sha256 of the data files' bytes, in order: the data fingerprint of the model card.
+
+    A folder (a dataset saved with ``save_to_disk``) counts as its files' relative names and bytes, sorted.
+    """
     digest = hashlib.sha256()
     for path in paths:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        folder = Path(path)
+        if not folder.is_dir():
+            _digest_file(digest, folder)
+            continue
+        for file in sorted(item for item in folder.rglob("*") if item.is_file()):
+            digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+            _digest_file(digest, file)
     return digest.hexdigest()
+
+
+def _digest_file(digest: Any, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
 
 
 def _lora_lines(run: dict[str, Any]) -> list[str]:
