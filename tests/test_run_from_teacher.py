@@ -117,3 +117,15 @@ def test_a_cut_student_trains_through_lora_and_exports_merged(tmp_path) -> None:
     final = tmp_path / "out" / "final"
     assert AutoModelForCausalLM.from_pretrained(final).config.num_hidden_layers == 2
     assert "LoRA adapter (r 4" in (final / "README.md").read_text()
+
+
+def test_a_classifier_student_is_cut_from_a_bert_teacher(tmp_path) -> None:
+    from test_run_classification import run_file as classification_run
+    from test_run_classification import tiny_bert
+    from transformers import AutoModelForSequenceClassification
+
+    tiny_bert(tmp_path / "teacher")
+    path = classification_run(tmp_path, student={"path": None, "from_teacher": {"layers": 1}})
+    train_from_file(path, **QUIET)
+    final = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "final")
+    assert final.config.num_hidden_layers == 1 and final.config.id2label == {0: "fresh", 1: "meh", 2: "rotten"}

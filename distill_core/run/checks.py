@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distill_core.run.classification import label_names, named_labels, num_labels_of, task_of
+from distill_core.run.best import with_metric_mode
 from distill_core.run.config import RunConfig
 from distill_core.run.data import DataFileError, columns_of, read_records, split_held_out
 from distill_core.run.files import Problem, RunFileError, problems_of
@@ -318,6 +319,7 @@ def check_run(data: dict[str, Any], *, source: str = "run file") -> CheckedRun:
         _check_labels(checked, problems)
     else:
         _check_vocabularies(checked, problems)
+    checked.config = with_metric_mode(checked.config, checked.task, bool(checked.eval_records), problems)
     if problems:
         raise RunFileError(source, problems)
     return checked

@@ -211,17 +211,32 @@ class OptimizationSection(ConfigModel):
         return self
 
 
+#: the metrics ``eval.metric`` may name, each with whether a larger ("max") or smaller ("min") value is better
+EVAL_METRICS = {"loss": "min", "perplexity": "min", "agreement": "max", "accuracy": "max", "macro_f1": "max"}
+
+
 class EvalSection(ConfigModel):
-    """The evaluation after training, on the held-out examples."""
+    """The evaluation on the held-out examples: during training (with ``metric``) and after it."""
 
     batch_size: int = Field(8, ge=1)
     max_examples: int | None = Field(None, ge=1, description="evaluate on at most this many held-out examples")
+    metric: Literal["loss", "perplexity", "agreement", "accuracy", "macro_f1"] | None = Field(
+        None,
+        description="evaluate the student on the held-out examples at each checkpoint (or every "
+        "training.eval_steps) and keep the best by this metric (loss, perplexity: lower is better; agreement, "
+        "accuracy, macro_f1: higher); None: evaluate once, after training",
+    )
 
 
 class ExportSection(ConfigModel):
     """Where the trained student is written, in the save_pretrained layout."""
 
     folder: str = Field("final", min_length=1, description="folder under training.output_dir")
+    which: Literal["best", "last"] | None = Field(
+        None,
+        description="export the student of the best evaluation (by eval.metric) or of the last step; None: best "
+        "when eval.metric is set, else last",
+    )
     merge_lora: bool = Field(
         True,
         description="with student.lora: merge the adapter into the weights (a plain model); false: save the "

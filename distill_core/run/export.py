@@ -66,8 +66,23 @@ def _built_lines(built: dict[str, Any] | None) -> list[str]:
     return [line + " (as built: `student_init/` beside `final/`, with `importance.json`)"]
 
 
+def _checkpoint_line(best: dict[str, Any] | None) -> list[str]:
+    if not best:
+        return ["- these are the weights of the last training step"]
+    return [
+        f"- these are the weights of the best held-out evaluation by `{best['name']}`: step {best['step']} "
+        f"({best['name']} {best['metric']:.4f}; {'lower' if best['mode'] == 'min' else 'higher'} is better)"
+    ]
+
+
 def model_card(
-    run: dict[str, Any], results: dict[str, Any], fingerprint: str, version: str, *, built: dict[str, Any] | None = None
+    run: dict[str, Any],
+    results: dict[str, Any],
+    fingerprint: str,
+    version: str,
+    *,
+    built: dict[str, Any] | None = None,
+    best: dict[str, Any] | None = None,
 ) -> str:
     """The README.md of the exported student: where it came from, how it was trained, how it scored."""
     teacher, data, distillation = run["teacher"], run["data"], run["distillation"]
@@ -92,6 +107,7 @@ def model_card(
         f"- intermediate matches: {len(distillation.get('intermediate_matches') or [])}",
         *_built_lines(built),
         *_lora_lines(run),
+        *_checkpoint_line(best),
         f"- data: {', '.join(f'`{name}`' for name in files)}, format `{data['format']}`, max_length "
         f"{data['max_length']}{', packed' if data.get('packing') else ''}",
         f"- data fingerprint (sha256 of the data files): `{fingerprint}`",
@@ -150,12 +166,14 @@ def export_student(
     version: str,
     merge_lora: bool = True,
     built: dict[str, Any] | None = None,
+    best: dict[str, Any] | None = None,
 ) -> tuple[Path, nn.Module]:
     """Write the student to ``folder`` (save_pretrained layout, model card, run.yaml).
 
     A peft student is merged into its base weights first (``merge_and_unload``, in place) unless
     ``merge_lora`` is false; then only the adapter is written, as peft's ``save_pretrained`` does.
-    ``built``: the report of a student cut from the teacher (``student.from_teacher``), for the card.
+    ``built``: the report of a student cut from the teacher (``student.from_teacher``), for the card;
+    ``best``: ``best.json`` (and the metric's ``name``) when the student is the best checkpoint's.
     Return the folder and the model written (the merged model after a merge).
     """
     import yaml
@@ -166,7 +184,7 @@ def export_student(
         student = student.merge_and_unload()
     student.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    write_text_atomic(folder / "README.md", model_card(run, results, fingerprint, version, built=built))
+    write_text_atomic(folder / "README.md", model_card(run, results, fingerprint, version, built=built, best=best))
     write_text_atomic(folder / "run.yaml", yaml.safe_dump(run, sort_keys=False))
     write_text_atomic(folder / "eval_results.json", json.dumps(results, indent=2) + "\n")
     return folder, student

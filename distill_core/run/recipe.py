@@ -35,6 +35,8 @@ class RunResult:
     export_dir: Path | None = None
     #: a student cut from the teacher (student.from_teacher): the plan, sizes and scores (importance.json)
     built: dict[str, Any] | None = None
+    #: export.which best: best.json of the student exported (step, metric, mode); None: the last step's
+    best: dict[str, Any] | None = None
 
 
 @dataclass
@@ -114,6 +116,7 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
     import torch
 
     from distill_core import Distillation
+    from distill_core.run.best import export_which, make_callback, restore_best
     from distill_core.run.models import load_models
 
     checked, config = prepared.checked, prepared.checked.config
@@ -151,11 +154,19 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
         if any(match.feature == "attention" for match in config.distillation.intermediate_matches)
         else {}
     )
+    callback = None
+    if config.eval.metric is not None:
+        callback = make_callback(
+            lambda model, with_teacher: held_out_results(prepared, model, teacher if with_teacher else None),
+            config.eval.metric,
+            say=say,
+        )
     with distiller:
         distiller.train(
             optimizer,
             _schedule(optimization.warmup_fraction),
             loader,
+            callback=callback,
             num_epochs=None if optimization.num_steps else (optimization.num_epochs or 1),
             num_steps=optimization.num_steps,
             max_grad_norm=optimization.max_grad_norm,
@@ -165,6 +176,8 @@ def run_prepared(prepared: PreparedRun, *, resume: bool = False, say: Say = prin
     runtime = distiller.runtime
     result = RunResult(checked=checked, plan=prepared.plan, student=student, built=built)
     if runtime.is_main:
+        if export_which(config) == "best":
+            result.best = restore_best(student, config.training.output_dir, say=say)
         result = _evaluate_and_export(prepared, result, teacher, say=say)
     runtime.barrier()  # the other ranks end once the files are written
     return result
@@ -224,31 +237,39 @@ def _student_from_teacher(prepared: PreparedRun, *, resume: bool, say: Say) -> t
     return teacher, student, built
 
 
+def held_out_results(prepared: PreparedRun, student: Any, teacher: Any | None) -> dict[str, Any]:
+    """Evaluate ``student`` (and ``teacher``, unless None) on the run's held-out examples (``eval`` section)."""
+    from distill_core.run.classification import evaluate_classification
+    from distill_core.run.evaluate import evaluate_held_out
+
+    config, classifies = prepared.checked.config, prepared.checked.classifies
+    examples = prepared.eval_examples[: config.eval.max_examples]
+    pad_id = pad_id_of(prepared.tokenizer)
+    size = config.eval.batch_size
+    batches = make_loader(examples, batch_size=size, pad_id=pad_id, shuffle=False, classify=classifies)
+    device = next(student.parameters()).device
+    if teacher is not None:
+        teacher = teacher.to(device)
+    if classifies:
+        names = prepared.checked.label_names
+        return evaluate_classification(student, teacher, batches, label_names=names, device=device)
+    vocabularies = [model.config.vocab_size for model in (student, teacher) if model is not None]
+    vocab = config.distillation.kd_vocab_size or min(vocabularies)
+    return evaluate_held_out(student, teacher, batches, vocab=vocab, device=device)
+
+
 def _evaluate_and_export(prepared: PreparedRun, result: RunResult, teacher: Any, *, say: Say) -> RunResult:
     """Evaluate the trained student on the held-out examples and export it (rank 0 only)."""
     from distill_core import __version__
-    from distill_core.run.classification import evaluate_classification, format_classification
-    from distill_core.run.evaluate import evaluate_held_out, format_results
+    from distill_core.run.classification import format_classification
+    from distill_core.run.evaluate import format_results
     from distill_core.run.export import export_student, sha256_of
 
     config, student = prepared.checked.config, result.student
-    pad_id = pad_id_of(prepared.tokenizer)
     results: dict[str, Any] = {}
-    classifies = prepared.checked.classifies
     if prepared.eval_examples:
-        examples = prepared.eval_examples[: config.eval.max_examples]
-        batches = make_loader(
-            examples, batch_size=config.eval.batch_size, pad_id=pad_id, shuffle=False, classify=classifies
-        )
-        device = next(student.parameters()).device
-        if classifies:
-            names = prepared.checked.label_names
-            results = evaluate_classification(student, teacher.to(device), batches, label_names=names, device=device)
-            say(format_classification(results))
-        else:
-            vocab = config.distillation.kd_vocab_size or min(student.config.vocab_size, teacher.config.vocab_size)
-            results = evaluate_held_out(student, teacher.to(device), batches, vocab=vocab, device=device)
-            say(format_results(results))
+        results = held_out_results(prepared, student, teacher)
+        say(format_classification(results) if prepared.checked.classifies else format_results(results))
     output_dir = Path(config.training.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -263,6 +284,7 @@ def _evaluate_and_export(prepared: PreparedRun, result: RunResult, teacher: Any,
         version=__version__,
         merge_lora=config.export.merge_lora,
         built=result.built,
+        best=result.best and {**result.best, "name": config.eval.metric},
     )
     say(f"exported the student to {export_dir}")
     result.student, result.results, result.export_dir = exported, results, export_dir
