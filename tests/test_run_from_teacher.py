@@ -129,3 +129,27 @@ def test_a_classifier_student_is_cut_from_a_bert_teacher(tmp_path) -> None:
     train_from_file(path, **QUIET)
     final = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "final")
     assert final.config.num_hidden_layers == 1 and final.config.id2label == {0: "fresh", 1: "meh", 2: "rotten"}
+
+
+def test_a_resumed_run_reads_the_student_as_built_instead_of_calibrating_again(tmp_path) -> None:
+    four_layer_teacher(tmp_path / "teacher")
+    path = cut(tmp_path, layers=2, calibration_examples=4)
+    first = train_from_file(path, overrides=["training.ckpt_steps=1"], **QUIET)
+    lines: list[str] = []
+    again = train_from_file(path, overrides=["training.ckpt_steps=1"], resume=True, say=lines.append)
+    assert any("reading the student cut from the teacher" in line for line in lines)
+    assert not any("calibrating" in line for line in lines)
+    assert again.built["plan"] == first.built["plan"]
+
+
+def test_the_sections_name_what_the_students_package_and_the_evaluation_accept() -> None:
+    from typing import get_args
+
+    from distill_core.run.best import TASK_METRICS
+    from distill_core.run.config import EVAL_METRICS, LAYER_METHODS, EvalSection, FromTeacherSection
+    from distill_core.students.selection import LAYER_METHODS as SELECTION_METHODS
+
+    assert LAYER_METHODS == SELECTION_METHODS
+    assert set(get_args(get_args(FromTeacherSection.model_fields["layer_method"].annotation)[0])) == set(LAYER_METHODS)
+    assert set(get_args(get_args(EvalSection.model_fields["metric"].annotation)[0])) == set(EVAL_METRICS)
+    assert {name for names in TASK_METRICS.values() for name in names} == set(EVAL_METRICS)

@@ -25,7 +25,8 @@ class TeacherSection(ConfigModel):
     path: str = Field(
         min_length=1,
         description="folder of a causal LM or sequence classifier saved with save_pretrained (config.json, "
-        "weights); `package:MODULE/PATH` names a folder inside an installed package",
+        "weights); `package:MODULE/PATH` names a folder inside an installed package; `org/name` a Hub model "
+        "already in the local Hugging Face cache",
     )
     gguf_file: str | None = Field(
         None, description="a GGUF file in `path` to read (dequantised by transformers) instead of config.json + weights"
@@ -123,7 +124,8 @@ class StudentSection(ConfigModel):
         None,
         min_length=1,
         description="folder of the student model (config.json, weights); `package:MODULE/PATH` names a folder "
-        "inside an installed package; set this or from_teacher",
+        "inside an installed package; `org/name` a Hub model in the local Hugging Face cache; set this or "
+        "from_teacher",
     )
     from_teacher: FromTeacherSection | None = Field(
         None,
@@ -147,7 +149,11 @@ class StudentSection(ConfigModel):
 class DataSection(ConfigModel):
     """The training (and held-out) examples and how they become token ids and labels."""
 
-    train_file: str = Field(min_length=1, description="a .jsonl, .json (a list of objects), .csv or .txt file")
+    train_file: str = Field(
+        min_length=1,
+        description="a .jsonl, .json (a list of objects), .csv, .txt or .parquet file, or a folder written by "
+        "datasets' save_to_disk (one split)",
+    )
     eval_file: str | None = Field(None, description="held-out examples in the same format; None: see eval_fraction")
     eval_fraction: float = Field(
         0.0,

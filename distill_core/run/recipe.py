@@ -220,15 +220,18 @@ def _student_from_teacher(prepared: PreparedRun, *, resume: bool, say: Say) -> t
             size = config.optimization.batch_size
             return make_loader(examples, batch_size=size, pad_id=pad_id, shuffle=False, classify=checked.classifies)
 
-        student, built = student_from_teacher(
-            teacher,
-            section,
-            prepared.train_examples,
-            teacher_name=config.teacher.path,
-            make_batches=batches,
-            device=_device_of(config),
-            say=say,
-        )
+        try:
+            student, built = student_from_teacher(
+                teacher,
+                section,
+                prepared.train_examples,
+                teacher_name=config.teacher.path,
+                make_batches=batches,
+                device=_device_of(config),
+                say=say,
+            )
+        except ValueError as exc:  # what the checks could not see (a GGUF teacher has no config.json to read)
+            raise RunFileError(config.teacher.path, [Problem("student.from_teacher", str(exc))]) from None
         if _is_main_process():
             save_student_init(student, prepared.tokenizer, built, folder)
             say(f"wrote the student as built to {folder}")
