@@ -54,6 +54,9 @@ def test_the_direction_comes_from_the_metric_name(tmp_path) -> None:
     for metric, mode in (("perplexity", "min"), ("loss", "min"), ("agreement", "max")):
         prepared = prepare_run(run_file(tmp_path, eval={"metric": metric}))
         assert prepared.checked.config.training.best_metric_mode == mode
+    lines: list[str] = []
+    train_from_file(run_file(tmp_path, eval={"metric": "loss"}, training=EVERY_STEP), dry_run=True, say=lines.append)
+    assert "held out: 3 examples; loss evaluated every 1 steps (lower is better), the best student exported" in lines
 
 
 def test_metric_mistakes_are_refused_before_weights_load(tmp_path) -> None:

@@ -98,7 +98,9 @@ class Plan:
                 if checked.classifies
                 else f"{self.counted_tokens:,} with a label"
             ),
-            f"held out: {self.eval_examples} examples" + ("" if self.eval_examples else " (no evaluation)"),
+            f"held out: {self.eval_examples} examples"
+            + ("" if self.eval_examples else " (no evaluation)")
+            + _best(config),
             f"steps: {self.steps} (effective batch {self.effective_batch} = batch_size "
             f"{config.optimization.batch_size} x gradient_accumulation_steps "
             f"{config.training.gradient_accumulation_steps}"
@@ -107,6 +109,19 @@ class Plan:
             f"hard_label_weight {config.distillation.hard_label_weight:g}; {self.kd_path}",
             f"outputs: checkpoints and logs in {self.output_dir}; the student in {self.export_dir}",
         ]
+
+
+def _best(config: Any) -> str:
+    """What the plan says of ``eval.metric`` and ``export.which``."""
+    from distill_core.run.best import export_which
+    from distill_core.run.config import EVAL_METRICS
+
+    metric = config.eval.metric
+    if metric is None:
+        return ""
+    better = "lower" if EVAL_METRICS[metric] == "min" else "higher"
+    when = f"every {config.training.eval_steps} steps" if config.training.eval_steps else "at each checkpoint"
+    return f"; {metric} evaluated {when} ({better} is better), the {export_which(config)} student exported"
 
 
 def kd_path(config: Any) -> str:
