@@ -153,3 +153,14 @@ def test_the_sections_name_what_the_students_package_and_the_evaluation_accept()
     assert set(get_args(get_args(FromTeacherSection.model_fields["layer_method"].annotation)[0])) == set(LAYER_METHODS)
     assert set(get_args(get_args(EvalSection.model_fields["metric"].annotation)[0])) == set(EVAL_METRICS)
     assert {name for names in TASK_METRICS.values() for name in names} == set(EVAL_METRICS)
+
+
+def test_a_narrower_student_is_cut_by_activation_importance_and_trains(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    four_layer_teacher(tmp_path / "teacher")  # 2 heads of 16, 2 key/value heads, 64 MLP channels
+    result = train_from_file(cut(tmp_path, heads=1, intermediate=48), overrides=["optimization.num_epochs=1"], **QUIET)
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final").config
+    assert (final.num_hidden_layers, final.num_attention_heads, final.num_key_value_heads) == (4, 1, 1)
+    assert final.intermediate_size == 48 and final.head_dim == 16
+    assert result.built["plan"]["width"] == "activation importance" and "calibration" in result.built
