@@ -23,6 +23,7 @@ teacher (the demo's baseline). Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -94,7 +95,8 @@ def main() -> int:
     transfer_set = encode_texts(tokenizer, data.train.texts, None, max_length=demo.max_length)
     dev_set = encode_texts(tokenizer, data.dev.texts, data.dev.labels, max_length=demo.max_length)
     dev_loader = make_eval_loader(dev_set, batch_size=128)
-    teacher, teacher_accuracy, teacher_info = obtain_teacher(demo, data.num_labels, train_set, dev_loader)
+    with contextlib.redirect_stdout(sys.stderr):  # the demo's messages; stdout holds the JSON alone
+        teacher, teacher_accuracy, teacher_info = obtain_teacher(demo, data.num_labels, train_set, dev_loader)
     config = teacher.config
     timed = dev_set.input_ids[:demo.latency_examples]
 

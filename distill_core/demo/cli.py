@@ -18,6 +18,10 @@ from distill_core.demo.assets import TEACHER_MODEL, offline_hub, require_module
 from distill_core.demo.command import run_command
 from distill_core.demo.cpus import DEMO_THREADS
 from distill_core.demo.data import DEV_POOL, TRAIN_POOL
+from distill_core.demo.student_builders import STUDENT_BUILDERS
+
+#: the student builder of the measured default run (docs/students.md, "Classification: MiniLM")
+DEFAULT_STUDENT_BUILDER = "layers"
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -53,7 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "--train-size it distils on those alone. Default: the whole train pool")
     sizes.add_argument("--dev-size", type=int, help="dev examples the accuracy is measured on")
     sizes.add_argument("--max-length", type=int, help="tokens per example (longer texts are truncated)")
-    sizes.add_argument("--student-layers", type=int, default=2, help="transformer layers of the student")
+    sizes.add_argument("--student-layers", type=int, default=2,
+                       help="transformer layers of the student (of the layers and block_influence students; the "
+                            "width student has one more, each narrower, for about the same parameters)")
+    sizes.add_argument("--student-builder", choices=STUDENT_BUILDERS, default=DEFAULT_STUDENT_BUILDER,
+                       help="how the student is cut from the fine-tuned teacher: layers (the teacher layers "
+                            "student_init_layers picks, whole), block_influence (the layers of highest block "
+                            "influence), width (one layer more, each with its MLP pruned by activation "
+                            "importance); docs/students.md has the measurements")
+    sizes.add_argument("--calibration-batches", type=int, default=16,
+                       help="batches of the transfer text that measure block influence and activation importance "
+                            "(block_influence and width builders)")
     training = parser.add_argument_group("training")
     training.add_argument("--teacher-steps", type=int, help="optimisation steps to fine-tune the teacher")
     training.add_argument("--student-steps", type=int, help="optimisation steps for each student")
@@ -102,7 +116,7 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("train_size", "transfer_size", "dev_size", "max_length", "student_layers", "teacher_steps",
-                 "student_steps", "batch_size", "eval_every", "latency_examples"):
+                 "student_steps", "batch_size", "eval_every", "latency_examples", "calibration_batches"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("teacher_lr", "student_lr", "temperature"):

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
+
+if TYPE_CHECKING:  # the demo's command line imports this module for its choices: no torch at that point
+    import torch
+    from torch import nn
 
 __all__ = ["STUDENT_BUILDERS", "StudentShape", "calibration_batches", "cut_student", "hidden_matches", "width_shape"]
 
@@ -37,6 +38,10 @@ class StudentShape:
     heads: int | None = None
     hidden: int | None = None
     intermediate: int | None = None
+
+    def kept_layers(self, teacher_config: Any) -> list[int]:
+        """Return the teacher layers of the ``uniform`` rule (the others are known once calibrated)."""
+        return student_init_layers(int(teacher_config.num_hidden_layers), self.layers)
 
     def describe(self, teacher_config: Any) -> str:
         parts = [f"{self.layers} layers ({self.method})"]
