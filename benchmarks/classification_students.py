@@ -10,9 +10,10 @@ fine-tuned teacher, and students of about the same parameters without embeddings
 - ``layers``: today's copy of teacher layers ``student_init_layers(6, 2)`` = 2 and 5;
 - ``block_influence``: the 2 layers of highest block influence, calibrated on the first
   ``--calibration-batches`` batches of the train pool (``distill_core.students``);
-- ``width``: 3 layers by block influence, each with the 768 of 1,536 MLP channels of highest
-  activation importance (the demo's ``--student-builder width``);
-- ``width_uniform``: the same with the uniform rule's 3 layers (``student_init_layers(6, 3)`` = 1, 3, 5);
+- ``width``: the uniform rule's 3 layers (``student_init_layers(6, 3)`` = 1, 3, 5), each with the
+  768 of 1,536 MLP channels of highest activation importance (the demo's default
+  ``--student-builder width``);
+- ``width_block_influence``: the same MLP pruning on the 3 layers of highest block influence;
 - ``width_hidden``: all 6 layers at hidden size 192 (6 of 12 heads, the embeddings sliced too) with
   1,152 MLP channels; its hidden matches go through a linear projection 192 -> 384.
 
@@ -56,12 +57,13 @@ from distill_core.demo.student_builders import (  # noqa: E402
     needs_calibration,
 )
 
-STUDENTS = ("layers", "block_influence", "width", "width_uniform", "width_hidden")
+STUDENTS = ("layers", "block_influence", "width", "width_block_influence", "width_hidden")
 
 
 def shape_of(name: str, teacher_config, num_layers: int) -> StudentShape:
-    if name == "width_uniform":  # the width student's MLP pruning on the uniform rule's layers
-        return StudentShape(**{**vars(builder_shape("width", teacher_config, num_layers)), "method": "uniform"})
+    if name == "width_block_influence":  # the width student's MLP pruning on the layers of highest block influence
+        return StudentShape(**{**vars(builder_shape("width", teacher_config, num_layers)),
+                               "method": "block_influence"})
     if name == "width_hidden":
         return StudentShape(layers=int(teacher_config.num_hidden_layers), method="block_influence", heads=6,
                             hidden=192, intermediate=1152)

@@ -84,12 +84,16 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
     out = capsys.readouterr().out
     assert "fine-tuning MiniLM-L6" in out
     assert re.search(r"^\[teacher\] dev accuracy \d+\.\d% \(4 steps, \d+ s\)$", out, re.MULTILINE), out
-    for text in ("teacher (MiniLM-L6, fine-tuned)", "distilled student (2 layers)", "student alone (2 layers)",
+    # the default student: teacher layers 1, 3, 5 with half of each MLP, about a 2-layer copy's parameters
+    assert re.search(r"^\[students\] 3 layers \(uniform\), MLP 768/1536, teacher layers \[1, 3, 5\] "
+                     r"\(--student-builder width\)", out, re.MULTILINE), out
+    for text in ("teacher (MiniLM-L6, fine-tuned)", "distilled student (3 layers)", "student alone (3 layers)",
                  "CPU latency / example", "of the teacher's accuracy", "vs student alone"):
         assert text in out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     teacher, distilled, alone = results["rows"]
-    assert teacher["layers"] == 6 and distilled["layers"] == alone["layers"] == 2
+    assert teacher["layers"] == 6 and distilled["layers"] == alone["layers"] == 3
+    assert abs(distilled["parameters_without_embeddings"] - 3_697_538) < 20_000  # the 2-layer copy's count
     assert teacher["parameters"] > distilled["parameters"]
     assert [step for step, _ in results["curves"]["distilled student"][0]] == [0, 2, 4]
     assert all(0 <= row["accuracies"][0] <= 1 and row["latency_ms"] > 0 for row in results["rows"])
@@ -117,20 +121,19 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not assets_installed, reason=f"needs {', '.join(ASSETS)} (see docs/demo.md)")
-def test_tiny_demo_with_the_width_student_builder(tmp_path, capsys):
+def test_tiny_demo_with_the_layer_copy_student_builder(tmp_path, capsys):
     argv = ["--train-size", "64", "--dev-size", "32", "--max-length", "24", "--batch-size", "16",
             "--teacher-steps", "2", "--student-steps", "2", "--eval-every", "2", "--seeds", "1",
             "--latency-examples", "3", "--no-progress", "--no-plot", "--threads", "1",
-            "--student-builder", "width", "--calibration-batches", "2",
+            "--student-builder", "layers",
             "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out")]
     assert run_demo_cli(argv) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^\[students\] 3 layers \(block_influence\), MLP 768/1536, teacher layers \[\d, \d, \d\] "
-                     r"\(--student-builder width\)", out, re.MULTILINE), out
-    assert "distilled student (3 layers)" in out
+    assert re.search(r"^\[students\] 2 layers \(uniform\), teacher layers \[2, 5\] \(--student-builder layers\)",
+                     out, re.MULTILINE), out
+    assert "distilled student (2 layers)" in out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     teacher, distilled, alone = results["rows"]
-    assert distilled["layers"] == alone["layers"] == 3
-    # about the 2-layer copy's size without embeddings (3,697,538): 3 layers with half the MLP channels
-    assert abs(distilled["parameters_without_embeddings"] - 3_697_538) < 20_000
-    assert results["options"]["student_builder"] == "width"
+    assert distilled["layers"] == alone["layers"] == 2
+    assert distilled["parameters_without_embeddings"] == 3_697_538
+    assert results["options"]["student_builder"] == "layers"

@@ -48,7 +48,8 @@ def test_calibration_batches_are_the_first_examples_padded_without_labels():
 def test_width_shape_of_minilm_matches_two_layers_with_three_half_mlp_layers():
     minilm = transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                                      intermediate_size=1536)
-    assert width_shape(minilm, 2) == StudentShape(layers=3, method="block_influence", intermediate=768)
+    assert width_shape(minilm, 2) == StudentShape(layers=3, method="uniform", intermediate=768)
+    assert width_shape(minilm, 2).kept_layers(minilm) == [1, 3, 5]
     assert builder_shape("layers", minilm, 2) == StudentShape(layers=2, method="uniform")
     assert builder_shape("block_influence", minilm, 2) == StudentShape(layers=2, method="block_influence")
     assert width_shape(minilm, 6).layers == 6 and width_shape(minilm, 6).intermediate == 1536  # nothing to add
@@ -84,9 +85,15 @@ def test_width_builder_has_one_layer_more_and_about_the_same_parameters(tiny_ber
     scores = calibrate_teacher(tiny_bert, batches)
     shape = builder_shape("width", tiny_bert.config, 2)
     assert (shape.layers, shape.intermediate) == (3, 320)
+    with pytest.raises(ValueError, match="calibrate"):  # the MLP channels are ranked by activation importance
+        cut_student(tiny_bert, shape)
     student = cut_student(tiny_bert, shape, scores=scores)
     copy = cut_student(tiny_bert, builder_shape("layers", tiny_bert.config, 2))
     assert student.config.num_hidden_layers == 3 and student.config.intermediate_size == 320
+    assert student.config.distill_student["layers"] == [0, 2, 3]  # student_init_layers(4, 3)
+    kept = sorted(scores.mlp[3].topk(320).indices.tolist())
+    assert torch.equal(student.bert.encoder.layer[2].output.dense.weight,
+                       tiny_bert.bert.encoder.layer[3].output.dense.weight[:, kept])
     assert student.config.hidden_size == tiny_bert.config.hidden_size
     without = count_parameters(student, embeddings=False), count_parameters(copy, embeddings=False)
     assert abs(without[0] - without[1]) / without[1] < 0.05  # MLP channels come in multiples of 64

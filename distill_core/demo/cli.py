@@ -1,7 +1,8 @@
-"""``distill demo``: distil a real pretrained MiniLM into a 2-layer student on real text, on a CPU.
+"""``distill demo``: distil a real pretrained MiniLM into a small student on real text, on a CPU.
 
 Steps: fine-tune the packaged MiniLM-L6 teacher on the chosen data set (or load it from the cache),
-then for each seed distil it into a 2-layer student (KD on the logits + hidden-state matches) and
+cut a student from it (by default 3 of its layers with half of each MLP, the parameters of 2
+layers: ``--student-builder``), then for each seed distil it (KD on the logits + hidden-state matches) and
 train the same student without distillation; finally print parameters, dev accuracy and CPU
 latency per example, and save TensorBoard logs, a PNG plot and ``results.json``.
 """
@@ -21,7 +22,7 @@ from distill_core.demo.data import DEV_POOL, TRAIN_POOL
 from distill_core.demo.student_builders import STUDENT_BUILDERS
 
 #: the student builder of the measured default run (docs/students.md, "Classification: MiniLM")
-DEFAULT_STUDENT_BUILDER = "layers"
+DEFAULT_STUDENT_BUILDER = "width"
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -38,7 +39,8 @@ DATASET_NAMES = {"rt": "Rotten Tomatoes (sentiment, 2 classes)", "bbc": "BBC New
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill demo",
-        description="Fine-tune the packaged MiniLM-L6 teacher on real text, distil it into a 2-layer student, "
+        description="Fine-tune the packaged MiniLM-L6 teacher on real text, distil it into a student of about "
+                    "2 layers' parameters (--student-builder), "
                     "train the same student without distillation, and compare accuracy and CPU latency. "
                     "Runs offline; the fine-tuned teacher is cached for later runs.",
         epilog="Sizes and hyperparameters left unset take the data set's defaults, shown as (rt: .., bbc: ..). "
@@ -63,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--student-builder", choices=STUDENT_BUILDERS, default=DEFAULT_STUDENT_BUILDER,
                        help="how the student is cut from the fine-tuned teacher: layers (the teacher layers "
                             "student_init_layers picks, whole), block_influence (the layers of highest block "
-                            "influence), width (one layer more, each with its MLP pruned by activation "
-                            "importance); docs/students.md has the measurements")
+                            "influence), width (one layer more, the uniform rule's, each with its MLP pruned to "
+                            "about the same parameters by activation importance); docs/students.md has the "
+                            "measurements")
     sizes.add_argument("--calibration-batches", type=int, default=16,
                        help="batches of the transfer text that measure block influence and activation importance "
                             "(block_influence and width builders)")

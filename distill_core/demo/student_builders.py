@@ -5,8 +5,9 @@
   whole (:func:`distill_core.demo.models.make_student`).
 - ``block_influence``: the teacher's ``num_student`` layers of highest block influence, measured on
   a few batches of the training text (:mod:`distill_core.students`, ShortGPT's rule).
-- ``width``: a student of about the same size without embeddings that keeps more layers and prunes
-  each one's width by activation importance (Minitron): see :func:`width_shape`.
+- ``width`` (the demo's default): a student of about the same size without embeddings that keeps
+  one layer more, by the uniform rule, and prunes each one's MLP by activation importance
+  (Minitron): see :func:`width_shape`.
 
 Whatever the rule, the student's hidden states are matched to the teacher's by the uniform mapping
 (:func:`hidden_matches`), with a linear projection where the student is narrower.
@@ -56,9 +57,11 @@ class StudentShape:
 def width_shape(teacher_config: Any, num_student_layers: int) -> StudentShape:
     """Return the ``width`` student matching a ``num_student_layers``-layer copy in parameters without embeddings.
 
-    It keeps one layer more (by block influence), the teacher's heads and hidden size, and prunes
-    every layer's MLP to the channels (a multiple of 64) that bring its parameters nearest the
-    copy's: for MiniLM-L6 and 2 layers, 3 layers with 768 of 1,536 MLP channels. A BERT student
+    It keeps one layer more (the uniform rule's, ``student_init_layers``), the teacher's heads and
+    hidden size, and prunes every layer's MLP to the channels of highest activation importance (a
+    multiple of 64) that bring its parameters nearest the copy's: for MiniLM-L6 and 2 layers,
+    teacher layers 1, 3 and 5 with 768 of 1,536 MLP channels. (Choosing the 3 layers by block
+    influence instead measured 2.7 points lower: docs/students.md.) A BERT student
     keeps ``heads x head size == hidden``, so pruning heads would shrink the hidden size, the
     embeddings and the classifier too; the MLP is the width that leaves them alone.
     """
@@ -69,7 +72,7 @@ def width_shape(teacher_config: Any, num_student_layers: int) -> StudentShape:
     target = num_student_layers * (attention + per_channel * full_mlp + hidden)
     channels = (target / layers - attention - hidden) / per_channel
     intermediate = max(64, min(full_mlp, int(round(channels / 64)) * 64))
-    return StudentShape(layers=layers, method="block_influence", intermediate=intermediate)
+    return StudentShape(layers=layers, method="uniform", intermediate=intermediate)
 
 
 def builder_shape(builder: str, teacher_config: Any, num_student_layers: int) -> StudentShape:
