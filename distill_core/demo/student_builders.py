@@ -61,7 +61,7 @@ def width_shape(teacher_config: Any, num_student_layers: int) -> StudentShape:
     hidden size, and prunes every layer's MLP to the channels of highest activation importance (a
     multiple of 64) that bring its parameters nearest the copy's: for MiniLM-L6 and 2 layers,
     teacher layers 1, 3 and 5 with 768 of 1,536 MLP channels. (Choosing the 3 layers by block
-    influence instead measured 2.7 points lower: docs/students.md.) A BERT student
+    influence instead measured 2.5 points lower: docs/students.md.) A BERT student
     keeps ``heads x head size == hidden``, so pruning heads would shrink the hidden size, the
     embeddings and the classifier too; the MLP is the width that leaves them alone.
     """
