@@ -2,7 +2,9 @@
 
 1. Fine-tune the packaged all-MiniLM-L6-v2 (6 layers, hidden 384) on review snippets labelled
    rotten/fresh, with ``BasicTraining`` (or take it from the teacher cache).
-2. Cut a 2-layer student out of it (teacher layers 3 and 6, as ``student_init_layers`` advises).
+2. Cut a 2-layer student out of it (teacher layers 3 and 6, as ``student_init_layers`` advises), or
+   with ``--student-builder block_influence|width`` let ``distill_core.students`` cut it (the
+   ``width`` student, 3 layers with half of each MLP, is the classification demo's default).
 3. Distil with ``Distillation``: KD on the logits (T²-scaled KL at temperature T) plus
    hidden-state matches from ``uniform_layer_mapping`` (student layer 1 <- teacher layer 3,
    student layer 2 <- teacher layer 6).
@@ -27,9 +29,17 @@ from distill_core import DistillationConfig, Distillation
 from distill_core.demo.batches import encode_texts, make_eval_loader, make_loader
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy
-from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer, make_student
+from distill_core.demo.models import freeze_embeddings, load_pretrained, load_tokenizer
 from distill_core.demo.pipeline import classification_adaptor
-from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
+from distill_core.demo.student_builders import (
+    STUDENT_BUILDERS,
+    builder_shape,
+    calibrate_teacher,
+    calibration_batches,
+    cut_student,
+    hidden_matches,
+    needs_calibration,
+)
 
 DEFAULTS = {  # Rotten Tomatoes; examples/classify_bbc.py runs this same script with BBC's sizes
     "train_size": 2000,
@@ -58,6 +68,14 @@ def main(
     argv: list[str] | None = None, *, dataset: str = "rt", defaults: dict[str, Any] = DEFAULTS, doc: str = __doc__
 ) -> int:
     parser = _shared.build_parser(doc.split("\n\n")[0], defaults, metric="dev accuracy")
+    parser.add_argument(
+        "--student-builder",
+        choices=STUDENT_BUILDERS,
+        default="layers",
+        help="layers: copy the teacher layers student_init_layers names; block_influence: the layers of highest "
+        "block influence; width: one layer more with each MLP pruned by activation importance "
+        "(docs/students.md, 'Classification: MiniLM')",
+    )
     args = parser.parse_args(argv)
     _shared.check_options(parser, args, (dataset,))
     started = _shared.prepare(args)
@@ -96,20 +114,23 @@ def main(
     teacher_accuracy = accuracy(teacher, dev_loader)
     _shared.say(f"[teacher] dev accuracy {teacher_accuracy:.1%}")
 
-    num_teacher_layers = teacher.config.num_hidden_layers
-    student = make_student(teacher, student_init_layers(num_teacher_layers, STUDENT_LAYERS))
+    shape = builder_shape(args.student_builder, teacher.config, STUDENT_LAYERS)
+    scores = None
+    if needs_calibration(shape, teacher.config):  # block influence, activation importance: 16 batches of train text
+        scores = calibrate_teacher(teacher, calibration_batches(train_set, batches=16, batch_size=args.batch_size))
+    student = cut_student(teacher, shape, scores=scores)
     freeze_embeddings(student)
-    # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing
-    matches = uniform_layer_mapping(
-        num_teacher_layers, STUDENT_LAYERS, weight=args.hidden_weight, include_embeddings=False
-    )
+    # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing;
+    # the uniform mapping pairs student layer 1 with teacher layer 3 and 2 with 6 (for 2 layers)
+    matches = hidden_matches(teacher.config, student.config, weight=args.hidden_weight)
     distill_config = DistillationConfig(
         temperature=args.temperature,
         kd_loss_type="kl",  # Hinton et al.: T² · KL(teacher ‖ student)
         hard_label_weight=0.0,  # the student learns from the teacher's soft labels alone
-        intermediate_matches=matches if args.hidden_weight > 0 else [],
+        intermediate_matches=matches,
     )
-    _shared.say(f"[student] distilling into {STUDENT_LAYERS} layers for {args.steps} steps")
+    student_layers = student.config.num_hidden_layers
+    _shared.say(f"[student] distilling into {shape.describe(teacher.config)} for {args.steps} steps")
     distiller = Distillation(
         train_config=_shared.train_config(args, "student"),
         distill_config=distill_config,
@@ -129,7 +150,8 @@ def main(
         args,
         started,
         [check],
-        {"teacher_accuracy": teacher_accuracy, "teacher_from_cache": cached, "student_layers": STUDENT_LAYERS},
+        {"teacher_accuracy": teacher_accuracy, "teacher_from_cache": cached, "student_layers": student_layers,
+         "student_builder": args.student_builder},
     )
 
 

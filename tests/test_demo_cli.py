@@ -21,7 +21,8 @@ def test_help_lists_the_options(capsys):
         run_demo_cli(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--dataset", "--train-size", "--student-steps", "--seeds", "--cache-dir", "--check"):
+    for option in ("--dataset", "--train-size", "--student-steps", "--seeds", "--cache-dir", "--check",
+                   "--student-builder", "--calibration-batches"):
         assert option in text
     assert "(rt: 1000, bbc: 800)" in text  # per-data-set defaults are shown
 
@@ -35,6 +36,9 @@ def test_distill_demo_help_through_the_distill_command():
 @pytest.mark.parametrize(("argv", "message"), [(["--train-size", "0"], "--train-size must be at least 1"),
                                                (["--temperature", "-1"], "--temperature must be positive"),
                                                (["--dataset", "imdb"], "invalid choice"),
+                                               (["--student-builder", "depth"], "invalid choice"),
+                                               (["--calibration-batches", "0"],
+                                                "--calibration-batches must be at least 1"),
                                                (["--kd-loss", "kll"], "did you mean 'kl'"),
                                                (["--train-size", "500", "--transfer-size", "100"],
                                                 "--transfer-size (100) must be at least --train-size (500)"),
@@ -80,12 +84,16 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
     out = capsys.readouterr().out
     assert "fine-tuning MiniLM-L6" in out
     assert re.search(r"^\[teacher\] dev accuracy \d+\.\d% \(4 steps, \d+ s\)$", out, re.MULTILINE), out
-    for text in ("teacher (MiniLM-L6, fine-tuned)", "distilled student (2 layers)", "student alone (2 layers)",
+    # the default student: teacher layers 1, 3, 5 with half of each MLP, about a 2-layer copy's parameters
+    assert re.search(r"^\[students\] 3 layers \(uniform\), MLP 768/1536, teacher layers \[1, 3, 5\] "
+                     r"\(--student-builder width\)", out, re.MULTILINE), out
+    for text in ("teacher (MiniLM-L6, fine-tuned)", "distilled student (3 layers)", "student alone (3 layers)",
                  "CPU latency / example", "of the teacher's accuracy", "vs student alone"):
         assert text in out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     teacher, distilled, alone = results["rows"]
-    assert teacher["layers"] == 6 and distilled["layers"] == alone["layers"] == 2
+    assert teacher["layers"] == 6 and distilled["layers"] == alone["layers"] == 3
+    assert abs(distilled["parameters_without_embeddings"] - 3_697_538) < 20_000  # the 2-layer copy's count
     assert teacher["parameters"] > distilled["parameters"]
     assert [step for step, _ in results["curves"]["distilled student"][0]] == [0, 2, 4]
     assert all(0 <= row["accuracies"][0] <= 1 and row["latency_ms"] > 0 for row in results["rows"])
@@ -109,3 +117,23 @@ def test_tiny_demo_runs_end_to_end_and_reuses_its_cached_teacher(tmp_path, capsy
     assert "teacher dev accuracy" not in captured.err
     second = json.loads((tmp_path / "out" / "results.json").read_text())
     assert second["rows"][0]["accuracies"] == results["rows"][0]["accuracies"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not assets_installed, reason=f"needs {', '.join(ASSETS)} (see docs/demo.md)")
+def test_tiny_demo_with_the_layer_copy_student_builder(tmp_path, capsys):
+    argv = ["--train-size", "64", "--dev-size", "32", "--max-length", "24", "--batch-size", "16",
+            "--teacher-steps", "2", "--student-steps", "2", "--eval-every", "2", "--seeds", "1",
+            "--latency-examples", "3", "--no-progress", "--no-plot", "--threads", "1",
+            "--student-builder", "layers",
+            "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out")]
+    assert run_demo_cli(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\[students\] 2 layers \(uniform\), teacher layers \[2, 5\] \(--student-builder layers\)",
+                     out, re.MULTILINE), out
+    assert "distilled student (2 layers)" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    teacher, distilled, alone = results["rows"]
+    assert distilled["layers"] == alone["layers"] == 2
+    assert distilled["parameters_without_embeddings"] == 3_697_538
+    assert results["options"]["student_builder"] == "layers"

@@ -44,7 +44,8 @@ MISSING = [install for module, install in ASSETS.items() if importlib.util.find_
 CLASSIFICATION = "--train-size 400 --dev-size 200 --max-length 32 --batch-size 16 --teacher-steps 40 --teacher-lr 3e-4"
 RUNS: dict[str, list[str]] = {
     "classify_rotten_tomatoes": f"{CLASSIFICATION} --steps 20".split(),
-    "classify_bbc": f"{CLASSIFICATION} --steps 20".split(),
+    # the same script as classify_rotten_tomatoes: this run also covers its --student-builder option
+    "classify_bbc": f"{CLASSIFICATION} --steps 20 --student-builder width".split(),
     # a teacher this brief tags only the commonest types: a smaller margin over all-O than the default
     "ner_silver": (
         "--train-size 400 --dev-size 100 --max-length 32 --batch-size 16 --teacher-steps 60 --teacher-lr 5e-4 "
@@ -134,6 +135,10 @@ def test_example_beats_its_baseline(name: str, example_runs: dict[str, Future]) 
         f"{name}: {run.seconds:.0f} s, "
         + ", ".join(f"{c['name']} {c['value']:.3f} (baseline {c['baseline']:.3f})" for c in run.results["checks"])
     )
+    if "--student-builder" in RUNS[name]:  # the student was cut as asked: width keeps 3 layers
+        builder = RUNS[name][RUNS[name].index("--student-builder") + 1]
+        assert run.results["student_builder"] == builder
+        assert run.results["student_layers"] == {"layers": 2, "block_influence": 2, "width": 3}[builder]
     if name in CACHED and all(other in example_runs for other in AFTER[name]):
         from_cache = run.results["teachers_from_cache"]
         for key in CACHED[name]:

@@ -1,7 +1,8 @@
-"""``distill demo``: distil a real pretrained MiniLM into a 2-layer student on real text, on a CPU.
+"""``distill demo``: distil a real pretrained MiniLM into a small student on real text, on a CPU.
 
 Steps: fine-tune the packaged MiniLM-L6 teacher on the chosen data set (or load it from the cache),
-then for each seed distil it into a 2-layer student (KD on the logits + hidden-state matches) and
+cut a student from it (by default 3 of its layers with half of each MLP, the parameters of 2
+layers: ``--student-builder``), then for each seed distil it (KD on the logits + hidden-state matches) and
 train the same student without distillation; finally print parameters, dev accuracy and CPU
 latency per example, and save TensorBoard logs, a PNG plot and ``results.json``.
 """
@@ -18,6 +19,10 @@ from distill_core.demo.assets import TEACHER_MODEL, offline_hub, require_module
 from distill_core.demo.command import run_command
 from distill_core.demo.cpus import DEMO_THREADS
 from distill_core.demo.data import DEV_POOL, TRAIN_POOL
+from distill_core.demo.student_builders import STUDENT_BUILDERS
+
+#: the student builder of the measured default run (docs/students.md, "Classification: MiniLM")
+DEFAULT_STUDENT_BUILDER = "width"
 
 #: defaults per data set, tuned on 2 CPU cores (docs/demo.md has the measurements)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -34,7 +39,8 @@ DATASET_NAMES = {"rt": "Rotten Tomatoes (sentiment, 2 classes)", "bbc": "BBC New
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill demo",
-        description="Fine-tune the packaged MiniLM-L6 teacher on real text, distil it into a 2-layer student, "
+        description="Fine-tune the packaged MiniLM-L6 teacher on real text, distil it into a student of about "
+                    "2 layers' parameters (--student-builder), "
                     "train the same student without distillation, and compare accuracy and CPU latency. "
                     "Runs offline; the fine-tuned teacher is cached for later runs.",
         epilog="Sizes and hyperparameters left unset take the data set's defaults, shown as (rt: .., bbc: ..). "
@@ -53,7 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "--train-size it distils on those alone. Default: the whole train pool")
     sizes.add_argument("--dev-size", type=int, help="dev examples the accuracy is measured on")
     sizes.add_argument("--max-length", type=int, help="tokens per example (longer texts are truncated)")
-    sizes.add_argument("--student-layers", type=int, default=2, help="transformer layers of the student")
+    sizes.add_argument("--student-layers", type=int, default=2,
+                       help="transformer layers of the student (of the layers and block_influence students; the "
+                            "width student has one more, each narrower, for about the same parameters)")
+    sizes.add_argument("--student-builder", choices=STUDENT_BUILDERS, default=DEFAULT_STUDENT_BUILDER,
+                       help="how the student is cut from the fine-tuned teacher: layers (the teacher layers "
+                            "student_init_layers picks, whole), block_influence (the layers of highest block "
+                            "influence), width (one layer more, the uniform rule's, each with its MLP pruned to "
+                            "about the same parameters by activation importance); docs/students.md has the "
+                            "measurements")
+    sizes.add_argument("--calibration-batches", type=int, default=16,
+                       help="batches of the transfer text that measure block influence and activation importance "
+                            "(block_influence and width builders)")
     training = parser.add_argument_group("training")
     training.add_argument("--teacher-steps", type=int, help="optimisation steps to fine-tune the teacher")
     training.add_argument("--student-steps", type=int, help="optimisation steps for each student")
@@ -102,7 +119,7 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("train_size", "transfer_size", "dev_size", "max_length", "student_layers", "teacher_steps",
-                 "student_steps", "batch_size", "eval_every", "latency_examples"):
+                 "student_steps", "batch_size", "eval_every", "latency_examples", "calibration_batches"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("teacher_lr", "student_lr", "temperature"):

@@ -17,17 +17,17 @@ from distill_core.demo.batches import encode_texts, make_eval_loader, make_loade
 from distill_core.demo.cpus import numerics, use_threads
 from distill_core.demo.data import load_text_classification
 from distill_core.demo.measure import accuracy, latency_ms
-from distill_core.demo.models import (
-    count_parameters,
-    freeze_embeddings,
-    load_pretrained,
-    load_saved,
-    load_tokenizer,
-    make_student,
-)
+from distill_core.demo.models import count_parameters, freeze_embeddings, load_pretrained, load_saved, load_tokenizer
 from distill_core.demo.pipeline import TrainSettings, distil, fine_tune
 from distill_core.demo.report import ModelResult, format_table, plot_curves, tensorboard_line, verdict
-from distill_core.layer_mapping import student_init_layers, uniform_layer_mapping
+from distill_core.demo.student_builders import (
+    builder_shape,
+    calibrate_teacher,
+    calibration_batches,
+    cut_student,
+    hidden_matches,
+    needs_calibration,
+)
 
 
 def _say(message: str) -> None:
@@ -125,23 +125,29 @@ def run_demo(args: argparse.Namespace) -> bool:
     dev_loader = make_eval_loader(dev_set, batch_size=128)
 
     teacher, teacher_accuracy, teacher_info = obtain_teacher(args, data.num_labels, train_set, dev_loader)
-    num_teacher_layers = teacher.config.num_hidden_layers
-    layers = student_init_layers(num_teacher_layers, args.student_layers)
     teacher_row = _model_result("teacher (MiniLM-L6, fine-tuned)", teacher)
     teacher_row.accuracies = [teacher_accuracy]
+    shape = builder_shape(args.student_builder, teacher.config, args.student_layers)
+    scores = None
+    if needs_calibration(shape, teacher.config):  # block influence and width: importance on the transfer text
+        scores = calibrate_teacher(teacher, calibration_batches(transfer_set, batches=args.calibration_batches,
+                                                                batch_size=args.batch_size),
+                                   progress=not args.no_progress)
+    # every student starts as the same cut of the teacher: its accuracy is each curve's step 0
+    first_student = cut_student(teacher, shape, scores=scores)
+    layers = getattr(first_student.config, "distill_student", {}).get("layers") or shape.kept_layers(teacher.config)
+    student_layers = first_student.config.num_hidden_layers
 
     from distill_core import DistillationConfig
 
     distill_config = DistillationConfig(
         temperature=args.temperature, kd_loss_type=args.kd_loss, kd_loss_weight=1.0, hard_label_weight=0.0,
         # the embeddings are copied from the teacher and frozen, so matching them would add nothing
-        intermediate_matches=uniform_layer_mapping(num_teacher_layers, args.student_layers, weight=args.hidden_weight,
-                                                   include_embeddings=False) if args.hidden_weight > 0 else [])
-    # every student starts as the same copy of the teacher's layers: its accuracy is each curve's step 0
-    initial_accuracy = accuracy(make_student(teacher, layers), dev_loader,
+        intermediate_matches=hidden_matches(teacher.config, first_student.config, weight=args.hidden_weight))
+    initial_accuracy = accuracy(first_student, dev_loader,
                                 progress=None if args.no_progress else "student dev accuracy before training")
-    _say(f"[students] {args.student_layers}-layer copy of teacher layers {layers}: dev accuracy "
-         f"{initial_accuracy:.1%} before training")
+    _say(f"[students] {shape.describe(teacher.config)}, teacher layers {layers} (--student-builder "
+         f"{args.student_builder}): dev accuracy {initial_accuracy:.1%} before training")
     distilled_row = alone_row = None
     curves: dict[str, list[list[tuple[int, float]]]] = {"distilled student": [], "student alone": []}
     students: dict[str, torch.nn.Module] = {}
@@ -149,7 +155,7 @@ def run_demo(args: argparse.Namespace) -> bool:
         for label in ("distilled student", "student alone"):
             run_name = f"{'distilled' if label.startswith('distilled') else 'alone'}-seed{seed}"
             _say(f"[{run_name}] {label} from teacher layers {layers}, {args.student_steps} steps")
-            student = make_student(teacher, layers)
+            student = cut_student(teacher, shape, scores=scores)
             freeze_embeddings(student)
             torch.manual_seed(seed)
             loader = make_loader(transfer_set if label == "distilled student" else train_set,
@@ -166,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> bool:
             curves[label].append([(0, initial_accuracy), *curve])
             row = distilled_row if label == "distilled student" else alone_row
             if row is None:
-                row = _model_result(f"{label} ({args.student_layers} layers)", student)
+                row = _model_result(f"{label} ({student_layers} layers)", student)
                 students[label] = student
                 if label == "distilled student":
                     distilled_row = row
