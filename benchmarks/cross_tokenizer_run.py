@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from distill_core.demo.lm.models import load_teacher
     from distill_core.demo.teacher_store import cache_root
 
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     model_T, tokenizer_T, _ = load_teacher(cache_root(), say, progress=False)
     articles, train_chunks, dev_chunks = text_pools(args.chunk_chars)
     texts = train_chunks[: args.steps * args.batch_size]
@@ -209,13 +209,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tokenizer_S = train_student_tokenizer(articles, args.vocab_size)
     tokens_S = sum(len(ids) - 1 for ids in tokenizer_S(texts)["input_ids"])
     tokens_T = sum(len(ids) for ids in tokenizer_T(texts)["input_ids"])
+    from distill_core.cross_tokenizer import VocabularyPair
+
+    matched_S, matched_T = VocabularyPair.from_tokenizers(tokenizer_S, tokenizer_T).matched_fraction()
     say(f"[setup] {len(texts)} train chunks ({tokens_S:,} student tokens, {tokens_T:,} teacher tokens), "
-        f"{len(held_out)} held-out chunks; student vocabulary {len(tokenizer_S):,}")
+        f"{len(held_out)} held-out chunks; student vocabulary {len(tokenizer_S):,}; "
+        f"matched ids: {matched_S:.0%} of the student's, {matched_T:.0%} of the teacher's")
     teacher_started = time.perf_counter()
     bpb_T = bits_per_byte(model_T, tokenizer_T, held_out)
     teacher_eval = time.perf_counter() - teacher_started
-    say(f"[teacher] held-out bits/byte {bpb_T:.4f} ({teacher_eval:.0f} s)")
-    results: dict[str, Any] = {"teacher_bpb": bpb_T, "seeds": {}}
+    # SmolLM2's tokenizer names its chat marker <|im_start|> as BOS; its pretraining prose follows <|endoftext|>
+    bpb_T_endoftext = bits_per_byte(model_T, tokenizer_T, held_out,
+                                    bos_token_id=tokenizer_T.convert_tokens_to_ids("<|endoftext|>"))
+    say(f"[teacher] held-out bits/byte {bpb_T:.4f} after its BOS {tokenizer_T.bos_token} ({teacher_eval:.0f} s), "
+        f"{bpb_T_endoftext:.4f} after <|endoftext|>")
+    results: dict[str, Any] = {"teacher_bpb": bpb_T, "teacher_bpb_after_endoftext": bpb_T_endoftext, "seeds": {}}
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
             row = {}
@@ -232,9 +240,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results.update(
         mean_bpb=means, margin=means["alone"] - means["distilled"], distilled_below_alone_every_seed=wins,
         wall_seconds=round(time.perf_counter() - started, 1), teacher_eval_seconds=round(teacher_eval, 1),
+        load_average_start_end=[load_at_start, os.getloadavg()[0]],
         setting={**{key: value for key, value in vars(args).items() if key != "json"},
                  "train_chunks": len(texts), "train_tokens_student": tokens_S, "train_tokens_teacher": tokens_T,
-                 "student_vocab": len(tokenizer_S), "student_params": sum(p.numel() for p in student.parameters()),
+                 "student_vocab": len(tokenizer_S),
+                 "matched_fraction_student": round(matched_S, 4), "matched_fraction_teacher": round(matched_T, 4),
+                 "student_params": sum(p.numel() for p in student.parameters()),
                  "torch": torch.__version__},
     )
     if args.json:
