@@ -135,9 +135,10 @@ def sorted_l1(probs_S: Tensor, probs_T: Tensor) -> Tensor:
 
     Only the ``n`` largest entries of the longer side meet a nonzero entry of the shorter side (``n``
     its width); the rest meet its zero padding and add their plain sum. So the longer side is never
-    sorted whole: ``topk(n)`` of it (about 5x faster than a full sort for 3,500 of 32,000 entries,
-    which is what a teacher with SmolLM2's vocabulary holds unmatched against a small student
-    vocabulary) and its remaining mass give the same value.
+    sorted whole: ``topk(n)`` of it and its remaining mass give the same value (a teacher with
+    SmolLM2's vocabulary held about 41,800 unmatched ids against a BPE student's 900, and the full
+    sort had been about 40% of a real training step; ``topk`` of 3,500 of 32,000 entries is about 4x
+    faster than sorting them).
     """
     if probs_S.shape[-1] > probs_T.shape[-1]:
         probs_S, probs_T = probs_T, probs_S  # symmetric: make probs_T the longer side
