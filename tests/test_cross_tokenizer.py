@@ -251,6 +251,29 @@ def test_divergence_parts():
     assert torch.allclose(sorted_l1(probs, probs[:, torch.randperm(7)]), torch.zeros(4), atol=1e-7)
 
 
+def _padded_sort_l1(probs_S, probs_T):
+    """The definition: both sides padded with zeros to one width and sorted whole."""
+    width = max(probs_S.shape[-1], probs_T.shape[-1])
+    padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in (probs_S, probs_T)]
+    return (padded[1].sort(-1, descending=True).values - padded[0].sort(-1, descending=True).values).abs().sum(-1)
+
+
+@pytest.mark.parametrize("widths", [(5, 300), (300, 5), (40, 40)])
+def test_sorted_l1_sorts_only_the_top_of_the_longer_side_and_keeps_value_and_gradient(widths):
+    torch.manual_seed(0)
+    logits_S = torch.randn(6, widths[0], requires_grad=True)
+    probs_T = torch.softmax(3 * torch.randn(6, widths[1]), -1) * 0.7  # unmatched parts need not sum to 1
+    values = []
+    for loss in (sorted_l1, _padded_sort_l1):
+        probs_S = torch.softmax(logits_S, -1) * 0.6
+        value = loss(probs_S, probs_T)
+        (grad,) = torch.autograd.grad(value.sum(), logits_S)
+        values.append((value.detach(), grad))
+    torch.testing.assert_close(values[0][0], values[1][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(values[0][1], values[1][1], rtol=1e-5, atol=1e-7)
+    assert torch.equal(sorted_l1(probs_T[:, :0], probs_T), probs_T.sum(-1))
+
+
 @pytest.mark.parametrize("which", ["smollm2", "minilm"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_with_the_same_tokenizer_the_losses_are_token_kl(request, aligned_losses, which, temperature):

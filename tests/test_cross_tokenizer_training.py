@@ -227,3 +227,31 @@ def test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes(which, tokenizer_
             nats -= sum(float(log_probs[t - 1, ids[t]]) for t in range(1, len(ids)))
     expected = nats / math.log(2) / (11 + 19 + 2)
     assert bits_per_byte(model, tokenizer, texts, batch_size=2) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bits_per_byte_takes_another_bos_or_none(tokenizer_S):
+    """SmolLM2 names its chat marker <|im_start|> as BOS; prose is scored after <|endoftext|> instead."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    plain = copy.deepcopy(tokenizer_S)  # a tokenizer that adds no special token, as SmolLM2's
+    plain.backend_tokenizer.post_processor = TemplateProcessing(single="$A")
+    model = tiny_llama(len(plain), 4)
+    texts = ["the cat sat", "dogs like warm logs"]
+    assert plain(texts[0])["input_ids"][0] != plain.bos_token_id
+
+    def expected(first: int | None) -> float:
+        nats = 0.0
+        with torch.no_grad():
+            for text in texts:
+                ids = ([] if first is None else [first]) + plain(text)["input_ids"]
+                log_probs = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+                nats -= sum(float(log_probs[t - 1, ids[t]]) for t in range(1, len(ids)))
+        return nats / math.log(2) / (11 + 19)
+
+    eos = plain.eos_token_id
+    assert bits_per_byte(model, plain, texts) == pytest.approx(expected(plain.bos_token_id), rel=1e-5)
+    assert bits_per_byte(model, plain, texts, bos_token_id=eos) == pytest.approx(expected(eos), rel=1e-5)
+    assert bits_per_byte(model, plain, texts, bos_token_id=None) == pytest.approx(expected(None), rel=1e-5)
+    assert expected(eos) != pytest.approx(expected(plain.bos_token_id), rel=1e-5)

@@ -9,7 +9,10 @@ student with different tokenizers are measured on one scale::
 Every token of the text is scored from the tokens before it. A tokenizer that adds no leading
 special token gets ``bos_token_id`` put in front (when it has one), so the first token is scored
 too; without a BOS the first token has no context and is left unscored (its bytes still count, so
-the value is then slightly low). Special tokens after the start (EOS, padding) are not scored: they
+the value is then slightly low). ``bos_token_id=`` picks another token (or None: no BOS): SmolLM2's
+tokenizer names ``<|im_start|>``, its chat template's turn marker, as BOS, while its plain
+pretraining text follows ``<|endoftext|>`` (id 0), which is the fairer context for scoring prose.
+Special tokens after the start (EOS, padding) are not scored: they
 cover no byte of the text (the unknown token does, and is scored).
 """
 
@@ -23,14 +26,21 @@ import torch
 from torch import nn
 
 
+#: ``bits_per_byte(bos_token_id=...)``'s default: the tokenizer's own ``bos_token_id``
+FROM_TOKENIZER: Any = "from_tokenizer"
+
+
 @torch.no_grad()
-def bits_per_byte(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8) -> float:
+def bits_per_byte(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8,
+                  bos_token_id: int | None = FROM_TOKENIZER) -> float:
     """Return the bits per UTF-8 byte of ``texts`` under the causal LM ``model`` (see the module docstring).
 
     :param model: a causal LM called as ``model(input_ids=..., attention_mask=...)`` returning ``logits``.
     :param tokenizer: its Hugging Face tokenizer.
     :param texts: the held-out texts.
     :param batch_size: texts per forward pass.
+    :param bos_token_id: the token put in front of a text whose encoding starts with no special
+        token; default: ``tokenizer.bos_token_id``; None: none (the first token is not scored).
     """
     if isinstance(texts, str):
         raise TypeError("Expected argument `texts` to be a sequence of strings but got one string")
@@ -45,7 +55,7 @@ def bits_per_byte(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, bat
     nats = 0.0
     try:
         for start in range(0, len(texts), batch_size):
-            input_ids, scored = _encode(tokenizer, texts[start : start + batch_size])
+            input_ids, scored = _encode(tokenizer, texts[start : start + batch_size], bos_token_id)
             attention_mask = (input_ids != -1).long()
             input_ids = input_ids.clamp_min(0)
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
@@ -57,11 +67,12 @@ def bits_per_byte(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, bat
     return nats / math.log(2) / total_bytes
 
 
-def _encode(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(tokenizer: Any, texts: Sequence[str], bos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (B, L) token ids right-padded with -1, and (B, L) bool: the tokens to score."""
     # the unknown token stands for bytes of the text and is scored; BOS, EOS and padding cover none
     special = set(getattr(tokenizer, "all_special_ids", ())) - {getattr(tokenizer, "unk_token_id", None)}
-    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is FROM_TOKENIZER:
+        bos = getattr(tokenizer, "bos_token_id", None)
     rows, scored_rows = [], []
     for text in texts:
         ids = list(tokenizer(text)["input_ids"])
