@@ -14,7 +14,13 @@ from conftest import run_cli
 from distill_core.demo import run_demo_cli, split_task
 from distill_core.demo.lm.data import causal_lm_batch, cut_blocks, lm_splits
 from distill_core.demo.lm.measure import decode_greedy, evaluate
-from distill_core.demo.lm.models import count_parameters, make_student, spread_layers
+from distill_core.demo.lm.models import (
+    build_demo_student,
+    count_parameters,
+    make_student,
+    plan_demo_student,
+    spread_layers,
+)
 from distill_core.demo.lm.report import LMRow, format_table, verdict
 from tests.tiny_lm import tiny_llama
 
@@ -47,9 +53,11 @@ def test_lm_help_lists_its_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "usage: distill demo --task lm" in text
-    for option in ("--steps", "--kd-loss", "--temperature", "--on-policy", "--seeds", "--cache-dir", "--check"):
+    for option in ("--steps", "--kd-loss", "--temperature", "--on-policy", "--seeds", "--cache-dir", "--check",
+                   "--student-layers", "--layer-method", "--calibration-blocks"):
         assert option in text
-    assert "(default: 40)" in text  # the defaults are shown
+    flat = " ".join(text.split())  # argparse wraps the help to the terminal's width
+    assert "(default: 80)" in flat and "(default: block_influence)" in flat  # the defaults are shown
 
 
 def test_the_distill_command_reaches_the_lm_demo_and_lists_the_task():
@@ -67,6 +75,8 @@ def test_the_distill_command_reaches_the_lm_demo_and_lists_the_task():
     (["--kd-loss", "jsd", "--kd-params", '{"beta": 2}'], "kd_loss_params.beta"),
     (["--kd-params", "[1]"], "expected a JSON object"),
     (["--student-layers", "31"], "--student-layers can be at most 30"),
+    (["--calibration-blocks", "0"], "--calibration-blocks must be at least 1"),
+    (["--layer-method", "random"], "invalid choice: 'random'"),
     (["--temperature", "0"], "--temperature must be positive"),
     (["--task", "xyz"], "invalid choice: 'xyz'"),
 ])
@@ -129,6 +139,23 @@ def test_a_student_is_the_teachers_kept_layers_with_frozen_tied_embeddings_and_i
         make_student(teacher, [0, 4])
 
 
+def test_the_demo_student_is_built_by_block_influence_with_frozen_embeddings():
+    teacher = four_layer_llama()
+    calibration = torch.randint(3, 100, (4, 12), generator=torch.Generator().manual_seed(1)).tolist()
+    plan, scores = plan_demo_student(teacher, 2, "block_influence", calibration, batch_size=2, progress=False)
+    influence = scores.block_influence
+    assert plan.layers == sorted(sorted(range(4), key=lambda layer: -influence[layer])[:2])
+    student = build_demo_student(teacher, plan)
+    assert student.config.num_hidden_layers == 2 and student.training
+    kept = plan.layers[1]
+    assert torch.equal(student.model.layers[1].mlp.up_proj.weight, teacher.model.layers[kept].mlp.up_proj.weight)
+    assert not student.get_input_embeddings().weight.requires_grad and student.model.norm.weight.requires_grad
+    assert not student.get_output_embeddings().weight.requires_grad
+    assert student.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
+    first_last, no_scores = plan_demo_student(teacher, 2, "first_last", calibration, progress=False)
+    assert first_last.layers == [0, 3] and no_scores is None
+
+
 def test_evaluation_scores_are_the_hand_computed_ones():
     model = tiny_llama(seed=2)
     blocks = torch.randint(3, 100, (5, 9), generator=torch.Generator().manual_seed(0)).tolist()
@@ -173,7 +200,8 @@ def test_table_and_verdict():
 @pytest.mark.e2e
 @pytest.mark.skipif(not assets_installed, reason=f"needs {', '.join(ASSETS)} (see docs/demo.md)")
 def test_tiny_lm_demo_runs_end_to_end_on_smollm2_and_reuses_the_dequantised_teacher(tmp_path, capsys):
-    argv = ["--task", "lm", "--steps", "2", "--batch-size", "2", "--block-size", "32", "--eval-size", "4",
+    argv = ["--task", "lm", "--steps", "2", "--batch-size", "2", "--train-size", "4", "--block-size", "32",
+            "--eval-size", "4",
             "--eval-every", "1", "--student-layers", "2", "--seeds", "1", "--new-tokens", "6", "--on-policy", "1",
             "--no-progress", "--threads", "2", "--cache-dir", str(tmp_path / "cache"), "--output-dir",
             str(tmp_path / "out")]
@@ -206,6 +234,14 @@ def test_tiny_lm_demo_runs_end_to_end_on_smollm2_and_reuses_the_dequantised_teac
     for run in ("distilled-seed1", "alone-seed1", "on-policy-seed1"):
         assert list((tmp_path / "out" / "logs" / run).glob("events.out.tfevents.*")), run
     assert not (tmp_path / "out" / "runs").exists()  # checkpoints are removed unless --keep-checkpoints
+    # the student was built by block influence on the training blocks: the 2 layers of highest score, in order
+    influence = results["block_influence"]
+    assert len(influence) == 30 and results["student_plan"]["layer_method"] == "block_influence"
+    top_two = sorted(sorted(range(30), key=lambda layer: -influence[layer])[:2])
+    assert results["student_layers_from_teacher"] == top_two
+    table = (tmp_path / "out" / "student_layers.txt").read_text()
+    assert table.startswith("layer  block influence  rank  kept") and table.count("yes") == 2
+    assert (tmp_path / "out" / "student_layers.png").read_bytes()[:4] == b"\x89PNG"
 
     # the second run loads the float32 teacher from the cache; with --check the exit status tells the verdict
     second = [*argv[:argv.index("--on-policy")], *argv[argv.index("--on-policy") + 2:], "--seeds", "2", "--check"]

@@ -1,9 +1,10 @@
-"""``distill demo --task lm``: distil SmolLM2-135M-Instruct into a 6-layer student on real text, on a CPU.
+"""``distill demo --task lm``: distil SmolLM2-135M-Instruct into a 20-layer student on real text, on a CPU.
 
 Steps: load the packaged teacher (dequantised once, then from the cache); cut BBC News articles
-into token blocks; for each seed distil the teacher into a student made of 6 of its 30 layers
-(token-level KD) and train the same student on the same blocks without the teacher (next-token
-loss), optionally also on-policy (GKD); then print parameters, held-out perplexity, top-1
+into token blocks; build the student from the teacher (the 20 of its 30 layers of highest block
+influence on a few training blocks, :mod:`distill_core.students`); for each seed distil the
+teacher into it (token-level KD) and train the same student on the same blocks without the
+teacher (next-token loss), optionally also on-policy (GKD); then print parameters, held-out perplexity, top-1
 agreement with the teacher, CPU time per generated token and a greedy continuation of one prompt
 from each model, and save TensorBoard logs, a PNG plot and ``results.json``.
 """
@@ -19,13 +20,13 @@ from typing import Any
 
 from distill_core.demo.assets import BBC_NEWS, SMOLLM2, require_module
 from distill_core.demo.command import run_command
-from distill_core.demo.cpus import DEMO_THREADS
+from distill_core.demo.cpus import LM_DEMO_THREADS
 
 #: measured on 2 CPU cores (docs/demo.md): the defaults fit the 15-minute budget with room for a busy machine
 DEFAULTS: dict[str, Any] = {
-    "steps": 40, "batch_size": 4, "block_size": 128, "eval_size": 32, "eval_every": 10, "student_layers": 6,
-    "lr": 2e-3, "kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.5, "kd_chunk_size": 128,
-    "cache_top_k": 64,
+    "steps": 80, "batch_size": 4, "block_size": 128, "train_size": 160, "eval_size": 32, "eval_every": 40,
+    "student_layers": 20, "layer_method": "block_influence", "calibration_blocks": 16, "lr": 1e-3, "kd_loss": "kl",
+    "temperature": 1.0, "hard_label_weight": 0.5, "kd_chunk_size": 128, "cache_top_k": 64,
 }
 PROMPT = "The government said on Monday that"
 TEACHER_LAYERS = 30
@@ -48,10 +49,10 @@ def _json_object(text: str) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill demo --task lm",
-        description="Distil the packaged SmolLM2-135M-Instruct into a student made of a few of its layers on BBC News "
-                    "text with token-level KD, train the same student on the same tokens without the teacher, and "
-                    "compare held-out perplexity, agreement with the teacher and CPU time per token. Runs offline; "
-                    "the dequantised teacher is cached for later runs.",
+        description="Distil the packaged SmolLM2-135M-Instruct into a student built from its most important layers "
+                    "on BBC News text with token-level KD, train the same student on the same tokens without the "
+                    "teacher, and compare held-out perplexity, agreement with the teacher and CPU time per token. "
+                    "Runs offline; the dequantised teacher is cached for later runs.",
         epilog="docs/demo.md explains the data, the recipe and the measured results.",
     )
     sizes = parser.add_argument_group("sizes")
@@ -59,9 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--batch-size", type=int, help="blocks per step")
     sizes.add_argument("--block-size", type=int, help="tokens per block (one training example)")
     sizes.add_argument("--train-size", type=int,
-                       help="training blocks (default: steps x batch size, one epoch: every block is seen once)")
+                       help="training blocks; the steps cycle through them (the defaults: 80 steps of 4 of the 160 "
+                            "blocks, so every block is seen twice)")
     sizes.add_argument("--eval-size", type=int, help="held-out blocks the perplexity is measured on")
-    sizes.add_argument("--student-layers", type=int, help="teacher layers the student keeps (the first and last ones)")
+    sizes.add_argument("--student-layers", type=int, help="teacher layers the student keeps")
+    sizes.add_argument("--layer-method", choices=["block_influence", "first_last", "uniform"],
+                       help="which layers: those of highest block influence on calibration text (ShortGPT), the "
+                            "first and last ones, or evenly spaced ones (docs/students.md)")
+    sizes.add_argument("--calibration-blocks", type=int,
+                       help="training blocks the teacher's layers are scored on (block_influence)")
     training = parser.add_argument_group("training")
     training.add_argument("--lr", type=float, help="peak learning rate (10%% linear warm-up, then linear decay)")
     training.add_argument("--kd-loss", help="token KD divergence: kl, reverse_kl, jsd, tvd, skew_kl, "
@@ -106,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep each run's final checkpoint under OUTPUT_DIR/runs (about 400 MB per run)")
     output.add_argument("--no-plot", action="store_true", help="skip the PNG plot (and the matplotlib requirement)")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
-    output.add_argument("--threads", type=int, default=DEMO_THREADS,
+    output.add_argument("--threads", type=int, default=LM_DEMO_THREADS,
                         help="CPU threads for torch, whatever the machine has or how busy it is: the perplexities "
-                             "depend on it, and docs/demo.md shows those of the default; 2 is faster on idle cores")
+                             "depend on it, and docs/demo.md shows those of the default; 1 is slower but safer on "
+                             "a busy 2-core machine")
     output.add_argument("--check", action="store_true",
                         help="exit with status 1 unless the distilled student's held-out perplexity is below the "
                              "student alone's for every seed")
@@ -125,10 +133,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.train_size is None:
-        args.train_size = args.steps * args.batch_size
     for name in ("steps", "batch_size", "train_size", "eval_size", "eval_every", "student_layers", "new_tokens",
-                 "kd_chunk_size"):
+                 "kd_chunk_size", "calibration_blocks"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.cache_top_k < 0:

@@ -7,9 +7,10 @@ cache folder (:func:`distill_core.demo.teacher_store.cache_root`, under ``teache
 runs load that in about a second. The key holds the package's version, so a new file is
 dequantised anew.
 
-A student keeps the teacher's embeddings, final norm and (tied) output head and a few of its 30
-transformer layers, so it shares the tokenizer and starts from the teacher's weights instead of
-from noise.
+A student is built from the teacher by :mod:`distill_core.students`: it keeps the teacher's
+embeddings, final norm and (tied) output head and some of its 30 transformer layers, chosen by how
+much each changes the hidden states on calibration text (block influence), so it shares the
+tokenizer and starts from the teacher's weights instead of from noise.
 """
 
 from __future__ import annotations
@@ -151,6 +152,41 @@ def make_student(teacher: nn.Module, teacher_layers: Sequence[int]) -> nn.Module
         parameter.requires_grad_(not name.startswith("model.embed_tokens"))
     if student.get_output_embeddings().weight.requires_grad:  # an untied head would train alone
         student.get_output_embeddings().weight.requires_grad_(False)
+    return student.train()
+
+
+def plan_demo_student(teacher: nn.Module, layers: int, method: str, calibration: Sequence[Sequence[int]], *,
+                      batch_size: int = 4, progress: bool = True) -> tuple[Any, Any]:
+    """Return the plan of a ``layers``-layer student of ``teacher`` and the calibrated scores (None if unused).
+
+    ``block_influence`` runs the teacher once over the ``calibration`` blocks (training text, so the
+    held-out blocks stay unseen) and keeps the layers that change the hidden states most;
+    ``first_last`` and ``uniform`` need no calibration. See docs/students.md.
+    """
+    from distill_core.students import calibrate, plan_student
+    from distill_core.students.text import block_batches
+
+    scores = None
+    if method == "block_influence":
+        blocks = [list(block) for block in calibration]
+        scores = calibrate(teacher, block_batches(blocks, batch_size=batch_size),
+                           total=-(-len(blocks) // batch_size), progress=progress,
+                           description="calibrating the student's layers")
+    return plan_student(teacher, layers=layers, method=method, scores=scores), scores
+
+
+def build_demo_student(teacher: nn.Module, plan: Any) -> nn.Module:
+    """Return the student ``plan`` describes, cut from ``teacher``, with its embeddings (and tied head) frozen.
+
+    The embeddings stay the teacher's: the student must keep the teacher's token space, and they
+    are a third of its parameters. The result is an ordinary Hugging Face model (its config records
+    the teacher layers it keeps).
+    """
+    from distill_core.students import build_student
+
+    student = build_student(teacher, plan, teacher_name=TEACHER_NAME)
+    student.get_input_embeddings().weight.requires_grad_(False)
+    student.get_output_embeddings().weight.requires_grad_(False)
     return student.train()
 
 

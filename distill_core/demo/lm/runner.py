@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -17,7 +18,13 @@ from distill_core.demo.cpus import numerics, use_threads
 from distill_core.demo.lm.cli import TEACHER_LAYERS, OptionError, distill_fields
 from distill_core.demo.lm.data import block_loader, lm_splits
 from distill_core.demo.lm.measure import HeldOut, evaluate, greedy_continuations
-from distill_core.demo.lm.models import TEACHER_NAME, count_parameters, load_teacher, make_student, spread_layers
+from distill_core.demo.lm.models import (
+    TEACHER_NAME,
+    build_demo_student,
+    count_parameters,
+    load_teacher,
+    plan_demo_student,
+)
 from distill_core.demo.lm.report import LMRow, format_table, plot_curves, verdict
 from distill_core.demo.lm.train import RunOutcome, build_cache, distil, teacher_cache_settings, train_alone
 from distill_core.demo.pipeline import TrainSettings
@@ -78,15 +85,15 @@ def _describe(args: argparse.Namespace, kind: str) -> str:
 
 
 def train_students(args: argparse.Namespace, teacher: torch.nn.Module, tokenizer: Any, train_blocks: list[list[int]],
-                   held_out: list[list[int]], teacher_argmax: torch.Tensor, layers: list[int],
+                   held_out: list[list[int]], teacher_argmax: torch.Tensor, start: torch.nn.Module,
                    initial: HeldOut, distill_config: dict[str, Any]) -> Students:
-    """For each seed, train every kind of student from the same copy of the teacher's ``layers``."""
+    """For each seed, train every kind of student from its own copy of the same built student ``start``."""
     kinds = ["distilled", "alone"] + (["on-policy"] if args.on_policy > 0 else [])
     done = Students(curves={KINDS[kind]: [] for kind in kinds}, runs={kind: [] for kind in kinds})
     for seed in args.seeds:
         for kind in kinds:
             run_name = f"{kind}-seed{seed}"
-            student = make_student(teacher, layers)
+            student = copy.deepcopy(start)
             torch.manual_seed(seed)
             loader = block_loader(train_blocks, batch_size=args.batch_size, shuffle=True, seed=seed)
             settings = _settings(args, run_name)
@@ -155,17 +162,28 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
     _say(f"[teacher] held-out loss {teacher_scores.loss:.3f}, perplexity {teacher_scores.perplexity:.1f} "
          f"({phases['teacher_eval_s']:.0f} s)")
 
-    layers = spread_layers(TEACHER_LAYERS, args.student_layers)
-    initial, _ = evaluate(make_student(teacher, layers), held_out, reference=teacher_argmax)
-    _say(f"[students] {args.student_layers} layers, a copy of teacher layers {layers}: held-out perplexity "
-         f"{initial.perplexity:,.0f} before training")
+    mark = time.perf_counter()
+    calibration = train_blocks[:args.calibration_blocks]
+    if args.layer_method == "block_influence":
+        _say(f"[students] scoring the teacher's {TEACHER_LAYERS} layers by block influence on {len(calibration)} "
+             f"training blocks")
+    plan, scores = plan_demo_student(teacher, args.student_layers, args.layer_method, calibration,
+                                     batch_size=args.batch_size, progress=not args.no_progress)
+    layers = plan.layers
+    phases["student_build_s"] = round(time.perf_counter() - mark, 1)
+    start = build_demo_student(teacher, plan)
+    if scores is not None:
+        _write_layer_scores(args, scores.block_influence, layers)
+    initial, _ = evaluate(start, held_out, reference=teacher_argmax)
+    _say(f"[students] {args.student_layers} layers, teacher layers {layers} ({args.layer_method.replace('_', ' ')}): "
+         f"held-out perplexity {initial.perplexity:,.0f} before training ({phases['student_build_s']:.0f} s)")
     cache_fields: dict[str, Any] = {}
     if not args.no_teacher_cache:
         folder = (root if root is not None else args.output_dir) / "teacher-outputs"
         cache_fields = teacher_cache_settings(str(folder), args.cache_top_k, args.cache_missing_mass)
         what = f"top-{args.cache_top_k} log-probabilities" if args.cache_top_k else "dense logits"
         _say(f"[teacher cache] {what} of the teacher on the {len(train_blocks)} training blocks, in {folder}")
-        build = build_cache(teacher, make_student(teacher, layers),
+        build = build_cache(teacher, start,
                             block_loader(train_blocks, batch_size=args.batch_size, shuffle=False),
                             {**distill_fields(args), **cache_fields}, _settings(args, "teacher-cache"),
                             tokenizer=tokenizer)
@@ -176,7 +194,7 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
         reused = f", {earlier} already stored by an earlier run" if earlier else ""
         _say(f"[teacher cache] {build.entries} blocks, {build.bytes_per_token} bytes per token{reused} "
              f"({build.seconds:.0f} s); the distilled students read it instead of running the teacher")
-    students = train_students(args, teacher, tokenizer, train_blocks, held_out, teacher_argmax, layers, initial,
+    students = train_students(args, teacher, tokenizer, train_blocks, held_out, teacher_argmax, start, initial,
                               {**distill_fields(args), **cache_fields})
 
     mark = time.perf_counter()
@@ -211,6 +229,8 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
         "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "teacher": {**teacher_info, "held_out_loss": teacher_scores.loss},
         "student_layers_from_teacher": layers,
+        "student_plan": plan.summary(),
+        "block_influence": None if scores is None else [round(float(value), 6) for value in scores.block_influence],
         "initial_student": vars(initial),
         "rows": [vars(row) for row in table_rows],
         "runs": students.runs,
@@ -231,6 +251,17 @@ def run_lm_demo(args: argparse.Namespace) -> bool:
     print(f"total time {total_seconds / 60:.1f} min (load average {load_at_start} at the start, {_load()} at the end)"
           + (" (teacher from cache)" if teacher_info["cached"] else ""))
     return passed
+
+
+def _write_layer_scores(args: argparse.Namespace, block_influence: Any, kept: list[int]) -> None:
+    """Write why those layers: the block-influence table (text) and, unless --no-plot, its bar chart (PNG)."""
+    from distill_core.students import layer_table, plot_layer_scores
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "student_layers.txt").write_text(layer_table(block_influence, kept) + "\n", encoding="utf-8")
+    if not args.no_plot:
+        plot_layer_scores(block_influence, kept, args.output_dir / "student_layers.png",
+                          title=f"{TEACHER_NAME} block influence ({len(kept)} of {TEACHER_LAYERS} kept, filled)")
 
 
 def _outcome_record(seed: int, outcome: RunOutcome, final: HeldOut) -> dict[str, Any]:
