@@ -25,7 +25,7 @@ def test_list_recipes_lists_the_shipped_recipes() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "recipe:smollm2-bbc" in done.stdout and "6-layer" in done.stdout
+    assert "recipe:smollm2-bbc" in done.stdout and "20-layer" in done.stdout
     assert "recipe:minilm-rt" in done.stdout and "Rotten Tomatoes" in done.stdout
 
 
@@ -89,9 +89,9 @@ def test_the_smollm2_recipe_validates_with_the_packaged_model_and_data(capsys) -
     lines: list[str] = []
     result = train_from_file("recipe:smollm2-bbc", dry_run=True, say=lines.append)
     assert result.student is None and result.checked.teacher_config["num_hidden_layers"] == 30
-    assert result.checked.student_config["num_hidden_layers"] == 6
+    assert result.checked.student_config["num_hidden_layers"] == 20
     text = "\n".join(lines)
-    assert "steps: 40" in text and "training examples (text, packed, max_length 128)" in text
+    assert "steps: 80" in text and "20 layers by block_influence" in text and "training examples (text, packed, max_length 128)" in text
 
 
 @pytest.mark.e2e
