@@ -34,11 +34,9 @@ from distill_core.demo.pipeline import classification_adaptor
 from distill_core.demo.student_builders import (
     STUDENT_BUILDERS,
     builder_shape,
-    calibrate_teacher,
-    calibration_batches,
     cut_student,
     hidden_matches,
-    needs_calibration,
+    importance_for,
 )
 
 DEFAULTS = {  # Rotten Tomatoes; examples/classify_bbc.py runs this same script with BBC's sizes
@@ -115,9 +113,8 @@ def main(
     _shared.say(f"[teacher] dev accuracy {teacher_accuracy:.1%}")
 
     shape = builder_shape(args.student_builder, teacher.config, STUDENT_LAYERS)
-    scores = None
-    if needs_calibration(shape, teacher.config):  # block influence, activation importance: 16 batches of train text
-        scores = calibrate_teacher(teacher, calibration_batches(train_set, batches=16, batch_size=args.batch_size))
+    # block influence, activation importance: 16 batches of train text
+    scores = importance_for(teacher, shape, train_set, batches=16, batch_size=args.batch_size)
     student = cut_student(teacher, shape, scores=scores)
     freeze_embeddings(student)
     # the student's embeddings are the teacher's, frozen: matching them (hidden state 0) would add nothing;

@@ -20,14 +20,7 @@ from distill_core.demo.measure import accuracy, latency_ms
 from distill_core.demo.models import count_parameters, freeze_embeddings, load_pretrained, load_saved, load_tokenizer
 from distill_core.demo.pipeline import TrainSettings, distil, fine_tune
 from distill_core.demo.report import ModelResult, format_table, plot_curves, tensorboard_line, verdict
-from distill_core.demo.student_builders import (
-    builder_shape,
-    calibrate_teacher,
-    calibration_batches,
-    cut_student,
-    hidden_matches,
-    needs_calibration,
-)
+from distill_core.demo.student_builders import builder_shape, cut_student, hidden_matches, importance_for
 
 
 def _say(message: str) -> None:
@@ -128,11 +121,9 @@ def run_demo(args: argparse.Namespace) -> bool:
     teacher_row = _model_result("teacher (MiniLM-L6, fine-tuned)", teacher)
     teacher_row.accuracies = [teacher_accuracy]
     shape = builder_shape(args.student_builder, teacher.config, args.student_layers)
-    scores = None
-    if needs_calibration(shape, teacher.config):  # block influence and width: importance on the transfer text
-        scores = calibrate_teacher(teacher, calibration_batches(transfer_set, batches=args.calibration_batches,
-                                                                batch_size=args.batch_size),
-                                   progress=not args.no_progress)
+    # block influence and width: importance on the transfer text
+    scores = importance_for(teacher, shape, transfer_set, batches=args.calibration_batches, batch_size=args.batch_size,
+                            progress=not args.no_progress)
     # every student starts as the same cut of the teacher: its accuracy is each curve's step 0
     first_student = cut_student(teacher, shape, scores=scores)
     layers = getattr(first_student.config, "distill_student", {}).get("layers") or shape.kept_layers(teacher.config)

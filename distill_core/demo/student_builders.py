@@ -25,7 +25,10 @@ if TYPE_CHECKING:  # the demo's command line imports this module for its choices
     import torch
     from torch import nn
 
-__all__ = ["STUDENT_BUILDERS", "StudentShape", "calibration_batches", "cut_student", "hidden_matches", "width_shape"]
+__all__ = [
+    "STUDENT_BUILDERS", "StudentShape", "builder_shape", "calibrate_teacher", "calibration_batches", "cut_student",
+    "hidden_matches", "importance_for", "needs_calibration", "width_shape",
+]
 
 STUDENT_BUILDERS: tuple[str, ...] = ("layers", "block_influence", "width")
 
@@ -132,6 +135,15 @@ def calibrate_teacher(teacher: nn.Module, batches: Iterable[Mapping[str, torch.T
     batches = list(batches)
     return calibrate(teacher, batches, total=len(batches), progress=progress,
                      description="calibrating the teacher")
+
+
+def importance_for(teacher: nn.Module, shape: StudentShape, dataset: Any, *, batches: int, batch_size: int,
+                   progress: bool = False) -> Any:
+    """Return the teacher's scores on ``batches`` batches of ``dataset`` if ``shape`` needs them, or None."""
+    if not needs_calibration(shape, teacher.config):
+        return None
+    return calibrate_teacher(teacher, calibration_batches(dataset, batches=batches, batch_size=batch_size),
+                             progress=progress)
 
 
 def hidden_matches(teacher_config: Any, student_config: Any, *, weight: float) -> list[dict[str, Any]]:
