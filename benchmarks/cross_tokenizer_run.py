@@ -173,7 +173,8 @@ def run_one(kind: str, model_T: Any, tokenizer_T: Any, tokenizer_S: Any, texts: 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=64,
+                        help="optimisation steps (steps x batch size train chunks, one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--chunk-chars", type=int, default=512, help="characters per text chunk (at most)")
     parser.add_argument("--eval-chunks", type=int, default=64, help="held-out dev-pool chunks scored")
